@@ -1,0 +1,50 @@
+# Two commands set everything up: `make run` and `make test`.
+# The first run of either creates .venv and installs the pinned dependencies.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export NO_MKDOCS_2_WARNING := 1  # mkdocs-material's end-of-life banner; noted in docs/production
+STAGE  ?= 2
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+WORKERS ?= 1
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint format bench loadtest docs lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; set PYTHON=python3.11 (or newer)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+run: $(BIN)/.installed  ## start stage $(STAGE): embedded Valkey, API on $(HOST):$(PORT), worker(s)
+	$(BIN)/python -m devkit.run --stage $(STAGE) --host $(HOST) --port $(PORT) --workers $(WORKERS)
+
+test: $(BIN)/.installed  ## everything CI checks: lint, tests, docs build, load-test smoke
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest --cov=stage1_background_tasks --cov=stage2_arq_basic --cov-report=term:skip-covered
+	$(BIN)/mkdocs build --strict --quiet --site-dir .data/site
+
+lint: $(BIN)/.installed  ## ruff check + format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(BIN)/.installed  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+bench: $(BIN)/.installed  ## stage 2 enqueue/worker/latency benchmark (slow; not part of make test)
+	$(BIN)/python -m devkit.bench
+
+docs: $(BIN)/.installed  ## serve the tutorial site on http://127.0.0.1:8001
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+lock: $(BIN)/.installed  ## re-resolve and re-pin constraints.txt
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^pip==' > constraints.txt
+
+clean:  ## remove the virtual environment, caches and the data folder
+	rm -rf $(VENV) .data .pytest_cache .ruff_cache .coverage site

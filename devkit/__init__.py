@@ -1,0 +1,1 @@
+"""Tooling around the lesson, not part of it: the runner, the embedded Valkey, benchmarks."""

@@ -1,0 +1,1 @@
+"""Stage 1: FastAPI's built-in BackgroundTasks."""

@@ -1,0 +1,76 @@
+"""Stage 1: slow work with FastAPI's built-in BackgroundTasks.
+
+What it adds: `POST /tasks/<name>` answers 202 at once and runs the task in this same
+process, after the response has been sent.
+
+Run it:
+    make run STAGE=1
+    # or by hand:
+    uvicorn stage1_background_tasks.main:app --port 8000
+
+What it leaves out, on purpose: there is no job id, no status and no result (they only go
+to the log); a task dies with the web process; and CPU-heavy work competes with every
+other request for this one process (an `async def` task blocks the event loop outright).
+Stage 2 moves the work to a separate worker process through Redis.
+"""
+
+import logging
+
+from fastapi import BackgroundTasks, FastAPI
+from pydantic import BaseModel
+
+from . import errors
+from .config import Settings, get_settings
+from .tasks import TASKS
+
+
+class Accepted(BaseModel):
+    task: str
+    detail: str
+
+
+def add_task_route(app: FastAPI, name: str) -> None:
+    model, function = TASKS[name]
+
+    # --8<-- [start:submit]
+    async def submit(args: model, background: BackgroundTasks) -> Accepted:  # type: ignore[valid-type]
+        # The task runs in this process once the response is out. Nothing records it:
+        # if the process stops, the task is gone, and its result only reaches the log.
+        background.add_task(function, **args.model_dump())
+        return Accepted(task=name, detail="Accepted. The result will be written to the log.")
+
+    # --8<-- [end:submit]
+
+    app.add_api_route(
+        f"/tasks/{name}",
+        submit,
+        methods=["POST"],
+        status_code=202,
+        summary=f"Run {name} in the background",
+        description=(function.__doc__ or "").strip(),
+        tags=["tasks"],
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    app = FastAPI(title=settings.app_name)
+    errors.install(app, settings.max_body_bytes)
+
+    @app.get("/ping", tags=["health"])
+    async def ping() -> dict[str, str]:
+        """Liveness: answers without touching anything else."""
+        return {"ping": "pong"}
+
+    @app.get("/health", tags=["health"])
+    async def health() -> dict[str, str]:
+        """Readiness. This stage depends on nothing but itself."""
+        return {"status": "ok"}
+
+    for name in TASKS:
+        add_task_route(app, name)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,109 @@
+"""Stage 2+: a job id to follow, a worker that runs the job, and an honest status."""
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.since_stage(2)
+
+
+def enqueue(client, task: str, body: dict) -> str:
+    response = client.post(f"/tasks/{task}", json=body)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    assert response.json()["status_url"] == f"/jobs/{job_id}"
+    assert response.headers["location"] == f"/jobs/{job_id}"
+    return job_id
+
+
+def test_add_is_queued_then_complete_with_its_result(client, drain):
+    job_id = enqueue(client, "add", {"x": 5, "y": 10})
+    queued = client.get(f"/jobs/{job_id}").json()
+    assert queued["status"] == "queued"
+    assert queued["function"] == "add"
+    assert queued["args"] == {"x": 5, "y": 10}
+    assert queued["attempts"] == 0
+    assert queued["result"] is None
+
+    drain()
+
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "complete"
+    assert job["result"] == 15
+    assert job["error"] is None
+    assert job["attempts"] == 1
+    assert job["enqueue_time"] <= job["start_time"] <= job["finish_time"]
+
+
+def test_a_failed_job_reports_failed_not_complete_with_the_error(client, drain):
+    job_id = enqueue(client, "divide", {"x": 1, "y": 0})
+    drain()
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "failed"
+    assert job["error"] == "ZeroDivisionError: float division by zero"
+    assert job["result"] is None
+
+
+@pytest.mark.parametrize(
+    ("task", "body", "result"),
+    [
+        ("divide", {"x": 1, "y": 4}, 0.25),
+        ("crunch", {"ms": 5}, None),
+        ("wait", {"seconds": 0.01}, 0.01),
+    ],
+)
+def test_every_task_runs_to_complete(client, drain, task, body, result):
+    job_id = enqueue(client, task, body)
+    drain()
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "complete", job
+    if result is not None:
+        assert job["result"] == result
+    else:
+        assert job["result"] > 0  # crunch returns how many loops it managed
+
+
+def test_an_unknown_job_is_a_404_with_a_json_body(client):
+    response = client.get("/jobs/does-not-exist")
+    assert response.status_code == 404
+    assert "does-not-exist" in response.json()["detail"]
+
+
+def test_an_overlong_job_id_is_a_422_not_a_redis_lookup(client):
+    assert client.get("/jobs/" + "a" * 500).status_code == 422
+
+
+def test_job_and_result_travel_through_redis_as_json_not_pickle(client, drain, raw_redis):
+    job_id = enqueue(client, "add", {"x": 5, "y": 10})
+    payload = json.loads(raw_redis.get(f"arq:job:{job_id}"))
+    assert payload["f"] == "add"
+    assert payload["k"] == {"x": 5, "y": 10}
+    drain()
+    result = json.loads(raw_redis.get(f"arq:result:{job_id}"))
+    assert result["r"] == 15
+    assert result["s"] is True
+
+
+def test_a_failure_is_stored_as_json_with_the_error_text(client, drain, raw_redis):
+    job_id = enqueue(client, "divide", {"x": 1, "y": 0})
+    drain()
+    result = json.loads(raw_redis.get(f"arq:result:{job_id}"))
+    assert result["s"] is False
+    assert result["r"] == {"error": "ZeroDivisionError: float division by zero"}
+
+
+def test_a_rejected_body_enqueues_nothing(client, raw_redis):
+    response = client.post("/tasks/add", json={"x": "5", "y": 10})
+    assert response.status_code == 422
+    assert raw_redis.zcard("arq:queue") == 0
+    assert raw_redis.keys("arq:job:*") == []
+
+
+def test_a_job_in_progress_reports_in_progress_with_its_attempt(client, raw_redis):
+    # Claim the job the way a worker does (ARQ's in-progress key and try counter).
+    job_id = enqueue(client, "wait", {"seconds": 1})
+    raw_redis.set(f"arq:in-progress:{job_id}", b"1")
+    raw_redis.incr(f"arq:retry:{job_id}")
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "in_progress"
+    assert job["attempts"] == 1

@@ -1,0 +1,119 @@
+"""`make run` for real: the runner starts embedded Valkey, uvicorn and an ARQ worker as
+processes; a job goes through them over HTTP; Ctrl-C leaves no process behind."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+from devkit.valkey import free_port
+
+pytestmark = pytest.mark.e2e
+
+START_DEADLINE_S = 30.0
+JOB_DEADLINE_S = 15.0
+
+
+def poll(check, deadline_s: float, what: str):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_runner(tmp_path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    env = {k: v for k, v in (env or os.environ).items() if k != "REDIS_URL"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "devkit.run", "--data-dir", str(tmp_path), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def api_up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ping", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def job_status(url: str, job_id: str) -> str | None:
+    job = httpx.get(f"{url}/jobs/{job_id}").json()
+    return job["status"] if job["status"] in ("complete", "failed") else None
+
+
+def test_the_runner_runs_a_job_restarts_a_dead_worker_and_stops_cleanly(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    runner = start_runner(tmp_path, "--stage", "2", "--port", str(port))
+    children: list[psutil.Process] = []
+    try:
+        poll(lambda: api_up(url), START_DEADLINE_S, "the API")
+        children = psutil.Process(runner.pid).children(recursive=True)
+        commands = [child.cmdline() for child in children]
+        assert [c for c in commands if "valkey-server" in " ".join(c)]
+        assert [c for c in commands if c[1:3] == ["-m", "uvicorn"]]
+        assert [c for c in commands if c[1:3] == ["-m", "arq"]]
+
+        job_id = httpx.post(f"{url}/tasks/add", json={"x": 5, "y": 10}).json()["job_id"]
+        assert poll(lambda: job_status(url, job_id), JOB_DEADLINE_S, "the job") == "complete"
+        assert httpx.get(f"{url}/jobs/{job_id}").json()["result"] == 15
+
+        # A worker that dies is started again; the next job still completes.
+        worker = next(c for c in children if c.cmdline()[1:3] == ["-m", "arq"])
+        worker.kill()
+        worker.wait(5)
+        job_id = httpx.post(f"{url}/tasks/add", json={"x": 1, "y": 1}).json()["job_id"]
+        assert poll(lambda: job_status(url, job_id), JOB_DEADLINE_S, "the job") == "complete"
+        children = psutil.Process(runner.pid).children(recursive=True)
+
+        runner.send_signal(signal.SIGINT)
+        output, _ = runner.communicate(timeout=30)
+    finally:
+        if runner.poll() is None:  # the test failed midway: don't leave its processes behind
+            for process in [*children, runner]:
+                with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                    process.kill()
+            output, _ = runner.communicate()
+    assert runner.returncode == 0, output
+    assert "restarting it" in output
+    stopped = output[output.index("SIGINT") :]
+    assert stopped.index("shutdown on SIGTERM") < stopped.index("Finished server process")
+    left = [child for child in children if child.is_running() and child.status() != "zombie"]
+    assert left == [], f"left behind: {left}"
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path):
+    with __import__("socket").socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        runner = start_runner(tmp_path, "--stage", "2", "--port", str(port))
+        output, _ = runner.communicate(timeout=30)
+    assert runner.returncode == 1
+    assert f"error: port {port} on 127.0.0.1 is already in use" in output
+    assert "Traceback" not in output
+
+
+def test_a_redis_url_that_does_not_answer_is_a_one_line_error(tmp_path):
+    env = {**os.environ}
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "devkit.run", "--stage", "2", "--port", str(free_port()),
+         "--data-dir", str(tmp_path)],
+        env={**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    output, _ = runner.communicate(timeout=30)
+    assert runner.returncode == 1
+    assert "does not answer" in output
+    assert "Traceback" not in output
