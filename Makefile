@@ -9,6 +9,7 @@ STAGE  ?= 2
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WORKERS ?= 1
+STAGE_PACKAGES := $(patsubst %/,%,$(dir $(wildcard stage*_*/main.py)))
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint format bench loadtest docs lock clean
@@ -28,7 +29,7 @@ run: $(BIN)/.installed  ## start stage $(STAGE): embedded Valkey, API on $(HOST)
 test: $(BIN)/.installed  ## everything CI checks: lint, tests, docs build, load-test smoke
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest --cov=stage1_background_tasks --cov=stage2_arq_basic --cov-report=term:skip-covered
+	$(BIN)/python -m pytest $(addprefix --cov=,$(STAGE_PACKAGES)) --cov-report=term:skip-covered
 	$(BIN)/mkdocs build --strict --quiet --site-dir .data/site
 
 lint: $(BIN)/.installed  ## ruff check + format check

@@ -29,6 +29,8 @@ from fastapi.testclient import TestClient
 from devkit.stages import STAGES
 from devkit.valkey import EmbeddedValkey
 
+pytest_plugins = ["tests.browser"]  # the `chromium` fixture
+
 
 @dataclass(frozen=True)
 class Stage:

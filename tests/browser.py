@@ -1,0 +1,88 @@
+"""A real headless browser for the tests that need one (the jobs page, the docs site).
+
+Debian's `chromium` package is installed on first use when missing and when this runs as
+root with apt available (as on CI); anywhere it can't be, the tests that need it are
+skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+INSTALL_TIMEOUT_S = 600
+BROWSER_TIMEOUT_S = 60
+# Without the background-networking flags, Chromium tries to reach Google's servers and,
+# on a machine with no network, fills its output with refused connections.
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
+
+
+def find_or_install_chromium() -> tuple[str | None, str]:
+    """(path, "") when Chromium is available, else (None, why not)."""
+    for name in ("chromium", "chromium-browser"):
+        if path := shutil.which(name):
+            return path, ""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return None, "chromium is not installed and cannot be (needs root and apt-get)"
+    command = ["apt-get", "install", "-y", "-q", "chromium"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for attempt in (command, ["apt-get", "update", "-q"], command):
+        result = subprocess.run(
+            attempt, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S
+        )
+        if attempt is command and result.returncode == 0:
+            break
+    path = shutil.which("chromium")
+    return (
+        (path, "") if path else (None, f"apt-get install chromium failed: {result.stderr[-300:]}")
+    )
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    path, why = find_or_install_chromium()
+    if path is None:
+        pytest.skip(why)
+    return path
+
+
+def _run(chromium: str, *args: str) -> subprocess.CompletedProcess[str]:
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        return subprocess.run(
+            [chromium, *FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=BROWSER_TIMEOUT_S,
+            check=True,
+        )
+
+
+def dump_dom(chromium: str, url: str, wait_ms: int = 3000) -> str:
+    """The page's DOM after its scripts have run for `wait_ms` of (virtual) time."""
+    return _run(chromium, f"--virtual-time-budget={wait_ms}", "--dump-dom", url).stdout
+
+
+def screenshot(chromium: str, url: str, path: Path, wait_ms: int = 3000) -> Path:
+    _run(
+        chromium,
+        f"--virtual-time-budget={wait_ms}",
+        "--window-size=1280,900",
+        f"--screenshot={path}",
+        url,
+    )
+    return path
