@@ -14,20 +14,29 @@ worker.py) and then forgets the job ever existed; there is no history, no progre
 list of jobs. Stage 3 keeps every job in a database.
 """
 
+import asyncio
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 from arq.connections import ArqRedis
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from redis.asyncio import ConnectionPool
 
-from . import errors, jobs
+from . import errors, jobs, scheduling
 from .config import Settings, get_settings
 from .tasks import TASKS
+from .urls import UnsafeURL, check_url
+from .worker import KEEP_RESULT_S
+
+# How long DELETE waits for a running job to stop before answering 202 "requested".
+CANCEL_WAIT_S = 5.0
+CANCEL_POLL_S = 0.05
 
 
 class Enqueued(BaseModel):
@@ -76,11 +85,36 @@ def add_task_route(app: FastAPI, name: str) -> None:
     model, function = TASKS[name]
 
     # --8<-- [start:submit]
-    async def submit(args: model, redis: Redis, response: Response) -> Enqueued:  # type: ignore[valid-type]
-        # The job goes to Redis by name with JSON arguments; the worker picks it up.
-        # This request only waits for Redis to store it: a millisecond, whatever the job costs.
-        job = await redis.enqueue_job(name, **args.model_dump())
-        assert job is not None  # None means "this job id exists"; ARQ picked a fresh uuid
+    async def submit(
+        args: model,  # type: ignore[valid-type]
+        redis: Redis,
+        request: Request,
+        response: Response,
+        run_at: scheduling.RunAt = None,
+        delay_seconds: scheduling.DelaySeconds = None,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> Enqueued:
+        settings: Settings = request.app.state.settings
+        when = scheduling.defer_until(run_at, delay_seconds, settings.max_defer_s)
+        if name == "fetch":
+            # Resolve and check the host now: a refused URL is the client's error (422), not
+            # a job that fails later. The worker checks again before each request.
+            try:
+                await check_url(args.url, settings.fetch_allowlist_networks)
+            except UnsafeURL as exc:
+                raise HTTPException(422, f"URL refused: {exc}") from None
+        job_id = uuid.uuid4().hex
+        if idempotency_key is not None:
+            print_ = scheduling.fingerprint(name, args.model_dump(), when)
+            earlier = await scheduling.claim_idempotency_key(
+                redis, idempotency_key, job_id, print_, settings.idempotency_ttl_s
+            )
+            if earlier is not None:  # a replay: the same job, not a second one
+                response.headers["Location"] = f"/jobs/{earlier}"
+                response.headers["Idempotent-Replayed"] = "true"
+                return Enqueued(job_id=earlier, status_url=f"/jobs/{earlier}")
+        job = await redis.enqueue_job(name, _job_id=job_id, _defer_until=when, **args.model_dump())
+        assert job is not None  # None means "this job id exists"; ours is a fresh uuid
         response.headers["Location"] = f"/jobs/{job.job_id}"
         return Enqueued(job_id=job.job_id, status_url=f"/jobs/{job.job_id}")
 
@@ -130,6 +164,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if view is None:
             raise HTTPException(404, f"No job {job_id!r}: unknown, or its result has expired")
         return view
+
+    # --8<-- [start:delete]
+    @app.delete(
+        "/jobs/{job_id}",
+        tags=["jobs"],
+        responses={
+            202: {"description": "Still running: cancellation requested"},
+            404: {"description": "Unknown job"},
+            409: {"description": "The job has already finished"},
+        },
+    )
+    async def cancel_job(job_id: Annotated[str, Path(max_length=64)], redis: Redis) -> jobs.JobView:
+        """Cancel a queued, deferred or running job."""
+        view = await jobs.read_job(redis, job_id, settings.queue_name)
+        if view is None:
+            raise HTTPException(404, f"No job {job_id!r}: unknown, or its result has expired")
+        if view.status not in jobs.FINAL:
+            await jobs.cancel_job(redis, view, settings.queue_name, KEEP_RESULT_S)
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            while (view := await jobs.read_job(redis, job_id, settings.queue_name)) is not None:
+                if view.status in jobs.FINAL or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(CANCEL_POLL_S)  # a running job stops at the worker's next poll
+        if view is None:
+            raise HTTPException(404, f"No job {job_id!r}")
+        if view.status == "cancelled":
+            return view
+        if view.status in jobs.FINAL:
+            raise HTTPException(409, f"Job {job_id} has already finished: {view.status}")
+        return JSONResponse(status_code=202, content=view.model_dump(mode="json"))  # type: ignore[return-value]
+
+    # --8<-- [end:delete]
 
     return app
 

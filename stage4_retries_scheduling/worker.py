@@ -4,7 +4,12 @@ Run it by hand (with REDIS_URL pointing at the same Redis as the API):
     arq stage2_arq_basic.worker.WorkerSettings
 """
 
+from typing import Any
+
+import httpx
 from arq.connections import RedisSettings
+from arq.constants import abort_jobs_ss
+from arq.worker import Function, func
 
 from . import jobs
 from .config import get_settings
@@ -26,13 +31,43 @@ MAX_JOBS = 10
 # How often the worker writes its health-check key (`arq --check` reads it). ARQ's default
 # of an hour lets a dead worker look healthy for an hour.
 HEALTH_CHECK_INTERVAL_S = 10
+# Per task: how long one run may take. A timed-out job fails and is not retried (ARQ's
+# rule, and ours): a task that times out is stuck or too big, and running it again costs
+# the same. fetch bounds each HTTP request itself and retries those timeouts on its own
+# terms, so its job timeout only catches a hung task.
+TASK_TIMEOUTS_S = {"add": 5, "divide": 5, "crunch": 10, "wait": 25, "fetch": 90}
 # --8<-- [end:constants]
+
+
+def task_functions() -> list[Function]:
+    return [func(f, name=name, timeout=TASK_TIMEOUTS_S[name]) for name, (_, f) in TASKS.items()]
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    # One HTTP client per worker process, shared by every fetch job: connection pooling
+    # and one place for limits. Redirects are followed by hand, so each hop is checked.
+    settings = get_settings()
+    ctx["settings"] = settings
+    ctx["http"] = httpx.AsyncClient(timeout=settings.fetch_timeout_s, follow_redirects=False)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    await ctx["http"].aclose()
+
+
+async def after_job_end(ctx: dict[str, Any]) -> None:
+    # Drop any abort request for this job once it has ended (ARQ leaves them forever).
+    await ctx["redis"].zrem(abort_jobs_ss, ctx["job_id"])
 
 
 class WorkerSettings:
     # ARQ reads these attributes from this class's own __dict__: subclassing it would lose
     # them, so a variant copies what it needs.
-    functions = [function for _, function in TASKS.values()]
+    functions = task_functions()
+    on_startup = startup
+    on_shutdown = shutdown
+    after_job_end = after_job_end
+    allow_abort_jobs = True  # DELETE /jobs/{id} of a running job
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
     queue_name = get_settings().queue_name
     job_serializer = jobs.serialize
