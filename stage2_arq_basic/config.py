@@ -14,6 +14,8 @@ class Settings(BaseSettings):
     redis_timeout_s: float = (
         1.0  # a Redis that is down or stuck costs a request one second, then 503
     )
+    # The worker's job timeout; worker.py says why it matters. The crash tests lower it.
+    job_timeout_s: float = 30.0
     max_body_bytes: int = 16 * 1024  # task arguments are a few numbers; 16 KiB is plenty
     log_level: str = "INFO"
 

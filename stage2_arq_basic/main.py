@@ -123,7 +123,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for name in TASKS:
         add_task_route(app, name)
 
-    @app.get("/jobs/{job_id}", tags=["jobs"], responses={404: {"description": "Unknown job"}})
+    @app.get(
+        "/jobs/{job_id}",
+        tags=["jobs"],
+        responses={404: {"description": "Unknown job"}, 502: {"description": "Not our JSON"}},
+    )
     async def get_job(job_id: Annotated[str, Path(max_length=64)], redis: Redis) -> jobs.JobView:
         """A job's status, and its result or error once it has finished."""
         view = await jobs.read_job(redis, job_id, settings.queue_name)
