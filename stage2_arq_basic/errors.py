@@ -35,6 +35,14 @@ async def undecodable_job(_: Request, exc: DeserializationError) -> JSONResponse
     )
 
 
+# What a route with a body can answer besides 202 and 422, for its OpenAPI entry.
+BODY_ERRORS: dict[int | str, dict] = {
+    400: {"description": "The body is not valid JSON"},
+    413: {"description": "The body is over the size limit"},
+}
+REDIS_DOWN: dict[int | str, dict] = {503: {"description": "Redis is unavailable"}}
+
+
 class BodyTooLarge(HTTPException):
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, f"Request body is over the {max_bytes}-byte limit")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 
 from devkit.valkey import free_port
 
@@ -83,6 +84,19 @@ class Proc:
         self.signal(signal.SIGKILL)
         self.process.wait(STOP_DEADLINE_S)
         self._out.close()
+
+    def kill_all(self) -> None:
+        """SIGKILL the process and everything it started, even in process groups of their
+        own (the runner gives each child one, so that Ctrl-C reaches only the runner)."""
+        try:
+            descendants = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        self.signal(signal.SIGKILL)
+        for child in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        psutil.wait_procs(descendants, timeout=STOP_DEADLINE_S)
 
     def terminate(self, deadline_s: float = STOP_DEADLINE_S) -> int:
         """SIGTERM to the process only (as a supervisor sends it); wait for it to exit."""
@@ -148,7 +162,7 @@ class Processes:
     def __exit__(self, *exc: object) -> None:
         for proc in reversed(self.started):
             if proc.running():
-                proc.signal(signal.SIGKILL)
+                proc.kill_all()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.process.wait(STOP_DEADLINE_S)
             proc._out.close()
