@@ -92,7 +92,10 @@ def test_a_sigkilled_worker_loses_no_job_and_a_new_worker_finishes_them_within_s
         assert second.running()
 
     jobs = assert_all_complete(client, ids, JOB_S)
-    assert {jobs[i]["attempts"] for i in interrupted} == {2}  # picked up a second time
+    # Those that had started ran a second time (a job claimed but not yet started when the
+    # worker died never counted its first try).
+    attempts = [jobs[i]["attempts"] for i in interrupted]
+    assert set(attempts) <= {1, 2} and 2 in attempts, attempts
     ran = completions(first, second)
     assert set(ran) == set(ids)
     # The in-progress mark kept every other worker off them until it expired, and no longer.
