@@ -12,7 +12,7 @@ WORKERS ?= 1
 STAGE_PACKAGES := $(patsubst %/,%,$(dir $(wildcard stage*_*/main.py)))
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format bench loadtest docs lock clean
+.PHONY: help run test chaos lint format bench loadtest docs lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -31,6 +31,10 @@ test: $(BIN)/.installed  ## everything CI checks: lint, tests, docs build, load-
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(addprefix --cov=,$(STAGE_PACKAGES)) --cov-report=term:skip-covered
 	$(BIN)/mkdocs build --strict --quiet --site-dir .data/site
+
+chaos: $(BIN)/.installed  ## failure injection at full size: kills, Redis crash, 15 s of load, long fuzzing
+	CHAOS_SCALE=full $(BIN)/python -m pytest -rP --timeout=900 tests/test_crash_worker.py \
+		tests/test_crash_api.py tests/test_crash_redis.py tests/test_concurrency.py tests/test_fuzz.py
 
 lint: $(BIN)/.installed  ## ruff check + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -49,6 +49,7 @@ def add_task_route(app: FastAPI, name: str) -> None:
         summary=f"Run {name} in the background",
         description=(function.__doc__ or "").strip(),
         tags=["tasks"],
+        responses=errors.BODY_ERRORS,
     )
 
 

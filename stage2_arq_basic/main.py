@@ -94,6 +94,7 @@ def add_task_route(app: FastAPI, name: str) -> None:
         summary=f"Enqueue {name}",
         description=(function.__doc__ or "").strip(),
         tags=["tasks"],
+        responses={**errors.BODY_ERRORS, **errors.REDIS_DOWN},
     )
 
 
@@ -127,7 +128,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         add_task_route(app, name)
 
     # --8<-- [start:get_job]
-    @app.get("/jobs/{job_id}", tags=["jobs"], responses={404: {"description": "Unknown job"}})
+    @app.get(
+        "/jobs/{job_id}",
+        tags=["jobs"],
+        responses={
+            404: {"description": "Unknown job"},
+            502: {"description": "The job's data in Redis is not JSON"},
+            **errors.REDIS_DOWN,
+        },
+    )
     async def get_job(job_id: Annotated[str, Path(max_length=64)], redis: Redis) -> jobs.JobView:
         """A job's status, and its result or error once it has finished."""
         view = await jobs.read_job(redis, job_id, settings.queue_name)

@@ -14,7 +14,8 @@ from .tasks import TASKS
 # A job running longer than this is cancelled and fails. It also bounds crash recovery:
 # ARQ re-runs a job whose worker died only once its "in progress" key expires, after the
 # longest timeout on this worker + 10 s. ARQ's default of 300 s would mean 5 minutes.
-JOB_TIMEOUT_S = 30
+# 30 s by default (config.py); JOB_TIMEOUT_S in the environment changes it.
+JOB_TIMEOUT_S = get_settings().job_timeout_s
 # How long a result stays in Redis. After that GET /jobs/{id} answers 404: Redis is a
 # queue, not a record (stage 3 keeps the history in a database).
 KEEP_RESULT_S = 3600
