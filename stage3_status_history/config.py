@@ -1,0 +1,23 @@
+from functools import lru_cache
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Read from the environment (or a `.env` file); the defaults need neither."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    app_name: str = "Stage 2: ARQ + Redis"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # `make run` sets this to its embedded Valkey
+    queue_name: str = "arq:queue"
+    redis_timeout_s: float = (
+        1.0  # a Redis that is down or stuck costs a request one second, then 503
+    )
+    max_body_bytes: int = 16 * 1024  # task arguments are a few numbers; 16 KiB is plenty
+    log_level: str = "INFO"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,44 @@
+"""The ARQ worker: a separate process that takes jobs from Redis and runs them.
+
+Run it by hand (with REDIS_URL pointing at the same Redis as the API):
+    arq stage2_arq_basic.worker.WorkerSettings
+"""
+
+from arq.connections import RedisSettings
+
+from . import jobs
+from .config import get_settings
+from .tasks import TASKS
+
+# --8<-- [start:constants]
+# A job running longer than this is cancelled and fails. It also bounds crash recovery:
+# ARQ re-runs a job whose worker died only once its "in progress" key expires, after the
+# longest timeout on this worker + 10 s. ARQ's default of 300 s would mean 5 minutes.
+JOB_TIMEOUT_S = 30
+# How long a result stays in Redis. After that GET /jobs/{id} answers 404: Redis is a
+# queue, not a record (stage 3 keeps the history in a database).
+KEEP_RESULT_S = 3600
+# How often an idle worker asks Redis for new jobs. ARQ's 0.5 s default adds ~250 ms of
+# queue wait on average; 0.05 s makes pick-up near-instant for 20 cheap queries a second.
+POLL_DELAY_S = 0.05
+# How many jobs one worker runs at once (on one event loop; more processes scale further).
+MAX_JOBS = 10
+# How often the worker writes its health-check key (`arq --check` reads it). ARQ's default
+# of an hour lets a dead worker look healthy for an hour.
+HEALTH_CHECK_INTERVAL_S = 10
+# --8<-- [end:constants]
+
+
+class WorkerSettings:
+    # ARQ reads these attributes from this class's own __dict__: subclassing it would lose
+    # them, so a variant copies what it needs.
+    functions = [function for _, function in TASKS.values()]
+    redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
+    queue_name = get_settings().queue_name
+    job_serializer = jobs.serialize
+    job_deserializer = jobs.deserialize
+    job_timeout = JOB_TIMEOUT_S
+    keep_result = KEEP_RESULT_S
+    poll_delay = POLL_DELAY_S
+    max_jobs = MAX_JOBS
+    health_check_interval = HEALTH_CHECK_INTERVAL_S
