@@ -1,1 +1,1 @@
-"""Stage 2: ARQ + Redis: a separate worker process runs the jobs."""
+"""Stage 3: a durable job ledger: every job's story in a database, not only in Redis."""

@@ -1,4 +1,5 @@
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -8,7 +9,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
-    app_name: str = "Stage 2: ARQ + Redis"
+    app_name: str = "Stage 3: a durable job ledger"
     redis_url: str = "redis://127.0.0.1:6379/0"  # `make run` sets this to its embedded Valkey
     queue_name: str = "arq:queue"
     redis_timeout_s: float = (
@@ -16,6 +17,11 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = 16 * 1024  # task arguments are a few numbers; 16 KiB is plenty
     log_level: str = "INFO"
+    data_dir: Path = Path(".data/stage3")  # git-ignored; `make run` sets the same
+    database_url: str = ""  # any SQLAlchemy URL; empty: a SQLite file in data_dir
+
+    def model_post_init(self, _context: object) -> None:
+        self.database_url = self.database_url or f"sqlite:///{self.data_dir / 'jobs.db'}"
 
 
 @lru_cache

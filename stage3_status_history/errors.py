@@ -1,10 +1,11 @@
-"""Every error is a JSON body with a 4xx status (503 while Redis is down), never a 500."""
+"""Every error is a JSON body with a 4xx status (503 while Redis or the DB is down), never a 500."""
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,6 +23,15 @@ async def redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         status_code=503,
         content={"detail": f"Redis is unavailable: {type(exc).__name__}"},
+        headers={"Retry-After": "1"},
+    )
+
+
+async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    # OperationalError: the server is down, the file unwritable, or a lock wait timed out.
+    return JSONResponse(
+        status_code=503,
+        content={"detail": f"The database is unavailable: {type(exc).__name__}"},
         headers={"Retry-After": "1"},
     )
 
@@ -68,4 +78,5 @@ def install(app: FastAPI, max_body_bytes: int) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(RedisConnectionError, redis_unavailable)
     app.add_exception_handler(RedisTimeoutError, redis_unavailable)
+    app.add_exception_handler(DatabaseUnavailable, database_unavailable)
     app.add_middleware(LimitBodySize, max_bytes=max_body_bytes)

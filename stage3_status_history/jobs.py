@@ -35,6 +35,7 @@ def deserialize(data: bytes) -> dict[str, Any]:
 
 
 Status = Literal["queued", "deferred", "in_progress", "complete", "failed"]
+FINAL = ("complete", "failed")  # a job in one of these states will not change any more
 
 
 class JobView(BaseModel):
@@ -48,6 +49,8 @@ class JobView(BaseModel):
     start_time: datetime | None = None
     finish_time: datetime | None = None
     attempts: int
+    progress: int = 0  # percent, as the job reports it (tasks.set_progress)
+    message: str | None = None
 
 
 def _error_text(result: Any) -> str:
@@ -74,13 +77,21 @@ async def read_job(redis: ArqRedis, job_id: str, queue_name: str) -> JobView | N
         attempts=int(await redis.get(retry_key_prefix + job_id) or 0),
     )
     if isinstance(info, JobResult):
-        # ARQ calls every finished job "complete", even one that raised; we don't.
-        view.status = "complete" if info.success else "failed"
-        view.result = info.result if info.success else None
-        view.error = None if info.success else _error_text(info.result)
-        view.start_time, view.finish_time = info.start_time, info.finish_time
-        view.attempts = info.job_try
+        view = view.model_copy(update=outcome(info))
     return view
+
+
+def outcome(info: JobResult) -> dict[str, Any]:
+    """How a finished job ended, as JobView fields (the ledger stores the same ones)."""
+    # ARQ calls every finished job "complete", even one that raised; we don't.
+    return {
+        "status": "complete" if info.success else "failed",
+        "result": info.result if info.success else None,
+        "error": None if info.success else _error_text(info.result),
+        "start_time": info.start_time,
+        "finish_time": info.finish_time,
+        "attempts": info.job_try,
+    }
 
 
 # --8<-- [end:read_job]

@@ -1,20 +1,25 @@
-"""Stage 2: a real job queue with ARQ and Redis.
+"""Stage 3: a durable job ledger. Redis is a queue, not a record.
 
-What it adds: `POST /tasks/<name>` puts a job in Redis and answers 202 with a job id at
-once; a separate worker process runs it; `GET /jobs/{id}` reports its status and result.
+What it adds: every job also has a row in a database (SQLite by default, any SQLAlchemy
+URL through DATABASE_URL), written before the job is enqueued and kept after Redis has
+forgotten it. `GET /jobs/{id}` answers from Redis while the job is live and from the
+ledger afterwards, with the progress the job reports; `GET /jobs/{id}/events` streams
+it. history.py adds `GET /jobs` (the history) and `GET /`, a page of recent jobs.
 
 Run it:
-    make run STAGE=2
+    make run STAGE=3
     # or by hand, with a Redis at REDIS_URL (default redis://127.0.0.1:6379/0):
-    uvicorn stage2_arq_basic.main:app --port 8000
-    arq stage2_arq_basic.worker.WorkerSettings
+    uvicorn stage3_status_history.main:app --port 8000
+    arq stage3_status_history.worker.WorkerSettings
 
-What it leaves out, on purpose: Redis keeps a job's result for an hour (KEEP_RESULT_S in
-worker.py) and then forgets the job ever existed; there is no history, no progress and no
-list of jobs. Stage 3 keeps every job in a database.
+What it leaves out, on purpose: a job that fails stays failed (no retries), jobs run as
+soon as a worker is free (no scheduling), and nothing cancels a job. Stage 4 adds those.
 """
 
+import asyncio
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -22,12 +27,18 @@ from typing import Annotated
 from arq.connections import ArqRedis
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
 from redis.asyncio import ConnectionPool
 
-from . import errors, jobs
+from . import errors, history, jobs
 from .config import Settings, get_settings
+from .history import LedgerDep
+from .ledger import JobRecord, Ledger, as_view, now
 from .tasks import TASKS
+
+EVENTS_POLL_S = 0.2  # how often an event stream looks for a change in the job
+EVENTS_MAX_S = 600  # a stream ends after this even if the job has not
 
 
 class Enqueued(BaseModel):
@@ -55,11 +66,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         job_deserializer=jobs.deserialize,
         default_queue_name=settings.queue_name,
     )
+    app.state.ledger = Ledger(settings.database_url)
+    await asyncio.to_thread(app.state.ledger.create_schema)
     try:
         yield
     finally:
         await app.state.redis.aclose()
         await pool.aclose()
+        app.state.ledger.engine.dispose()
 
 
 # --8<-- [end:lifespan]
@@ -76,11 +90,21 @@ def add_task_route(app: FastAPI, name: str) -> None:
     model, function = TASKS[name]
 
     # --8<-- [start:submit]
-    async def submit(args: model, redis: Redis, response: Response) -> Enqueued:  # type: ignore[valid-type]
-        # The job goes to Redis by name with JSON arguments; the worker picks it up.
-        # This request only waits for Redis to store it: a millisecond, whatever the job costs.
-        job = await redis.enqueue_job(name, **args.model_dump())
-        assert job is not None  # None means "this job id exists"; ARQ picked a fresh uuid
+    async def submit(args: model, redis: Redis, ledger: LedgerDep, response: Response) -> Enqueued:  # type: ignore[valid-type]
+        # The row comes first, then the job goes to Redis: a job Redis loses is still on
+        # record. (Enqueue first, and a crash in between leaves a job no one can look up.)
+        job_id, kwargs = uuid.uuid4().hex, args.model_dump()
+        await ledger.add(JobRecord(job_id=job_id, function=name, args=kwargs, status="queued",
+                                   enqueue_time=now()))  # fmt: skip
+        try:
+            job = await redis.enqueue_job(name, _job_id=job_id, **kwargs)
+        except (errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
+            # Failed, not deleted: if Redis did store the job before timing out, the worker
+            # still runs it and records the real outcome over this one.
+            error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
+            await ledger.update(job_id, final=True, status="failed", error=error, finish_time=now())
+            raise  # errors.redis_unavailable answers 503
+        assert job is not None  # None means "this job id exists"; ours is a fresh uuid
         response.headers["Location"] = f"/jobs/{job.job_id}"
         return Enqueued(job_id=job.job_id, status_url=f"/jobs/{job.job_id}")
 
@@ -109,28 +133,71 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: answers without touching anything else."""
         return {"ping": "pong"}
 
-    @app.get("/health", tags=["health"], responses={503: {"description": "Redis is down"}})
-    async def health(redis: Redis) -> JSONResponse:
-        """Readiness: can we reach Redis?"""
+    @app.get("/health", tags=["health"], responses={503: {"description": "Redis or DB down"}})
+    async def health(redis: Redis, ledger: LedgerDep) -> JSONResponse:
+        """Readiness: can we reach Redis and the database?"""
         try:
             await redis.ping()
         except (OSError, errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
             return JSONResponse(
                 status_code=503, content={"status": "unavailable", "down": {"redis": repr(exc)}}
             )
+        try:
+            await ledger.ping()
+        except errors.DatabaseUnavailable as exc:
+            return JSONResponse(
+                status_code=503, content={"status": "unavailable", "down": {"database": repr(exc)}}
+            )
         return JSONResponse({"status": "ok"})
 
     for name in TASKS:
         add_task_route(app, name)
 
+    # --8<-- [start:get_job]
     @app.get("/jobs/{job_id}", tags=["jobs"], responses={404: {"description": "Unknown job"}})
-    async def get_job(job_id: Annotated[str, Path(max_length=64)], redis: Redis) -> jobs.JobView:
-        """A job's status, and its result or error once it has finished."""
-        view = await jobs.read_job(redis, job_id, settings.queue_name)
+    async def get_job(
+        job_id: Annotated[str, Path(max_length=64)], redis: Redis, ledger: LedgerDep
+    ) -> jobs.JobView:
+        """A job's status and progress, and its result or error once it has finished."""
+        record = await ledger.get(job_id)
+        if record is not None and record.status in jobs.FINAL:
+            return as_view(record)  # finished: the ledger remembers after Redis has forgotten
+        # Unfinished as far as the ledger knows. If Redis holds a result, record it now:
+        # ARQ skips the worker's hooks for some endings (max tries, expired).
+        if record is not None and await ledger.copy_result(redis, job_id, settings.queue_name):
+            return as_view(await ledger.get(job_id))  # type: ignore[arg-type]
+        view = await jobs.read_job(redis, job_id, settings.queue_name)  # live: Redis is freshest
+        if view is None and record is None:
+            raise HTTPException(404, f"No job {job_id!r}")
         if view is None:
-            raise HTTPException(404, f"No job {job_id!r}: unknown, or its result has expired")
+            return as_view(record)  # type: ignore[arg-type]  # on record, but Redis lost it
+        if record is not None:
+            view.progress, view.message = record.progress, record.message
         return view
 
+    # --8<-- [end:get_job]
+
+    # --8<-- [start:events]
+    @app.get("/jobs/{job_id}/events", response_class=EventSourceResponse, tags=["jobs"],
+             responses={404: {"description": "Unknown job"}})  # fmt: skip
+    async def job_events(
+        job: Annotated[jobs.JobView, Depends(get_job)], redis: Redis, ledger: LedgerDep
+    ) -> AsyncIterator[jobs.JobView]:
+        """Server-Sent Events: the job's state each time it changes, until it has finished."""
+        # Polling the ledger is simple and works across processes; a real application with
+        # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY).
+        deadline = time.monotonic() + EVENTS_MAX_S
+        yield job
+        while job.status not in jobs.FINAL and time.monotonic() < deadline:
+            await asyncio.sleep(EVENTS_POLL_S)
+            latest = await get_job(job.job_id, redis, ledger)
+            if latest != job:
+                job = latest
+                yield job
+
+    # --8<-- [end:events]
+
+    app.include_router(history.router)
     return app
 
 

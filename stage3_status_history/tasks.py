@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_INT = 10**12  # keeps sums exact and JSON numbers small
 MAX_CRUNCH_MS = 5_000
 MAX_WAIT_S = 20.0
+MAX_STEPS = 100
+MAX_STEP_S = 2.0
 
 Int = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
 Finite = Annotated[float, Field(ge=-MAX_INT, le=MAX_INT)]
@@ -41,6 +43,11 @@ class WaitArgs(Args):
     seconds: float = Field(1.0, ge=0, le=MAX_WAIT_S, description="How long to sleep")
 
 
+class ReportArgs(Args):
+    steps: int = Field(10, ge=1, le=MAX_STEPS, description="How many steps the work takes")
+    step_seconds: float = Field(0.5, ge=0, le=MAX_STEP_S, description="How long each step takes")
+
+
 def burn_cpu(ms: int) -> int:
     """Pure-Python busy work for about `ms` milliseconds; holds the GIL throughout."""
     deadline = time.perf_counter() + ms / 1000
@@ -54,7 +61,7 @@ def burn_cpu(ms: int) -> int:
 # ARQ calls every job as `await f(ctx, **kwargs)`: `ctx` holds the worker's Redis pool and
 # the job's id and try number. Jobs must be `async def`; ARQ refuses plain functions.
 # ARQ runs a job at least once, so every job must be safe to run twice. These are: they
-# only compute and return.
+# only compute, report progress and return.
 
 
 async def add(ctx: dict[str, Any], x: int, y: int) -> int:
@@ -85,6 +92,25 @@ async def wait(ctx: dict[str, Any], seconds: float) -> float:
     return seconds
 
 
+# --8<-- [start:progress]
+async def set_progress(ctx: dict[str, Any], percent: int, message: str | None = None) -> None:
+    """Record how far the job has got; GET /jobs/{id}, its event stream and the page show it."""
+    # The worker put its ledger in ctx (worker.startup). Each call is one small UPDATE, so
+    # report every step of slow work, not every item of a tight loop.
+    await ctx["ledger"].update(ctx["job_id"], progress=max(0, min(100, percent)), message=message)
+
+
+async def report(ctx: dict[str, Any], steps: int, step_seconds: float) -> int:
+    """Work through `steps` steps of `step_seconds` each, reporting progress after each one."""
+    for step in range(1, steps + 1):
+        await asyncio.sleep(step_seconds)  # stands for one slice of real work
+        await set_progress(ctx, step * 100 // steps, f"step {step} of {steps}")
+    return steps
+
+
+# --8<-- [end:progress]
+
+
 # name -> (argument model, function). The API makes one POST /tasks/<name> route per entry;
 # the worker registers the functions.
 TASKS = {
@@ -92,4 +118,5 @@ TASKS = {
     "divide": (DivideArgs, divide),
     "crunch": (CrunchArgs, crunch),
     "wait": (WaitArgs, wait),
+    "report": (ReportArgs, report),
 }
