@@ -111,7 +111,7 @@ class Ledger:
         self.statements = {
             "add": sa.insert(JobRecord),
             "update": sa.update(JobRecord).where(by_id, *(JobRecord.status != s for s in FINAL)),
-            "finish": sa.update(JobRecord).where(by_id),  # only a final outcome overwrites one
+            "overwrite": sa.update(JobRecord).where(by_id),
         }
         self.wait = wait
         self.pending: list[tuple[str, dict[str, Any], asyncio.Future[None] | None]] = []
@@ -128,9 +128,10 @@ class Ledger:
     async def add(self, record: JobRecord) -> None:
         await self._write("add", record.model_dump())
 
-    async def update(self, job_id: str, *, final: bool = False, **values: Any) -> None:
-        """Change an unfinished row; with final=True, any row (to record how it ended)."""
-        await self._write("finish" if final else "update", {"_job_id": job_id, **values})
+    async def update(self, job_id: str, *, overwrite_final: bool = False, **values: Any) -> None:
+        """Change the job's row if it has not finished (or even then, with overwrite_final)."""
+        kind = "overwrite" if overwrite_final else "update"
+        await self._write(kind, {"_job_id": job_id, **values})
 
     async def _write(self, kind: str, values: dict[str, Any]) -> None:
         # A transaction per write would cap a worker at a quarter of stage 2's throughput:
@@ -217,5 +218,5 @@ class Ledger:
         info = await job.result_info()  # None: not finished, or Redis has forgotten it
         if info is not None:
             progress = {"progress": 100} if info.success else {}
-            await self.update(job_id, final=True, **outcome(info), **progress)
+            await self.update(job_id, overwrite_final=True, **outcome(info), **progress)
         return info is not None

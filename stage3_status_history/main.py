@@ -102,7 +102,7 @@ def add_task_route(app: FastAPI, name: str) -> None:
             # Failed, not deleted: if Redis did store the job before timing out, the worker
             # still runs it and records the real outcome over this one.
             error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
-            await ledger.update(job_id, final=True, status="failed", error=error, finish_time=now())
+            await ledger.update(job_id, status="failed", error=error, finish_time=now())
             raise  # errors.redis_unavailable answers 503
         assert job is not None  # None means "this job id exists"; ours is a fresh uuid
         response.headers["Location"] = f"/jobs/{job.job_id}"
@@ -166,14 +166,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # ARQ skips the worker's hooks for some endings (max tries, expired).
         if record is not None and await ledger.copy_result(redis, job_id, settings.queue_name):
             return as_view(await ledger.get(job_id))  # type: ignore[arg-type]
-        view = await jobs.read_job(redis, job_id, settings.queue_name)  # live: Redis is freshest
-        if view is None and record is None:
-            raise HTTPException(404, f"No job {job_id!r}")
-        if view is None:
-            return as_view(record)  # type: ignore[arg-type]  # on record, but Redis lost it
-        if record is not None:
-            view.progress, view.message = record.progress, record.message
-        return view
+        view = await jobs.read_job(redis, job_id, settings.queue_name)
+        if record is None or (view is not None and view.status in jobs.FINAL):
+            if view is None:
+                raise HTTPException(404, f"No job {job_id!r}")
+            return view  # not on record (enqueued by something else), or it just ended
+        live = as_view(record)  # the story so far, with Redis's word on where the job is now
+        if view is not None:  # None: Redis lost it; reconcile() marks it failed in time
+            live.status, live.attempts = view.status, view.attempts
+        return live
 
     # --8<-- [end:get_job]
 

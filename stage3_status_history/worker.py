@@ -83,7 +83,7 @@ async def reconcile(ctx: dict[str, Any]) -> int:
             ctx["redis"], record.job_id, queue_name
         ):
             error = "lost: Redis no longer knows this job (flushed, or its result expired)"
-            await ledger.update(record.job_id, final=True, status="failed", error=error)
+            await ledger.update(record.job_id, status="failed", error=error)
             settled += 1
     await ledger.flush()
     return settled

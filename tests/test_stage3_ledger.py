@@ -195,6 +195,9 @@ def test_progress_events_arrive_in_order_and_end_with_the_final_state(
         5,
     )
     assert len({json.dumps(e, sort_keys=True) for e in events}) == len(events)  # only changes
+    # The worker writes a little behind; its last progress report still lands after the
+    # stream (the API) has recorded the end.
+    assert client.get(f"/jobs/{job_id}").json()["message"] == "step 5 of 5"
 
 
 def test_the_event_stream_of_an_unknown_job_is_a_json_404(client):
