@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 export NO_MKDOCS_2_WARNING := 1  # mkdocs-material's end-of-life banner; noted in docs/production
-STAGE  ?= 3
+STAGE  ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WORKERS ?= 1
@@ -23,8 +23,8 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@
 
-run: $(BIN)/.installed  ## start stage $(STAGE): embedded Valkey, API on $(HOST):$(PORT), worker(s)
-	$(BIN)/python -m devkit.run --stage $(STAGE) --host $(HOST) --port $(PORT) --workers $(WORKERS)
+run: $(BIN)/.installed  ## start the newest stage (or STAGE=n): embedded Valkey, API, worker(s)
+	$(BIN)/python -m devkit.run $(if $(STAGE),--stage $(STAGE)) --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 test: $(BIN)/.installed  ## everything CI checks: lint, tests, docs build, load-test smoke
 	$(BIN)/ruff check .
@@ -38,7 +38,7 @@ lint: $(BIN)/.installed  ## ruff check + format check
 format: $(BIN)/.installed  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-bench: $(BIN)/.installed  ## stage 2 enqueue/worker/latency benchmark (slow; not part of make test)
+bench: $(BIN)/.installed  ## enqueue rate, worker throughput, latency per stage (slow; not in make test)
 	$(BIN)/python -m devkit.bench
 
 docs: $(BIN)/.installed  ## serve the tutorial site on http://127.0.0.1:8001

@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: answers without touching anything else."""
         return {"ping": "pong"}
 
+    # --8<-- [start:health]
     @app.get("/health", tags=["health"], responses={503: {"description": "Redis is down"}})
     async def health(redis: Redis) -> JSONResponse:
         """Readiness: can we reach Redis?"""
@@ -120,9 +121,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return JSONResponse({"status": "ok"})
 
+    # --8<-- [end:health]
+
     for name in TASKS:
         add_task_route(app, name)
 
+    # --8<-- [start:get_job]
     @app.get("/jobs/{job_id}", tags=["jobs"], responses={404: {"description": "Unknown job"}})
     async def get_job(job_id: Annotated[str, Path(max_length=64)], redis: Redis) -> jobs.JobView:
         """A job's status, and its result or error once it has finished."""
@@ -130,6 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if view is None:
             raise HTTPException(404, f"No job {job_id!r}: unknown, or its result has expired")
         return view
+
+    # --8<-- [end:get_job]
 
     return app
 

@@ -29,6 +29,7 @@ HEALTH_CHECK_INTERVAL_S = 10
 # --8<-- [end:constants]
 
 
+# --8<-- [start:settings]
 class WorkerSettings:
     # ARQ reads these attributes from this class's own __dict__: subclassing it would lose
     # them, so a variant copies what it needs.
@@ -42,3 +43,6 @@ class WorkerSettings:
     poll_delay = POLL_DELAY_S
     max_jobs = MAX_JOBS
     health_check_interval = HEALTH_CHECK_INTERVAL_S
+
+
+# --8<-- [end:settings]

@@ -7,7 +7,6 @@ skipped with the reason.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -15,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-INSTALL_TIMEOUT_S = 600
+from tests import apt
+
 BROWSER_TIMEOUT_S = 60
 # Without the background-networking flags, Chromium tries to reach Google's servers and,
 # on a machine with no network, fills its output with refused connections.
@@ -34,23 +34,9 @@ FLAGS = [
 
 def find_or_install_chromium() -> tuple[str | None, str]:
     """(path, "") when Chromium is available, else (None, why not)."""
-    for name in ("chromium", "chromium-browser"):
-        if path := shutil.which(name):
-            return path, ""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return None, "chromium is not installed and cannot be (needs root and apt-get)"
-    command = ["apt-get", "install", "-y", "-q", "chromium"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for attempt in (command, ["apt-get", "update", "-q"], command):
-        result = subprocess.run(
-            attempt, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S
-        )
-        if attempt is command and result.returncode == 0:
-            break
-    path = shutil.which("chromium")
-    return (
-        (path, "") if path else (None, f"apt-get install chromium failed: {result.stderr[-300:]}")
-    )
+    if path := shutil.which("chromium-browser"):
+        return path, ""
+    return apt.ensure("chromium", "chromium")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ processes; a job goes through them over HTTP; Ctrl-C leaves no process behind.""
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import psutil
 import pytest
 
 from devkit.valkey import free_port
+from tests import apt
 
 pytestmark = pytest.mark.e2e
 
@@ -117,3 +119,18 @@ def test_a_redis_url_that_does_not_answer_is_a_one_line_error(tmp_path):
     assert runner.returncode == 1
     assert "does not answer" in output
     assert "Traceback" not in output
+
+
+def test_the_benchmark_runs_end_to_end_and_prints_every_figure(tmp_path):
+    # A smoke run of `make bench` (seconds, tiny numbers): it checks the tooling, not speed.
+    _, why_not = apt.ensure("wrk", "wrk")
+    if why_not:
+        pytest.skip(why_not)
+    result = subprocess.run(
+        [sys.executable, "-m", "devkit.bench", "--stage", "2", "--duration", "1", "--jobs", "50"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    for figure in ("enqueue req/s", "worker jobs/s", "latency p95 ms", "status p99 ms"):
+        assert figure in result.stdout
+    assert re.search(r"^worker completed\s+50/50$", result.stdout, re.M), result.stdout
