@@ -12,9 +12,7 @@ class Settings(BaseSettings):
     app_name: str = "Stage 3: a durable job ledger"
     redis_url: str = "redis://127.0.0.1:6379/0"  # `make run` sets this to its embedded Valkey
     queue_name: str = "arq:queue"
-    redis_timeout_s: float = (
-        1.0  # a Redis that is down or stuck costs a request one second, then 503
-    )
+    redis_timeout_s: float = 1.0  # Redis down or stuck: a 503 after this, not a hang
     max_body_bytes: int = 16 * 1024  # task arguments are a few numbers; 16 KiB is plenty
     log_level: str = "INFO"
     data_dir: Path = Path(".data/stage3")  # git-ignored; `make run` sets the same

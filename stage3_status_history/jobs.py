@@ -34,6 +34,7 @@ def deserialize(data: bytes) -> dict[str, Any]:
 # --8<-- [end:serializer]
 
 
+# --8<-- [start:job_view]
 Status = Literal["queued", "deferred", "in_progress", "complete", "failed"]
 FINAL = ("complete", "failed")  # a job in one of these states will not change any more
 
@@ -51,6 +52,9 @@ class JobView(BaseModel):
     attempts: int
     progress: int = 0  # percent, as the job reports it (tasks.set_progress)
     message: str | None = None
+
+
+# --8<-- [end:job_view]
 
 
 def _error_text(result: Any) -> str:

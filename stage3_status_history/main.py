@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: answers without touching anything else."""
         return {"ping": "pong"}
 
+    # --8<-- [start:health]
     @app.get("/health", tags=["health"], responses={503: {"description": "Redis or DB down"}})
     async def health(redis: Redis, ledger: LedgerDep) -> JSONResponse:
         """Readiness: can we reach Redis and the database?"""
@@ -149,6 +150,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 status_code=503, content={"status": "unavailable", "down": {"database": repr(exc)}}
             )
         return JSONResponse({"status": "ok"})
+
+    # --8<-- [end:health]
 
     for name in TASKS:
         add_task_route(app, name)

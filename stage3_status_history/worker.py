@@ -92,6 +92,7 @@ async def reconcile(ctx: dict[str, Any]) -> int:
 # --8<-- [end:hooks]
 
 
+# --8<-- [start:settings]
 class WorkerSettings:
     # ARQ reads these attributes from this class's own __dict__: subclassing it would lose
     # them, so a variant copies what it needs.
@@ -109,3 +110,6 @@ class WorkerSettings:
     on_shutdown = shutdown
     on_job_start = job_started
     after_job_end = job_ended
+
+
+# --8<-- [end:settings]
