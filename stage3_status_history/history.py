@@ -11,7 +11,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
 from .jobs import JobView, Status
-from .ledger import JobRecord, Ledger, as_view
+from .ledger import Ledger
 from .tasks import TASKS
 
 PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
@@ -35,7 +35,7 @@ class JobPage(BaseModel):
 # The cursor is the (enqueue_time, job_id) of the last job on the page, opaque to clients:
 # "older than the last one seen" stays right while new jobs arrive, where an offset would
 # shift every page by the number of jobs added meanwhile.
-def encode_cursor(record: JobRecord) -> str:
+def encode_cursor(record: JobView) -> str:
     key = f"{record.enqueue_time.isoformat()}|{record.job_id}"
     return base64.urlsafe_b64encode(key.encode()).decode()
 
@@ -67,7 +67,7 @@ async def list_jobs(
     records = await ledger.newest(limit + 1, status, function, after)
     more = len(records) > limit
     return JobPage(
-        jobs=[as_view(record) for record in records[:limit]],
+        jobs=records[:limit],
         next_cursor=encode_cursor(records[limit - 1]) if more else None,
     )
 

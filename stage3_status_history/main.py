@@ -34,7 +34,7 @@ from redis.asyncio import ConnectionPool
 from . import errors, history, jobs
 from .config import Settings, get_settings
 from .history import LedgerDep
-from .ledger import JobRecord, Ledger, as_view, now
+from .ledger import JobRecord, Ledger, now
 from .tasks import TASKS
 
 EVENTS_POLL_S = 0.2  # how often an event stream looks for a change in the job
@@ -73,7 +73,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         await app.state.redis.aclose()
         await pool.aclose()
-        app.state.ledger.engine.dispose()
+        app.state.ledger.close()
 
 
 # --8<-- [end:lifespan]
@@ -164,20 +164,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """A job's status and progress, and its result or error once it has finished."""
         record = await ledger.get(job_id)
         if record is not None and record.status in jobs.FINAL:
-            return as_view(record)  # finished: the ledger remembers after Redis has forgotten
+            return record  # finished: the ledger remembers after Redis has forgotten
         # Unfinished as far as the ledger knows. If Redis holds a result, record it now:
         # ARQ skips the worker's hooks for some endings (max tries, expired).
         if record is not None and await ledger.copy_result(redis, job_id, settings.queue_name):
-            return as_view(await ledger.get(job_id))  # type: ignore[arg-type]
+            return await ledger.get(job_id)  # type: ignore[return-value]
         view = await jobs.read_job(redis, job_id, settings.queue_name)
         if record is None or (view is not None and view.status in jobs.FINAL):
             if view is None:
                 raise HTTPException(404, f"No job {job_id!r}")
             return view  # not on record (enqueued by something else), or it just ended
-        live = as_view(record)  # the story so far, with Redis's word on where the job is now
         if view is not None:  # None: Redis lost it; reconcile() marks it failed in time
-            live.status, live.attempts = view.status, view.attempts
-        return live
+            record.status, record.attempts = view.status, view.attempts  # where it is now
+        return record  # the story so far
 
     # --8<-- [end:get_job]
 

@@ -46,7 +46,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     await ctx["ledger"].flush()
-    ctx["ledger"].engine.dispose()
+    ctx["ledger"].close()
 
 
 async def job_started(ctx: dict[str, Any]) -> None:

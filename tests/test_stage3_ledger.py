@@ -67,7 +67,7 @@ def run_reconcile(stage) -> int:
             return await worker.reconcile(ctx)
         finally:
             await ctx["redis"].aclose()
-            ctx["ledger"].engine.dispose()
+            ctx["ledger"].close()
 
     return asyncio.run(run())
 
