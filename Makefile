@@ -5,14 +5,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 export NO_MKDOCS_2_WARNING := 1  # mkdocs-material's end-of-life banner; noted in docs/production
-STAGE  ?= 2
+STAGE  ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WORKERS ?= 1
 STAGE_PACKAGES := $(patsubst %/,%,$(dir $(wildcard stage*_*/main.py)))
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format bench loadtest docs lock clean
+.PHONY: help run test chaos lint format bench loadtest docs lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -23,8 +23,8 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@
 
-run: $(BIN)/.installed  ## start stage $(STAGE): embedded Valkey, API on $(HOST):$(PORT), worker(s)
-	$(BIN)/python -m devkit.run --stage $(STAGE) --host $(HOST) --port $(PORT) --workers $(WORKERS)
+run: $(BIN)/.installed  ## start the newest stage (or STAGE=n): embedded Valkey, API, worker(s)
+	$(BIN)/python -m devkit.run $(if $(STAGE),--stage $(STAGE)) --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 test: $(BIN)/.installed  ## everything CI checks: lint, tests, docs build, load-test smoke
 	$(BIN)/ruff check .
@@ -32,13 +32,17 @@ test: $(BIN)/.installed  ## everything CI checks: lint, tests, docs build, load-
 	$(BIN)/python -m pytest $(addprefix --cov=,$(STAGE_PACKAGES)) --cov-report=term:skip-covered
 	$(BIN)/mkdocs build --strict --quiet --site-dir .data/site
 
+chaos: $(BIN)/.installed  ## failure injection at full size: kills, Redis crash, 15 s of load, long fuzzing
+	CHAOS_SCALE=full $(BIN)/python -m pytest -rP --timeout=900 tests/test_crash_worker.py \
+		tests/test_crash_api.py tests/test_crash_redis.py tests/test_concurrency.py tests/test_fuzz.py
+
 lint: $(BIN)/.installed  ## ruff check + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 format: $(BIN)/.installed  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-bench: $(BIN)/.installed  ## stage 2 enqueue/worker/latency benchmark (slow; not part of make test)
+bench: $(BIN)/.installed  ## enqueue rate, worker throughput, latency per stage (slow; not in make test)
 	$(BIN)/python -m devkit.bench
 
 docs: $(BIN)/.installed  ## serve the tutorial site on http://127.0.0.1:8001

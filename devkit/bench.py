@@ -135,10 +135,17 @@ async def submit(url: str, count: int, concurrency: int = 20) -> list[str]:
     return ids
 
 
-async def read_jobs(url: str, ids: list[str]) -> list[dict]:
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        responses = await asyncio.gather(*(client.get(f"/jobs/{job_id}") for job_id in ids))
-    return [response.json() for response in responses]
+async def read_jobs(url: str, ids: list[str], concurrency: int = 50) -> list[dict]:
+    # Bounded: thousands of requests queued on one httpx pool time out waiting for it.
+    slots = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
+
+        async def one(job_id: str) -> dict:
+            async with slots:
+                return (await client.get(f"/jobs/{job_id}")).json()
+
+        return await asyncio.gather(*(one(job_id) for job_id in ids))
 
 
 def span_seconds(jobs: list[dict], start: str, end: str) -> list[float]:

@@ -113,6 +113,8 @@ def banner(stage: int, url: str, redis_url: str | None) -> None:
         f"  API:        {url}",
         f"  Swagger UI: {url}/docs",
     ]
+    if stage >= 3:
+        lines.append(f"  Jobs page:  {url}/")
     if redis_url:
         lines.append(f"  Redis:      {redis_url}")
     lines += [

@@ -15,6 +15,13 @@ async def validation_error(_: Request, exc: RequestValidationError) -> JSONRespo
     return JSONResponse(status_code=422, content={"detail": errors})
 
 
+# What a route with a body can answer besides 202 and 422, for its OpenAPI entry.
+BODY_ERRORS: dict[int | str, dict] = {
+    400: {"description": "The body is not valid JSON"},
+    413: {"description": "The body is over the size limit"},
+}
+
+
 class BodyTooLarge(HTTPException):
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, f"Request body is over the {max_bytes}-byte limit")

@@ -49,9 +49,11 @@ def add_task_route(app: FastAPI, name: str) -> None:
         summary=f"Run {name} in the background",
         description=(function.__doc__ or "").strip(),
         tags=["tasks"],
+        responses=errors.BODY_ERRORS,
     )
 
 
+# --8<-- [start:create_app]
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
@@ -71,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for name in TASKS:
         add_task_route(app, name)
     return app
+
+
+# --8<-- [end:create_app]
 
 
 app = create_app()

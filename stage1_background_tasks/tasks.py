@@ -62,11 +62,15 @@ def add(x: int, y: int) -> int:
     return result
 
 
+# --8<-- [start:divide]
 def divide(x: float, y: float) -> float:
     """Divide x by y; y = 0 fails, and only the log hears of it."""
     result = x / y  # y == 0 raises; the traceback goes to the server log and nobody is told
     log.info("divide(%s, %s) = %s", x, y, result)
     return result
+
+
+# --8<-- [end:divide]
 
 
 # --8<-- [start:crunch]

@@ -34,6 +34,7 @@ def deserialize(data: bytes) -> dict[str, Any]:
 # --8<-- [end:serializer]
 
 
+# --8<-- [start:job_view]
 Status = Literal["queued", "deferred", "in_progress", "complete", "failed"]
 
 
@@ -48,6 +49,9 @@ class JobView(BaseModel):
     start_time: datetime | None = None
     finish_time: datetime | None = None
     attempts: int
+
+
+# --8<-- [end:job_view]
 
 
 def _error_text(result: Any) -> str:

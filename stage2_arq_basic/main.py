@@ -94,6 +94,7 @@ def add_task_route(app: FastAPI, name: str) -> None:
         summary=f"Enqueue {name}",
         description=(function.__doc__ or "").strip(),
         tags=["tasks"],
+        responses={**errors.BODY_ERRORS, **errors.REDIS_DOWN},
     )
 
 
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: answers without touching anything else."""
         return {"ping": "pong"}
 
+    # --8<-- [start:health]
     @app.get("/health", tags=["health"], responses={503: {"description": "Redis is down"}})
     async def health(redis: Redis) -> JSONResponse:
         """Readiness: can we reach Redis?"""
@@ -120,16 +122,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return JSONResponse({"status": "ok"})
 
+    # --8<-- [end:health]
+
     for name in TASKS:
         add_task_route(app, name)
 
-    @app.get("/jobs/{job_id}", tags=["jobs"], responses={404: {"description": "Unknown job"}})
+    # --8<-- [start:get_job]
+    @app.get(
+        "/jobs/{job_id}",
+        tags=["jobs"],
+        responses={
+            404: {"description": "Unknown job"},
+            502: {"description": "The job's data in Redis is not JSON"},
+            **errors.REDIS_DOWN,
+        },
+    )
     async def get_job(job_id: Annotated[str, Path(max_length=64)], redis: Redis) -> jobs.JobView:
         """A job's status, and its result or error once it has finished."""
         view = await jobs.read_job(redis, job_id, settings.queue_name)
         if view is None:
             raise HTTPException(404, f"No job {job_id!r}: unknown, or its result has expired")
         return view
+
+    # --8<-- [end:get_job]
 
     return app
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# --8<-- [start:limits]
 MAX_INT = 10**12  # keeps sums exact and JSON numbers small
 MAX_CRUNCH_MS = 5_000
 MAX_WAIT_S = 20.0
@@ -41,6 +42,9 @@ class WaitArgs(Args):
     seconds: float = Field(1.0, ge=0, le=MAX_WAIT_S, description="How long to sleep")
 
 
+# --8<-- [end:limits]
+
+
 def burn_cpu(ms: int) -> int:
     """Pure-Python busy work for about `ms` milliseconds; holds the GIL throughout."""
     deadline = time.perf_counter() + ms / 1000
@@ -51,6 +55,7 @@ def burn_cpu(ms: int) -> int:
     return loops
 
 
+# --8<-- [start:jobs]
 # ARQ calls every job as `await f(ctx, **kwargs)`: `ctx` holds the worker's Redis pool and
 # the job's id and try number. Jobs must be `async def`; ARQ refuses plain functions.
 # ARQ runs a job at least once, so every job must be safe to run twice. These are: they
@@ -65,6 +70,9 @@ async def add(ctx: dict[str, Any], x: int, y: int) -> int:
 async def divide(ctx: dict[str, Any], x: float, y: float) -> float:
     """Divide x by y; y = 0 fails, and the failure is recorded with the job."""
     return x / y
+
+
+# --8<-- [end:jobs]
 
 
 # --8<-- [start:crunch]

@@ -14,7 +14,8 @@ from .tasks import TASKS
 # A job running longer than this is cancelled and fails. It also bounds crash recovery:
 # ARQ re-runs a job whose worker died only once its "in progress" key expires, after the
 # longest timeout on this worker + 10 s. ARQ's default of 300 s would mean 5 minutes.
-JOB_TIMEOUT_S = 30
+# 30 s by default (config.py); JOB_TIMEOUT_S in the environment changes it.
+JOB_TIMEOUT_S = get_settings().job_timeout_s
 # How long a result stays in Redis. After that GET /jobs/{id} answers 404: Redis is a
 # queue, not a record (stage 3 keeps the history in a database).
 KEEP_RESULT_S = 3600
@@ -29,6 +30,7 @@ HEALTH_CHECK_INTERVAL_S = 10
 # --8<-- [end:constants]
 
 
+# --8<-- [start:settings]
 class WorkerSettings:
     # ARQ reads these attributes from this class's own __dict__: subclassing it would lose
     # them, so a variant copies what it needs.
@@ -42,3 +44,6 @@ class WorkerSettings:
     poll_delay = POLL_DELAY_S
     max_jobs = MAX_JOBS
     health_check_interval = HEALTH_CHECK_INTERVAL_S
+
+
+# --8<-- [end:settings]

@@ -1,0 +1,216 @@
+"""Stage 3: a durable job ledger. Redis is a queue, not a record.
+
+What it adds: every job also has a row in a database (SQLite by default, any SQLAlchemy
+URL through DATABASE_URL), written before the job is enqueued and kept after Redis has
+forgotten it. `GET /jobs/{id}` answers from Redis while the job is live and from the
+ledger afterwards, with the progress the job reports; `GET /jobs/{id}/events` streams
+it. history.py adds `GET /jobs` (the history) and `GET /`, a page of recent jobs.
+
+Run it:
+    make run STAGE=3
+    # or by hand, with a Redis at REDIS_URL (default redis://127.0.0.1:6379/0):
+    uvicorn stage3_status_history.main:app --port 8000
+    arq stage3_status_history.worker.WorkerSettings
+
+What it leaves out, on purpose: a job that fails stays failed (no retries), jobs run as
+soon as a worker is free (no scheduling), and nothing cancels a job. Stage 4 adds those.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from arq.connections import ArqRedis
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse
+from pydantic import BaseModel
+from redis.asyncio import ConnectionPool
+
+from . import errors, history, jobs
+from .config import Settings, get_settings
+from .history import LedgerDep
+from .ledger import JobRecord, Ledger, now
+from .tasks import TASKS
+
+EVENTS_POLL_S = 0.2  # how often an event stream looks for a change in the job
+EVENTS_MAX_S = 600  # a stream ends after this even if the job has not
+
+
+class Enqueued(BaseModel):
+    job_id: str
+    status_url: str
+
+
+# --8<-- [start:lifespan]
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # One connection pool for the whole app, opened once and shared by every request.
+    # (Opening a pool per request, as many tutorials do, costs a TCP handshake every time
+    # and leaks connections under load.) We build it ourselves rather than with arq's
+    # create_pool so that every command has a timeout: a Redis that is down or stuck must
+    # cost a request about a second and a 503, not a hang.
+    settings: Settings = app.state.settings
+    pool = ConnectionPool.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s,
+    )
+    app.state.redis = ArqRedis(
+        pool,
+        job_serializer=jobs.serialize,
+        job_deserializer=jobs.deserialize,
+        default_queue_name=settings.queue_name,
+    )
+    app.state.ledger = Ledger(settings.database_url)
+    await asyncio.to_thread(app.state.ledger.create_schema)
+    try:
+        yield
+    finally:
+        await app.state.redis.aclose()
+        await pool.aclose()
+        app.state.ledger.close()
+
+
+# --8<-- [end:lifespan]
+
+
+def get_redis(request: Request) -> ArqRedis:
+    return request.app.state.redis
+
+
+Redis = Annotated[ArqRedis, Depends(get_redis)]
+
+
+def add_task_route(app: FastAPI, name: str) -> None:
+    model, function = TASKS[name]
+
+    # --8<-- [start:submit]
+    async def submit(args: model, redis: Redis, ledger: LedgerDep, response: Response) -> Enqueued:  # type: ignore[valid-type]
+        # The row comes first, then the job goes to Redis: a job Redis loses is still on
+        # record. (Enqueue first, and a crash in between leaves a job no one can look up.)
+        job_id, kwargs = uuid.uuid4().hex, args.model_dump()
+        await ledger.add(JobRecord(job_id=job_id, function=name, args=kwargs, status="queued",
+                                   enqueue_time=now()))  # fmt: skip
+        try:
+            job = await redis.enqueue_job(name, _job_id=job_id, **kwargs)
+        except (errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
+            # Failed, not deleted: if Redis did store the job before timing out, the worker
+            # still runs it and records the real outcome over this one.
+            error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
+            await ledger.update(job_id, status="failed", error=error, finish_time=now())
+            raise  # errors.redis_unavailable answers 503
+        assert job is not None  # None means "this job id exists"; ours is a fresh uuid
+        response.headers["Location"] = f"/jobs/{job.job_id}"
+        return Enqueued(job_id=job.job_id, status_url=f"/jobs/{job.job_id}")
+
+    # --8<-- [end:submit]
+
+    app.add_api_route(
+        f"/tasks/{name}",
+        submit,
+        methods=["POST"],
+        status_code=202,
+        summary=f"Enqueue {name}",
+        description=(function.__doc__ or "").strip(),
+        tags=["tasks"],
+        responses={**errors.BODY_ERRORS, **errors.REDIS_DOWN},
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    app = FastAPI(title=settings.app_name, lifespan=lifespan)
+    app.state.settings = settings
+    errors.install(app, settings.max_body_bytes)
+
+    @app.get("/ping", tags=["health"])
+    async def ping() -> dict[str, str]:
+        """Liveness: answers without touching anything else."""
+        return {"ping": "pong"}
+
+    # --8<-- [start:health]
+    @app.get("/health", tags=["health"], responses={503: {"description": "Redis or DB down"}})
+    async def health(redis: Redis, ledger: LedgerDep) -> JSONResponse:
+        """Readiness: can we reach Redis and the database?"""
+        try:
+            await redis.ping()
+        except (OSError, errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
+            return JSONResponse(
+                status_code=503, content={"status": "unavailable", "down": {"redis": repr(exc)}}
+            )
+        try:
+            await ledger.ping()
+        except errors.DatabaseUnavailable as exc:
+            return JSONResponse(
+                status_code=503, content={"status": "unavailable", "down": {"database": repr(exc)}}
+            )
+        return JSONResponse({"status": "ok"})
+
+    # --8<-- [end:health]
+
+    for name in TASKS:
+        add_task_route(app, name)
+
+    # --8<-- [start:get_job]
+    @app.get(
+        "/jobs/{job_id}",
+        tags=["jobs"],
+        responses={
+            404: {"description": "Unknown job"},
+            502: {"description": "The job's data in Redis is not JSON"},
+            **errors.REDIS_DOWN,
+        },
+    )
+    async def get_job(
+        job_id: Annotated[str, Path(max_length=64)], redis: Redis, ledger: LedgerDep
+    ) -> jobs.JobView:
+        """A job's status and progress, and its result or error once it has finished."""
+        record = await ledger.get(job_id)
+        if record is not None and record.status in jobs.FINAL:
+            return record  # finished: the ledger remembers after Redis has forgotten
+        # Unfinished as far as the ledger knows. If Redis holds a result, record it now:
+        # ARQ skips the worker's hooks for some endings (max tries, expired).
+        if record is not None and await ledger.copy_result(redis, job_id, settings.queue_name):
+            return await ledger.get(job_id)  # type: ignore[return-value]
+        view = await jobs.read_job(redis, job_id, settings.queue_name)
+        if record is None or (view is not None and view.status in jobs.FINAL):
+            if view is None:
+                raise HTTPException(404, f"No job {job_id!r}")
+            return view  # not on record (enqueued by something else), or it just ended
+        if view is not None:  # None: Redis lost it; reconcile() marks it failed in time
+            record.status, record.attempts = view.status, view.attempts  # where it is now
+        return record  # the story so far
+
+    # --8<-- [end:get_job]
+
+    # --8<-- [start:events]
+    @app.get("/jobs/{job_id}/events", response_class=EventSourceResponse, tags=["jobs"],
+             responses={404: {"description": "Unknown job"}})  # fmt: skip
+    async def job_events(
+        job: Annotated[jobs.JobView, Depends(get_job)], redis: Redis, ledger: LedgerDep
+    ) -> AsyncIterator[jobs.JobView]:
+        """Server-Sent Events: the job's state each time it changes, until it has finished."""
+        # Polling the ledger is simple and works across processes; a real application with
+        # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY).
+        deadline = time.monotonic() + EVENTS_MAX_S
+        yield job
+        while job.status not in jobs.FINAL and time.monotonic() < deadline:
+            await asyncio.sleep(EVENTS_POLL_S)
+            latest = await get_job(job.job_id, redis, ledger)
+            if latest != job:
+                job = latest
+                yield job
+
+    # --8<-- [end:events]
+
+    app.include_router(history.router)
+    return app
+
+
+app = create_app()

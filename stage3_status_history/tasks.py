@@ -1,0 +1,134 @@
+"""The work, as ARQ job functions, and the arguments each one accepts.
+
+The API only enqueues a job by name; the worker process imports this module and runs it.
+"""
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# --8<-- [start:limits]
+MAX_INT = 10**12  # keeps sums exact and JSON numbers small
+MAX_CRUNCH_MS = 5_000
+MAX_WAIT_S = 20.0
+MAX_STEPS = 100
+MAX_STEP_S = 2.0
+
+Int = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
+Finite = Annotated[float, Field(ge=-MAX_INT, le=MAX_INT)]
+
+
+class Args(BaseModel):
+    # strict: "5" is not 5; forbid: a misspelt field is an error, not silently ignored.
+    # allow_inf_nan=False: Python's JSON parser accepts NaN, Infinity and 1e309 (= inf).
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class AddArgs(Args):
+    x: Int
+    y: Int
+
+
+class DivideArgs(Args):
+    x: Finite
+    y: Finite
+
+
+class CrunchArgs(Args):
+    ms: int = Field(200, ge=1, le=MAX_CRUNCH_MS, description="CPU time to burn, in milliseconds")
+
+
+class WaitArgs(Args):
+    seconds: float = Field(1.0, ge=0, le=MAX_WAIT_S, description="How long to sleep")
+
+
+class ReportArgs(Args):
+    steps: int = Field(10, ge=1, le=MAX_STEPS, description="How many steps the work takes")
+    step_seconds: float = Field(0.5, ge=0, le=MAX_STEP_S, description="How long each step takes")
+
+
+# --8<-- [end:limits]
+
+
+def burn_cpu(ms: int) -> int:
+    """Pure-Python busy work for about `ms` milliseconds; holds the GIL throughout."""
+    deadline = time.perf_counter() + ms / 1000
+    loops = 0
+    while time.perf_counter() < deadline:
+        sum(i * i for i in range(1_000))
+        loops += 1
+    return loops
+
+
+# --8<-- [start:jobs]
+# ARQ calls every job as `await f(ctx, **kwargs)`: `ctx` holds the worker's Redis pool and
+# the job's id and try number. Jobs must be `async def`; ARQ refuses plain functions.
+# ARQ runs a job at least once, so every job must be safe to run twice. These are: they
+# only compute, report progress and return.
+
+
+async def add(ctx: dict[str, Any], x: int, y: int) -> int:
+    """Add two integers."""
+    return x + y
+
+
+async def divide(ctx: dict[str, Any], x: float, y: float) -> float:
+    """Divide x by y; y = 0 fails, and the failure is recorded with the job."""
+    return x / y
+
+
+# --8<-- [end:jobs]
+
+
+# --8<-- [start:crunch]
+async def crunch(ctx: dict[str, Any], ms: int) -> int:
+    """Burn about `ms` milliseconds of CPU in the worker process."""
+    # The API process is not involved any more, so its event loop stays free whatever this
+    # costs. Inside the worker we still hand the CPU work to a thread: the worker's own loop
+    # keeps polling, heart-beating and timing out jobs while the thread runs.
+    return await asyncio.to_thread(burn_cpu, ms)
+
+
+# --8<-- [end:crunch]
+
+
+async def wait(ctx: dict[str, Any], seconds: float) -> float:
+    """Sleep for `seconds` (I/O-like work)."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+# --8<-- [start:progress]
+async def set_progress(ctx: dict[str, Any], percent: int, message: str | None = None) -> None:
+    """Record how far the job has got; GET /jobs/{id}, its event stream and the page show it."""
+    # The worker put its ledger in ctx (worker.startup). Each call is one small UPDATE, so
+    # report every step of slow work, not every item of a tight loop. It may land after the
+    # API has recorded the end (the worker writes a little behind), hence overwrite_final.
+    percent = max(0, min(100, percent))
+    await ctx["ledger"].update(
+        ctx["job_id"], overwrite_final=True, progress=percent, message=message
+    )
+
+
+async def report(ctx: dict[str, Any], steps: int, step_seconds: float) -> int:
+    """Work through `steps` steps of `step_seconds` each, reporting progress after each one."""
+    for step in range(1, steps + 1):
+        await asyncio.sleep(step_seconds)  # stands for one slice of real work
+        await set_progress(ctx, step * 100 // steps, f"step {step} of {steps}")
+    return steps
+
+
+# --8<-- [end:progress]
+
+
+# name -> (argument model, function). The API makes one POST /tasks/<name> route per entry;
+# the worker registers the functions.
+TASKS = {
+    "add": (AddArgs, add),
+    "divide": (DivideArgs, divide),
+    "crunch": (CrunchArgs, crunch),
+    "wait": (WaitArgs, wait),
+    "report": (ReportArgs, report),
+}

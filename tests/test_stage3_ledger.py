@@ -1,0 +1,289 @@
+"""Stage 3+: the job ledger. Every test runs on SQLite and, where one answers, PostgreSQL."""
+
+import asyncio
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+
+import psycopg
+import pytest
+from arq.connections import ArqRedis
+from fastapi.testclient import TestClient
+
+from devkit.valkey import EmbeddedValkey
+
+pytestmark = pytest.mark.since_stage(3)
+
+POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2"
+FINAL = {"complete", "failed"}
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str | None]:
+    """A throwaway PostgreSQL database for this session (dropped after), or None."""
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True)
+    except psycopg.OperationalError:
+        yield None
+        return
+    name = f"jobs_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"], autouse=True)
+def database(request, settings_env, postgres_database, monkeypatch, stage) -> str:
+    """Point DATABASE_URL at an empty ledger: SQLite in tmp_path, or the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return "sqlite"
+    if postgres_database is None:
+        pytest.skip("no PostgreSQL answers on 127.0.0.1:5432 (user postgres)")
+    with psycopg.connect(postgres_database.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS jobs")
+    monkeypatch.setenv("DATABASE_URL", postgres_database)
+    stage.module("config").get_settings.cache_clear()
+    return request.param
+
+
+def enqueue(client, task: str, body: dict) -> str:
+    response = client.post(f"/tasks/{task}", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()["job_id"]
+
+
+def run_reconcile(stage) -> int:
+    worker, settings = stage.module("worker"), stage.module("config").get_settings()
+
+    async def run() -> int:
+        ctx = {"ledger": stage.module("ledger").Ledger(settings.database_url),
+               "redis": ArqRedis.from_url(settings.redis_url)}  # fmt: skip
+        try:
+            return await worker.reconcile(ctx)
+        finally:
+            await ctx["redis"].aclose()
+            ctx["ledger"].close()
+
+    return asyncio.run(run())
+
+
+def test_a_finished_job_is_still_answered_after_its_redis_result_expires(client, drain, raw_redis):
+    job_id = enqueue(client, "add", {"x": 5, "y": 10})
+    drain()
+    raw_redis.delete(f"arq:result:{job_id}")  # what the TTL does an hour later
+
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "complete"
+    assert job["result"] == 15
+    assert job["attempts"] == 1
+    assert job["progress"] == 100
+    assert job["enqueue_time"] <= job["start_time"] <= job["finish_time"]
+
+
+def test_history_survives_a_redis_flushall_with_results_and_errors(client, drain, raw_redis):
+    added = enqueue(client, "add", {"x": 1, "y": 2})
+    divided = enqueue(client, "divide", {"x": 1, "y": 0})
+    drain()
+    raw_redis.flushall()
+
+    assert client.get(f"/jobs/{added}").json()["result"] == 3
+    failed = client.get(f"/jobs/{divided}").json()
+    assert failed["status"] == "failed"
+    assert failed["error"] == "ZeroDivisionError: float division by zero"
+    listed = client.get("/jobs").json()["jobs"]
+    assert [(job["job_id"], job["status"]) for job in listed] == [
+        (divided, "failed"),
+        (added, "complete"),
+    ]
+
+
+def test_the_row_is_written_before_the_job_is_enqueued(client, raw_redis):
+    job_id = enqueue(client, "add", {"x": 1, "y": 2})
+    raw_redis.flushall()  # Redis loses the queued job
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "queued"
+    assert job["args"] == {"x": 1, "y": 2}
+
+
+def over_max_tries(client, raw_redis) -> str:
+    # ARQ counts tries in arq:retry:<id>; past max_tries (ARQ's default: 5) the next pickup
+    # fails the job without running it and without calling any job hook (ARQ_NOTES A5).
+    job_id = enqueue(client, "add", {"x": 1, "y": 2})
+    raw_redis.set(f"arq:retry:{job_id}", 5)
+    return job_id
+
+
+def test_a_job_over_max_tries_ends_failed_when_it_is_read(client, drain, raw_redis):
+    job_id = over_max_tries(client, raw_redis)
+    drain()
+    assert client.get(f"/jobs/{job_id}").json()["status"] == "failed"  # read: copied from Redis
+    raw_redis.flushall()
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "failed"
+    assert job["error"] == "JobExecutionFailed: max 5 retries exceeded"
+
+
+def test_reconcile_settles_a_job_that_ended_without_the_hooks(stage, client, drain, raw_redis):
+    job_id = over_max_tries(client, raw_redis)
+    drain()
+    assert client.get("/jobs").json()["jobs"][0]["status"] == "queued"  # no hook ran
+
+    assert run_reconcile(stage) == 1
+    raw_redis.flushall()
+    job = client.get(f"/jobs/{job_id}").json()
+    assert (job["status"], job["error"]) == ("failed", "JobExecutionFailed: max 5 retries exceeded")
+
+
+def test_reconcile_marks_a_job_that_redis_lost_failed(stage, client, raw_redis, monkeypatch):
+    job_id = enqueue(client, "add", {"x": 1, "y": 2})
+    raw_redis.flushall()
+    assert run_reconcile(stage) == 0  # not yet: it might still be on its way to Redis
+    monkeypatch.setattr(stage.module("worker"), "LOST_AFTER_S", 0)
+    assert run_reconcile(stage) == 1
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "failed"
+    assert job["error"].startswith("lost: Redis no longer knows this job")
+
+
+def test_a_job_redis_refused_is_recorded_failed_not_left_queued(stage, tmp_path, monkeypatch):
+    server = EmbeddedValkey(tmp_path / "valkey", persist=False)
+    server.start()
+    monkeypatch.setenv("REDIS_URL", server.url)
+    stage.module("config").get_settings.cache_clear()
+    with TestClient(stage.module("main").create_app()) as client:
+        server.stop()
+        assert client.post("/tasks/add", json={"x": 1, "y": 2}).status_code == 503
+        [job] = client.get("/jobs").json()["jobs"]
+    assert job["status"] == "failed"
+    assert job["error"].startswith("not enqueued: Redis is unavailable")
+
+
+def test_progress_shows_while_running_and_ends_at_100(client, drain):
+    job_id = enqueue(client, "report", {"steps": 4, "step_seconds": 0})
+    drain()
+    job = client.get(f"/jobs/{job_id}").json()
+    assert (job["status"], job["result"]) == ("complete", 4)
+    assert (job["progress"], job["message"]) == (100, "step 4 of 4")
+
+
+def test_progress_events_arrive_in_order_and_end_with_the_final_state(
+    stage, client, drain, monkeypatch
+):
+    monkeypatch.setattr(stage.module("main"), "EVENTS_MAX_S", 30)  # if the worker never came
+    job_id = enqueue(client, "report", {"steps": 5, "step_seconds": 0.2})
+    worker = threading.Thread(target=drain)
+    worker.start()
+    response = client.get(f"/jobs/{job_id}/events")  # returns once the stream has ended
+    worker.join()
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[len("data: ") :]) for line in response.text.splitlines()
+              if line.startswith("data: ")]  # fmt: skip
+    order = ["queued", "in_progress", "complete"]
+    assert [order.index(e["status"]) for e in events] == sorted(
+        order.index(e["status"]) for e in events
+    )
+    assert [e["progress"] for e in events] == sorted(e["progress"] for e in events)
+    assert any(0 < e["progress"] < 100 for e in events), events
+    assert (events[-1]["status"], events[-1]["progress"], events[-1]["result"]) == (
+        "complete",
+        100,
+        5,
+    )
+    assert len({json.dumps(e, sort_keys=True) for e in events}) == len(events)  # only changes
+    # The worker writes a little behind; its last progress report still lands after the
+    # stream (the API) has recorded the end.
+    assert client.get(f"/jobs/{job_id}").json()["message"] == "step 5 of 5"
+
+
+def test_the_event_stream_of_an_unknown_job_is_a_json_404(client):
+    response = client.get("/jobs/nope/events")
+    assert response.status_code == 404
+    assert "nope" in response.json()["detail"]
+
+
+def test_the_list_filters_by_status_and_function(client, drain):
+    added = [enqueue(client, "add", {"x": n, "y": 1}) for n in range(3)]
+    failed = [enqueue(client, "divide", {"x": 1, "y": 0}) for _ in range(2)]
+    drain()
+    ids = lambda query: [job["job_id"] for job in client.get(f"/jobs?{query}").json()["jobs"]]  # noqa: E731
+    assert ids("status=failed") == failed[::-1]
+    assert ids("function=add") == added[::-1]
+    assert ids("function=divide&status=complete") == []
+    assert ids("") == (added + failed)[::-1]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["status=done", "function=rm", "limit=0", "limit=101", "cursor=garbage", "cursor=" + "A" * 40],
+)
+def test_a_bad_list_query_is_a_json_422(client, query):
+    response = client.get(f"/jobs?{query}")
+    assert response.status_code == 422, response.text
+    assert "detail" in response.json()
+
+
+def test_pagination_stays_correct_while_new_jobs_arrive(client):
+    older = [enqueue(client, "add", {"x": n, "y": 0}) for n in range(7)][::-1]  # newest first
+    first = client.get("/jobs?limit=3").json()
+    newer = [enqueue(client, "add", {"x": n, "y": 0}) for n in range(2)]
+    second = client.get(f"/jobs?limit=3&cursor={first['next_cursor']}").json()
+    third = client.get(f"/jobs?limit=3&cursor={second['next_cursor']}").json()
+    pages = [[job["job_id"] for job in page["jobs"]] for page in (first, second, third)]
+    assert pages == [older[:3], older[3:6], older[6:]]
+    assert third["next_cursor"] is None
+    assert [job["job_id"] for job in client.get("/jobs?limit=2").json()["jobs"]] == newer[::-1]
+
+
+def test_the_default_page_size_is_20_and_the_maximum_100(client):
+    for n in range(21):
+        enqueue(client, "add", {"x": n, "y": 0})
+    page = client.get("/jobs").json()
+    assert len(page["jobs"]) == 20
+    assert page["next_cursor"] is not None
+    assert len(client.get("/jobs?limit=100").json()["jobs"]) == 21
+
+
+def test_500_jobs_with_an_api_and_two_busy_workers_writing_leave_500_final_rows(client, drain):
+    # Two burst workers of 25 concurrent jobs each write while the API keeps inserting.
+    job_ids = [enqueue(client, "wait", {"seconds": 0.05}) for _ in range(250)]
+    workers = [threading.Thread(target=drain, kwargs={"max_jobs": 25}) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    job_ids += [enqueue(client, "wait", {"seconds": 0.05}) for _ in range(250)]
+    for worker in workers:
+        worker.join()
+    drain(max_jobs=25)  # what arrived after both burst workers found the queue empty
+
+    rows, cursor = [], ""
+    while cursor is not None:
+        page = client.get(f"/jobs?limit=100{cursor and f'&cursor={cursor}'}").json()
+        rows += page["jobs"]
+        cursor = page["next_cursor"]
+    assert sorted(row["job_id"] for row in rows) == sorted(job_ids)
+    assert {row["status"] for row in rows} == {"complete"}
+    spans = [(datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["finish_time"]))
+             for r in rows]  # fmt: skip
+    busiest = max(sum(start <= moment < finish for start, finish in spans) for moment, _ in spans)
+    assert busiest >= 20, f"at most {busiest} jobs ran at once"
+
+
+def test_the_jobs_page_shows_status_progress_and_errors(client, drain):
+    report = enqueue(client, "report", {"steps": 2, "step_seconds": 0})
+    enqueue(client, "divide", {"x": 1, "y": 0})
+    drain()
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    assert f'id="job-{report}" class="complete"' in page.text
+    assert '<progress max="100" value="100">' in page.text
+    assert "ZeroDivisionError: float division by zero" in page.text
+
+
+def test_the_ledger_is_a_sqlite_file_in_the_data_dir_unless_database_url_says_otherwise(
+    client, database, tmp_path
+):
+    assert (tmp_path / "data" / "jobs.db").exists() == (database == "sqlite")

@@ -1,0 +1,131 @@
+"""Stage 3+ against a real uvicorn: the jobs page in headless Chromium, and an event loop
+that keeps answering while the database makes requests wait."""
+
+import contextlib
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from devkit.valkey import free_port
+from tests.browser import dump_dom
+
+pytestmark = [pytest.mark.since_stage(3), pytest.mark.e2e]
+
+START_DEADLINE_S = 30.0
+# Virtual time: Chromium runs the page's timers as fast as it can, and waits for each
+# fetch, so one real second covers many one-second refreshes. The budget only has to
+# outlast the worker running the job.
+PAGE_BUDGET_MS = 600_000
+LOCK_HELD_S = 1.5  # how long the test holds the SQLite write lock (busy_timeout is 5 s)
+PING_LIMIT_S = 0.5  # generous: an idle loop answers /ping in a millisecond
+
+
+def poll(check, deadline_s: float, what: str):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def running_api(stage) -> Iterator[tuple[str, list[str]]]:
+    """The stage's API as a uvicorn process on a free port: (url, access log lines so far)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    api = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", f"{stage.package}.main:app", "--port", str(port)],
+        env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(api.stdout))
+    reader.start()
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/ping", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        poll(up, START_DEADLINE_S, "the API")
+        yield url, log
+    finally:
+        api.terminate()
+        try:
+            api.wait(10)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            api.wait()
+        reader.join(10)
+        api.stdout.close()
+
+
+def test_the_page_updates_itself_until_the_job_is_complete_at_100_percent(
+    stage, settings_env, drain, chromium
+):
+    with running_api(stage) as (url, log):
+        body = {"steps": 4, "step_seconds": 0.05}
+        job_id = httpx.post(f"{url}/tasks/report", json=body).json()["job_id"]
+        page_loads = lambda: [line for line in log if '"GET / HTTP' in line]  # noqa: E731
+
+        dom: list[str] = []
+        browser = threading.Thread(
+            target=lambda: dom.append(dump_dom(chromium, f"{url}/", PAGE_BUDGET_MS))
+        )
+        browser.start()
+        poll(page_loads, START_DEADLINE_S, "the browser to load the page")
+        drain()  # only now does the job run: the first load showed it queued
+        browser.join()
+
+    row = re.search(rf'<tr id="job-{job_id}" class="(\w+)">(.*?)</tr>', dom[0], re.S)
+    assert row, dom[0]
+    assert row[1] == "complete"
+    assert '<progress max="100" value="100">' in row[2]
+    assert "step 4 of 4" in row[2]
+    assert len(page_loads()) > 1  # the page's script fetched it again
+
+
+def test_requests_waiting_for_the_database_do_not_block_the_event_loop(
+    stage, settings_env, tmp_path
+):
+    with running_api(stage) as (url, _):
+        # Hold the ledger's write lock, as a long transaction in another process would.
+        lock = sqlite3.connect(tmp_path / "data" / "jobs.db", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        posts: list[int] = []
+        submitters = [
+            threading.Thread(
+                target=lambda: posts.append(
+                    httpx.post(f"{url}/tasks/add", json={"x": 1, "y": 2}, timeout=10).status_code
+                )
+            )
+            for _ in range(5)
+        ]
+        for submitter in submitters:
+            submitter.start()
+        released_at, slowest = time.monotonic() + LOCK_HELD_S, 0.0
+        try:
+            while time.monotonic() < released_at:
+                started = time.monotonic()
+                assert httpx.get(f"{url}/ping", timeout=5).status_code == 200
+                slowest = max(slowest, time.monotonic() - started)
+            waiting = sum(submitter.is_alive() for submitter in submitters)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+            for submitter in submitters:
+                submitter.join()
+
+    assert waiting == 5  # every POST was still waiting for the database ...
+    assert slowest < PING_LIMIT_S  # ... while the event loop kept answering
+    assert posts == [202] * 5

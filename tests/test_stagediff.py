@@ -1,0 +1,41 @@
+"""The stage diffs the chapters include are generated; a stale one must fail the build."""
+
+from pathlib import Path
+
+import pytest
+
+from devkit import stagediff
+
+
+def test_the_committed_stage_diffs_match_the_stage_code() -> None:
+    found = stagediff.problems()
+    assert not found, (
+        "The stage diffs in docs/diffs/ are out of date:\n  "
+        + "\n  ".join(found)
+        + f"\nRegenerate them with `{stagediff.REGENERATE}` and commit the result."
+    )
+
+
+def test_the_check_reports_a_stale_diff_and_how_to_regenerate_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(stagediff, "DIFF_DIR", tmp_path)
+    assert stagediff.main([]) == 0  # writes the current diffs into tmp_path
+    written = sorted(tmp_path.glob("*.diff"))
+    assert written, "expected at least one pair of consecutive stages"
+    written[0].write_text(written[0].read_text() + "+ a line nobody generated\n")
+    (tmp_path / "stage8_x..stage9_y.diff").write_text("")
+    capsys.readouterr()
+
+    assert stagediff.main(["--check"]) == 1
+    out = capsys.readouterr().out
+    assert f"stale:   {written[0].name}" in out.replace(str(tmp_path) + "/", "")
+    assert "orphan:" in out and "stage8_x..stage9_y.diff" in out
+    assert stagediff.REGENERATE in out
+
+
+def test_a_new_file_in_a_stage_is_diffed_against_dev_null() -> None:
+    text = stagediff.stage_diff("stage1_background_tasks", "stage2_arq_basic")
+    assert "--- /dev/null\n+++ stage2_arq_basic/worker.py\n" in text
+    assert "+class WorkerSettings:\n" in text
+    assert "__pycache__" not in text
