@@ -1,1 +1,1 @@
-"""Stage 2: ARQ + Redis: a separate worker process runs the jobs."""
+"""Stage 4: retries with backoff, scheduled and cron jobs, timeouts, cancel, idempotency."""

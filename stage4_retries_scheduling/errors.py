@@ -1,10 +1,12 @@
-"""Every error is a JSON body with a 4xx status (503 while Redis is down), never a 500."""
+"""Every error is a JSON body: 4xx for bad input, 503 while Redis or the DB is down, never a 500."""
 
+from arq.jobs import DeserializationError
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,6 +26,31 @@ async def redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
         content={"detail": f"Redis is unavailable: {type(exc).__name__}"},
         headers={"Retry-After": "1"},
     )
+
+
+async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    # OperationalError: the server is down, the file unwritable, or a lock wait timed out.
+    return JSONResponse(
+        status_code=503,
+        content={"detail": f"The database is unavailable: {type(exc).__name__}"},
+        headers={"Retry-After": "1"},
+    )
+
+
+async def undecodable_job(_: Request, exc: DeserializationError) -> JSONResponse:
+    # What Redis holds for this job is not JSON, so this app did not write it (a pickle
+    # planted in Redis, say). We refuse to decode it; the worker fails such a job the same way.
+    return JSONResponse(
+        status_code=502, content={"detail": f"The job's data in Redis is not JSON: {exc}"}
+    )
+
+
+# What a route with a body can answer besides 202 and 422, for its OpenAPI entry.
+BODY_ERRORS: dict[int | str, dict] = {
+    400: {"description": "The body is not valid JSON"},
+    413: {"description": "The body is over the size limit"},
+}
+REDIS_DOWN: dict[int | str, dict] = {503: {"description": "Redis is unavailable"}}
 
 
 class BodyTooLarge(HTTPException):
@@ -68,4 +95,6 @@ def install(app: FastAPI, max_body_bytes: int) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(RedisConnectionError, redis_unavailable)
     app.add_exception_handler(RedisTimeoutError, redis_unavailable)
+    app.add_exception_handler(DatabaseUnavailable, database_unavailable)
+    app.add_exception_handler(DeserializationError, undecodable_job)
     app.add_middleware(LimitBodySize, max_bytes=max_body_bytes)

@@ -1,22 +1,13 @@
 """How a job travels through Redis (JSON, never pickle) and how we report its state."""
 
-import asyncio
 import json
 from datetime import datetime
 from typing import Any, Literal
 
 from arq.connections import ArqRedis
-from arq.constants import (
-    abort_jobs_ss,
-    in_progress_key_prefix,
-    job_key_prefix,
-    result_key_prefix,
-    retry_key_prefix,
-)
-from arq.jobs import Job, JobResult, JobStatus, serialize_result
-from arq.utils import timestamp_ms, to_unix_ms
+from arq.constants import retry_key_prefix
+from arq.jobs import Job, JobResult, JobStatus
 from pydantic import BaseModel
-from redis.exceptions import WatchError
 
 # --8<-- [start:serializer]
 # ARQ pickles jobs and results by default, and unpickling runs code: anyone who can write
@@ -25,8 +16,6 @@ from redis.exceptions import WatchError
 
 
 def _encode_exception(value: object) -> dict[str, str]:
-    if isinstance(value, TimeoutError) and not str(value):
-        return {"error": "TimeoutError: the job ran longer than its timeout and was stopped"}
     if isinstance(value, BaseException):
         message = str(value)
         return {"error": f"{type(value).__name__}: {message}" if message else type(value).__name__}
@@ -45,8 +34,9 @@ def deserialize(data: bytes) -> dict[str, Any]:
 # --8<-- [end:serializer]
 
 
-Status = Literal["queued", "deferred", "in_progress", "complete", "failed", "cancelled"]
-FINAL = ("complete", "failed", "cancelled")
+# --8<-- [start:job_view]
+Status = Literal["queued", "deferred", "in_progress", "complete", "failed"]
+FINAL = ("complete", "failed")  # a job in one of these states will not change any more
 
 
 class JobView(BaseModel):
@@ -60,6 +50,11 @@ class JobView(BaseModel):
     start_time: datetime | None = None
     finish_time: datetime | None = None
     attempts: int
+    progress: int = 0  # percent, as the job reports it (tasks.set_progress)
+    message: str | None = None
+
+
+# --8<-- [end:job_view]
 
 
 def _error_text(result: Any) -> str:
@@ -86,54 +81,21 @@ async def read_job(redis: ArqRedis, job_id: str, queue_name: str) -> JobView | N
         attempts=int(await redis.get(retry_key_prefix + job_id) or 0),
     )
     if isinstance(info, JobResult):
-        # ARQ calls every finished job "complete", even one that raised; we don't.
-        view.status = "complete" if info.success else "failed"
-        if not info.success and _error_text(info.result).startswith("CancelledError"):
-            view.status = "cancelled"  # aborted, or taken off the queue by cancel_job
-        view.result = info.result if info.success else None
-        view.error = None if info.success else _error_text(info.result)
-        view.start_time, view.finish_time = info.start_time, info.finish_time
-        view.attempts = info.job_try
+        view = view.model_copy(update=outcome(info))
     return view
 
 
+def outcome(info: JobResult) -> dict[str, Any]:
+    """How a finished job ended, as JobView fields (the ledger stores the same ones)."""
+    # ARQ calls every finished job "complete", even one that raised; we don't.
+    return {
+        "status": "complete" if info.success else "failed",
+        "result": info.result if info.success else None,
+        "error": None if info.success else _error_text(info.result),
+        "start_time": info.start_time,
+        "finish_time": info.finish_time,
+        "attempts": info.job_try,
+    }
+
+
 # --8<-- [end:read_job]
-
-
-# --8<-- [start:cancel]
-async def cancel_job(redis: ArqRedis, view: JobView, queue_name: str, keep_result_s: int) -> str:
-    """Cancel a job that has not finished. Returns "removed" when it was taken off the queue
-    before any worker started it, "aborting" when a worker is running it."""
-    in_progress = in_progress_key_prefix + view.job_id
-    while True:
-        async with redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(in_progress)
-                if await pipe.exists(in_progress):
-                    break  # running: only the worker can stop it
-                # Not started: take it off the queue and record the cancellation as its result,
-                # in one transaction. If a worker claims it meanwhile, WATCH aborts the
-                # transaction and we look again.
-                now = timestamp_ms()
-                result = serialize_result(
-                    view.function, (), view.args, view.attempts, to_unix_ms(view.enqueue_time),
-                    False, asyncio.CancelledError("cancelled before it ran"), now, now,
-                    f"{view.job_id}:{view.function}", queue_name, view.job_id,
-                    serializer=serialize,
-                )  # fmt: skip
-                pipe.multi()
-                pipe.zrem(queue_name, view.job_id)
-                pipe.delete(job_key_prefix + view.job_id)
-                pipe.set(result_key_prefix + view.job_id, result, ex=keep_result_s)
-                await pipe.execute()
-                return "removed"
-            except WatchError:
-                continue
-    # ARQ's abort: the worker checks this set on every poll and cancels the task. The entry
-    # is removed when the job ends (worker.py), so it can't linger and kill a later job with
-    # the same id, as stale entries otherwise do (ARQ issue #485).
-    await redis.zadd(abort_jobs_ss, {view.job_id: timestamp_ms()})
-    return "aborting"
-
-
-# --8<-- [end:cancel]

@@ -1,17 +1,19 @@
-"""Stage 2: a real job queue with ARQ and Redis.
+"""Stage 3: a durable job ledger. Redis is a queue, not a record.
 
-What it adds: `POST /tasks/<name>` puts a job in Redis and answers 202 with a job id at
-once; a separate worker process runs it; `GET /jobs/{id}` reports its status and result.
+What it adds: every job also has a row in a database (SQLite by default, any SQLAlchemy
+URL through DATABASE_URL), written before the job is enqueued and kept after Redis has
+forgotten it. `GET /jobs/{id}` answers from Redis while the job is live and from the
+ledger afterwards, with the progress the job reports; `GET /jobs/{id}/events` streams
+it. history.py adds `GET /jobs` (the history) and `GET /`, a page of recent jobs.
 
 Run it:
-    make run STAGE=2
+    make run STAGE=3
     # or by hand, with a Redis at REDIS_URL (default redis://127.0.0.1:6379/0):
-    uvicorn stage2_arq_basic.main:app --port 8000
-    arq stage2_arq_basic.worker.WorkerSettings
+    uvicorn stage3_status_history.main:app --port 8000
+    arq stage3_status_history.worker.WorkerSettings
 
-What it leaves out, on purpose: Redis keeps a job's result for an hour (KEEP_RESULT_S in
-worker.py) and then forgets the job ever existed; there is no history, no progress and no
-list of jobs. Stage 3 keeps every job in a database.
+What it leaves out, on purpose: a job that fails stays failed (no retries), jobs run as
+soon as a worker is free (no scheduling), and nothing cancels a job. Stage 4 adds those.
 """
 
 import asyncio
@@ -23,20 +25,20 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from arq.connections import ArqRedis
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
 from redis.asyncio import ConnectionPool
 
-from . import errors, jobs, scheduling
+from . import errors, history, jobs
 from .config import Settings, get_settings
+from .history import LedgerDep
+from .ledger import JobRecord, Ledger, now
 from .tasks import TASKS
-from .urls import UnsafeURL, check_url
-from .worker import KEEP_RESULT_S
 
-# How long DELETE waits for a running job to stop before answering 202 "requested".
-CANCEL_WAIT_S = 5.0
-CANCEL_POLL_S = 0.05
+EVENTS_POLL_S = 0.2  # how often an event stream looks for a change in the job
+EVENTS_MAX_S = 600  # a stream ends after this even if the job has not
 
 
 class Enqueued(BaseModel):
@@ -64,11 +66,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         job_deserializer=jobs.deserialize,
         default_queue_name=settings.queue_name,
     )
+    app.state.ledger = Ledger(settings.database_url)
+    await asyncio.to_thread(app.state.ledger.create_schema)
     try:
         yield
     finally:
         await app.state.redis.aclose()
         await pool.aclose()
+        app.state.ledger.close()
 
 
 # --8<-- [end:lifespan]
@@ -85,35 +90,20 @@ def add_task_route(app: FastAPI, name: str) -> None:
     model, function = TASKS[name]
 
     # --8<-- [start:submit]
-    async def submit(
-        args: model,  # type: ignore[valid-type]
-        redis: Redis,
-        request: Request,
-        response: Response,
-        run_at: scheduling.RunAt = None,
-        delay_seconds: scheduling.DelaySeconds = None,
-        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-    ) -> Enqueued:
-        settings: Settings = request.app.state.settings
-        when = scheduling.defer_until(run_at, delay_seconds, settings.max_defer_s)
-        if name == "fetch":
-            # Resolve and check the host now: a refused URL is the client's error (422), not
-            # a job that fails later. The worker checks again before each request.
-            try:
-                await check_url(args.url, settings.fetch_allowlist_networks)
-            except UnsafeURL as exc:
-                raise HTTPException(422, f"URL refused: {exc}") from None
-        job_id = uuid.uuid4().hex
-        if idempotency_key is not None:
-            print_ = scheduling.fingerprint(name, args.model_dump(), when)
-            earlier = await scheduling.claim_idempotency_key(
-                redis, idempotency_key, job_id, print_, settings.idempotency_ttl_s
-            )
-            if earlier is not None:  # a replay: the same job, not a second one
-                response.headers["Location"] = f"/jobs/{earlier}"
-                response.headers["Idempotent-Replayed"] = "true"
-                return Enqueued(job_id=earlier, status_url=f"/jobs/{earlier}")
-        job = await redis.enqueue_job(name, _job_id=job_id, _defer_until=when, **args.model_dump())
+    async def submit(args: model, redis: Redis, ledger: LedgerDep, response: Response) -> Enqueued:  # type: ignore[valid-type]
+        # The row comes first, then the job goes to Redis: a job Redis loses is still on
+        # record. (Enqueue first, and a crash in between leaves a job no one can look up.)
+        job_id, kwargs = uuid.uuid4().hex, args.model_dump()
+        await ledger.add(JobRecord(job_id=job_id, function=name, args=kwargs, status="queued",
+                                   enqueue_time=now()))  # fmt: skip
+        try:
+            job = await redis.enqueue_job(name, _job_id=job_id, **kwargs)
+        except (errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
+            # Failed, not deleted: if Redis did store the job before timing out, the worker
+            # still runs it and records the real outcome over this one.
+            error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
+            await ledger.update(job_id, status="failed", error=error, finish_time=now())
+            raise  # errors.redis_unavailable answers 503
         assert job is not None  # None means "this job id exists"; ours is a fresh uuid
         response.headers["Location"] = f"/jobs/{job.job_id}"
         return Enqueued(job_id=job.job_id, status_url=f"/jobs/{job.job_id}")
@@ -128,6 +118,7 @@ def add_task_route(app: FastAPI, name: str) -> None:
         summary=f"Enqueue {name}",
         description=(function.__doc__ or "").strip(),
         tags=["tasks"],
+        responses={**errors.BODY_ERRORS, **errors.REDIS_DOWN},
     )
 
 
@@ -143,60 +134,82 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: answers without touching anything else."""
         return {"ping": "pong"}
 
-    @app.get("/health", tags=["health"], responses={503: {"description": "Redis is down"}})
-    async def health(redis: Redis) -> JSONResponse:
-        """Readiness: can we reach Redis?"""
+    # --8<-- [start:health]
+    @app.get("/health", tags=["health"], responses={503: {"description": "Redis or DB down"}})
+    async def health(redis: Redis, ledger: LedgerDep) -> JSONResponse:
+        """Readiness: can we reach Redis and the database?"""
         try:
             await redis.ping()
         except (OSError, errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
             return JSONResponse(
                 status_code=503, content={"status": "unavailable", "down": {"redis": repr(exc)}}
             )
+        try:
+            await ledger.ping()
+        except errors.DatabaseUnavailable as exc:
+            return JSONResponse(
+                status_code=503, content={"status": "unavailable", "down": {"database": repr(exc)}}
+            )
         return JSONResponse({"status": "ok"})
+
+    # --8<-- [end:health]
 
     for name in TASKS:
         add_task_route(app, name)
 
-    @app.get("/jobs/{job_id}", tags=["jobs"], responses={404: {"description": "Unknown job"}})
-    async def get_job(job_id: Annotated[str, Path(max_length=64)], redis: Redis) -> jobs.JobView:
-        """A job's status, and its result or error once it has finished."""
-        view = await jobs.read_job(redis, job_id, settings.queue_name)
-        if view is None:
-            raise HTTPException(404, f"No job {job_id!r}: unknown, or its result has expired")
-        return view
-
-    # --8<-- [start:delete]
-    @app.delete(
+    # --8<-- [start:get_job]
+    @app.get(
         "/jobs/{job_id}",
         tags=["jobs"],
         responses={
-            202: {"description": "Still running: cancellation requested"},
             404: {"description": "Unknown job"},
-            409: {"description": "The job has already finished"},
+            502: {"description": "The job's data in Redis is not JSON"},
+            **errors.REDIS_DOWN,
         },
     )
-    async def cancel_job(job_id: Annotated[str, Path(max_length=64)], redis: Redis) -> jobs.JobView:
-        """Cancel a queued, deferred or running job."""
+    async def get_job(
+        job_id: Annotated[str, Path(max_length=64)], redis: Redis, ledger: LedgerDep
+    ) -> jobs.JobView:
+        """A job's status and progress, and its result or error once it has finished."""
+        record = await ledger.get(job_id)
+        if record is not None and record.status in jobs.FINAL:
+            return record  # finished: the ledger remembers after Redis has forgotten
+        # Unfinished as far as the ledger knows. If Redis holds a result, record it now:
+        # ARQ skips the worker's hooks for some endings (max tries, expired).
+        if record is not None and await ledger.copy_result(redis, job_id, settings.queue_name):
+            return await ledger.get(job_id)  # type: ignore[return-value]
         view = await jobs.read_job(redis, job_id, settings.queue_name)
-        if view is None:
-            raise HTTPException(404, f"No job {job_id!r}: unknown, or its result has expired")
-        if view.status not in jobs.FINAL:
-            await jobs.cancel_job(redis, view, settings.queue_name, KEEP_RESULT_S)
-            deadline = time.monotonic() + CANCEL_WAIT_S
-            while (view := await jobs.read_job(redis, job_id, settings.queue_name)) is not None:
-                if view.status in jobs.FINAL or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(CANCEL_POLL_S)  # a running job stops at the worker's next poll
-        if view is None:
-            raise HTTPException(404, f"No job {job_id!r}")
-        if view.status == "cancelled":
-            return view
-        if view.status in jobs.FINAL:
-            raise HTTPException(409, f"Job {job_id} has already finished: {view.status}")
-        return JSONResponse(status_code=202, content=view.model_dump(mode="json"))  # type: ignore[return-value]
+        if record is None or (view is not None and view.status in jobs.FINAL):
+            if view is None:
+                raise HTTPException(404, f"No job {job_id!r}")
+            return view  # not on record (enqueued by something else), or it just ended
+        if view is not None:  # None: Redis lost it; reconcile() marks it failed in time
+            record.status, record.attempts = view.status, view.attempts  # where it is now
+        return record  # the story so far
 
-    # --8<-- [end:delete]
+    # --8<-- [end:get_job]
 
+    # --8<-- [start:events]
+    @app.get("/jobs/{job_id}/events", response_class=EventSourceResponse, tags=["jobs"],
+             responses={404: {"description": "Unknown job"}})  # fmt: skip
+    async def job_events(
+        job: Annotated[jobs.JobView, Depends(get_job)], redis: Redis, ledger: LedgerDep
+    ) -> AsyncIterator[jobs.JobView]:
+        """Server-Sent Events: the job's state each time it changes, until it has finished."""
+        # Polling the ledger is simple and works across processes; a real application with
+        # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY).
+        deadline = time.monotonic() + EVENTS_MAX_S
+        yield job
+        while job.status not in jobs.FINAL and time.monotonic() < deadline:
+            await asyncio.sleep(EVENTS_POLL_S)
+            latest = await get_job(job.job_id, redis, ledger)
+            if latest != job:
+                job = latest
+                yield job
+
+    # --8<-- [end:events]
+
+    app.include_router(history.router)
     return app
 
 

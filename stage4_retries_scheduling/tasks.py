@@ -9,11 +9,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .fetch import fetch
-
+# --8<-- [start:limits]
 MAX_INT = 10**12  # keeps sums exact and JSON numbers small
 MAX_CRUNCH_MS = 5_000
 MAX_WAIT_S = 20.0
+MAX_STEPS = 100
+MAX_STEP_S = 2.0
 
 Int = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
 Finite = Annotated[float, Field(ge=-MAX_INT, le=MAX_INT)]
@@ -39,12 +40,16 @@ class CrunchArgs(Args):
     ms: int = Field(200, ge=1, le=MAX_CRUNCH_MS, description="CPU time to burn, in milliseconds")
 
 
-class FetchArgs(Args):
-    url: str = Field(max_length=2048, examples=["https://example.org/"])
-
-
 class WaitArgs(Args):
     seconds: float = Field(1.0, ge=0, le=MAX_WAIT_S, description="How long to sleep")
+
+
+class ReportArgs(Args):
+    steps: int = Field(10, ge=1, le=MAX_STEPS, description="How many steps the work takes")
+    step_seconds: float = Field(0.5, ge=0, le=MAX_STEP_S, description="How long each step takes")
+
+
+# --8<-- [end:limits]
 
 
 def burn_cpu(ms: int) -> int:
@@ -57,10 +62,11 @@ def burn_cpu(ms: int) -> int:
     return loops
 
 
+# --8<-- [start:jobs]
 # ARQ calls every job as `await f(ctx, **kwargs)`: `ctx` holds the worker's Redis pool and
 # the job's id and try number. Jobs must be `async def`; ARQ refuses plain functions.
 # ARQ runs a job at least once, so every job must be safe to run twice. These are: they
-# only compute and return.
+# only compute, report progress and return.
 
 
 async def add(ctx: dict[str, Any], x: int, y: int) -> int:
@@ -71,6 +77,9 @@ async def add(ctx: dict[str, Any], x: int, y: int) -> int:
 async def divide(ctx: dict[str, Any], x: float, y: float) -> float:
     """Divide x by y; y = 0 fails, and the failure is recorded with the job."""
     return x / y
+
+
+# --8<-- [end:jobs]
 
 
 # --8<-- [start:crunch]
@@ -91,6 +100,29 @@ async def wait(ctx: dict[str, Any], seconds: float) -> float:
     return seconds
 
 
+# --8<-- [start:progress]
+async def set_progress(ctx: dict[str, Any], percent: int, message: str | None = None) -> None:
+    """Record how far the job has got; GET /jobs/{id}, its event stream and the page show it."""
+    # The worker put its ledger in ctx (worker.startup). Each call is one small UPDATE, so
+    # report every step of slow work, not every item of a tight loop. It may land after the
+    # API has recorded the end (the worker writes a little behind), hence overwrite_final.
+    percent = max(0, min(100, percent))
+    await ctx["ledger"].update(
+        ctx["job_id"], overwrite_final=True, progress=percent, message=message
+    )
+
+
+async def report(ctx: dict[str, Any], steps: int, step_seconds: float) -> int:
+    """Work through `steps` steps of `step_seconds` each, reporting progress after each one."""
+    for step in range(1, steps + 1):
+        await asyncio.sleep(step_seconds)  # stands for one slice of real work
+        await set_progress(ctx, step * 100 // steps, f"step {step} of {steps}")
+    return steps
+
+
+# --8<-- [end:progress]
+
+
 # name -> (argument model, function). The API makes one POST /tasks/<name> route per entry;
 # the worker registers the functions.
 TASKS = {
@@ -98,5 +130,5 @@ TASKS = {
     "divide": (DivideArgs, divide),
     "crunch": (CrunchArgs, crunch),
     "wait": (WaitArgs, wait),
-    "fetch": (FetchArgs, fetch),
+    "report": (ReportArgs, report),
 }

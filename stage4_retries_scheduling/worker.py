@@ -1,28 +1,31 @@
 """The ARQ worker: a separate process that takes jobs from Redis and runs them.
 
 Run it by hand (with REDIS_URL pointing at the same Redis as the API):
-    arq stage2_arq_basic.worker.WorkerSettings
+    arq stage3_status_history.worker.WorkerSettings
 """
 
+import asyncio
+from datetime import timedelta
 from typing import Any
 
-import httpx
 from arq.connections import RedisSettings
-from arq.constants import abort_jobs_ss
-from arq.worker import Function, func
 
 from . import jobs
 from .config import get_settings
+from .ledger import Ledger, now
 from .tasks import TASKS
 
 # --8<-- [start:constants]
 # A job running longer than this is cancelled and fails. It also bounds crash recovery:
 # ARQ re-runs a job whose worker died only once its "in progress" key expires, after the
 # longest timeout on this worker + 10 s. ARQ's default of 300 s would mean 5 minutes.
-JOB_TIMEOUT_S = 30
-# How long a result stays in Redis. After that GET /jobs/{id} answers 404: Redis is a
-# queue, not a record (stage 3 keeps the history in a database).
+# 30 s by default (config.py); JOB_TIMEOUT_S in the environment changes it.
+JOB_TIMEOUT_S = get_settings().job_timeout_s
+# How long a result stays in Redis. After that GET /jobs/{id} answers from the ledger:
+# Redis is a queue, not a record.
 KEEP_RESULT_S = 3600
+# An unfinished row that Redis has not heard of for this long was lost with Redis's data.
+LOST_AFTER_S = 300
 # How often an idle worker asks Redis for new jobs. ARQ's 0.5 s default adds ~250 ms of
 # queue wait on average; 0.05 s makes pick-up near-instant for 20 cheap queries a second.
 POLL_DELAY_S = 0.05
@@ -31,43 +34,70 @@ MAX_JOBS = 10
 # How often the worker writes its health-check key (`arq --check` reads it). ARQ's default
 # of an hour lets a dead worker look healthy for an hour.
 HEALTH_CHECK_INTERVAL_S = 10
-# Per task: how long one run may take. A timed-out job fails and is not retried (ARQ's
-# rule, and ours): a task that times out is stuck or too big, and running it again costs
-# the same. fetch bounds each HTTP request itself and retries those timeouts on its own
-# terms, so its job timeout only catches a hung task.
-TASK_TIMEOUTS_S = {"add": 5, "divide": 5, "crunch": 10, "wait": 25, "fetch": 90}
 # --8<-- [end:constants]
 
 
-def task_functions() -> list[Function]:
-    return [func(f, name=name, timeout=TASK_TIMEOUTS_S[name]) for name, (_, f) in TASKS.items()]
-
-
+# --8<-- [start:hooks]
 async def startup(ctx: dict[str, Any]) -> None:
-    # One HTTP client per worker process, shared by every fetch job: connection pooling
-    # and one place for limits. Redirects are followed by hand, so each hop is checked.
-    settings = get_settings()
-    ctx["settings"] = settings
-    ctx["http"] = httpx.AsyncClient(timeout=settings.fetch_timeout_s, follow_redirects=False)
+    # wait=False: a hook doesn't wait for its row to be committed. If the worker dies first,
+    # those writes are lost, but Redis still has the results and reconcile() copies them.
+    ctx["ledger"] = Ledger(get_settings().database_url, wait=False)
+    await asyncio.to_thread(ctx["ledger"].create_schema)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    await ctx["http"].aclose()
+    await ctx["ledger"].flush()
+    ctx["ledger"].close()
 
 
-async def after_job_end(ctx: dict[str, Any]) -> None:
-    # Drop any abort request for this job once it has ended (ARQ leaves them forever).
-    await ctx["redis"].zrem(abort_jobs_ss, ctx["job_id"])
+async def job_started(ctx: dict[str, Any]) -> None:
+    await ctx["ledger"].update(
+        ctx["job_id"], status="in_progress", attempts=ctx["job_try"], start_time=now()
+    )
 
 
+async def job_ended(ctx: dict[str, Any]) -> None:
+    # after_job_end, not on_job_end: it runs once ARQ has written the result to Redis, so
+    # the ledger copies exactly what Redis holds (result or error, times, attempts). Neither
+    # hook runs when ARQ fails a job without starting it: reconcile() covers those.
+    ledger: Ledger = ctx["ledger"]
+    if not await ledger.copy_result(ctx["redis"], ctx["job_id"], get_settings().queue_name):
+        await ledger.update(ctx["job_id"], status="queued")  # no result: it will run again
+
+
+async def reconcile(ctx: dict[str, Any]) -> int:
+    """Settle every unfinished row against Redis; returns how many rows it settled.
+
+    ARQ does not call the job hooks when a job exceeds max_tries, expires, cannot be decoded
+    or is aborted before it starts: Redis then holds a failed result that no hook copied.
+    GET /jobs/{id} copies it when asked; this sweeps them all (stage 4 runs it as a cron
+    job). A row that Redis knows nothing about after LOST_AFTER_S was lost with Redis's
+    data (a flush, a restart without persistence): it is marked failed.
+    """
+    ledger: Ledger = ctx["ledger"]
+    queue_name, settled = get_settings().queue_name, 0
+    lost_before = now() - timedelta(seconds=LOST_AFTER_S)
+    for record in await ledger.unfinished():
+        if await ledger.copy_result(ctx["redis"], record.job_id, queue_name):
+            settled += 1
+        elif record.enqueue_time < lost_before and not await jobs.read_job(
+            ctx["redis"], record.job_id, queue_name
+        ):
+            error = "lost: Redis no longer knows this job (flushed, or its result expired)"
+            await ledger.update(record.job_id, status="failed", error=error)
+            settled += 1
+    await ledger.flush()
+    return settled
+
+
+# --8<-- [end:hooks]
+
+
+# --8<-- [start:settings]
 class WorkerSettings:
     # ARQ reads these attributes from this class's own __dict__: subclassing it would lose
     # them, so a variant copies what it needs.
-    functions = task_functions()
-    on_startup = startup
-    on_shutdown = shutdown
-    after_job_end = after_job_end
-    allow_abort_jobs = True  # DELETE /jobs/{id} of a running job
+    functions = [function for _, function in TASKS.values()]
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
     queue_name = get_settings().queue_name
     job_serializer = jobs.serialize
@@ -77,3 +107,10 @@ class WorkerSettings:
     poll_delay = POLL_DELAY_S
     max_jobs = MAX_JOBS
     health_check_interval = HEALTH_CHECK_INTERVAL_S
+    on_startup = startup
+    on_shutdown = shutdown
+    on_job_start = job_started
+    after_job_end = job_ended
+
+
+# --8<-- [end:settings]

@@ -1,0 +1,79 @@
+"""The ledger read back: `GET /jobs`, the job history, and `GET /`, a page of recent jobs."""
+
+import base64
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
+
+from .jobs import JobView, Status
+from .ledger import Ledger
+from .tasks import TASKS
+
+PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+router = APIRouter(tags=["jobs"])
+
+
+def get_ledger(request: Request) -> Ledger:
+    return request.app.state.ledger
+
+
+LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+
+
+class JobPage(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None  # pass it back as `cursor` for the next (older) page
+
+
+# --8<-- [start:cursor]
+# The cursor is the (enqueue_time, job_id) of the last job on the page, opaque to clients:
+# "older than the last one seen" stays right while new jobs arrive, where an offset would
+# shift every page by the number of jobs added meanwhile.
+def encode_cursor(record: JobView) -> str:
+    key = f"{record.enqueue_time.isoformat()}|{record.job_id}"
+    return base64.urlsafe_b64encode(key.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    when, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+    enqueue_time = datetime.fromisoformat(when)
+    if enqueue_time.tzinfo is None:
+        raise ValueError("cursor time has no time zone")
+    return enqueue_time, job_id
+
+
+# --8<-- [end:cursor]
+
+
+@router.get("/jobs", responses={422: {"description": "Bad filter or cursor"}})
+async def list_jobs(
+    ledger: LedgerDep,
+    status: Status | None = None,
+    function: Literal[tuple(TASKS)] | None = None,  # type: ignore[valid-type]
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
+    cursor: str | None = None,
+) -> JobPage:
+    """The job history from the ledger, newest first."""
+    try:
+        after = decode_cursor(cursor) if cursor else None
+    except ValueError:
+        raise HTTPException(422, "Bad cursor: pass back a next_cursor as given") from None
+    records = await ledger.newest(limit + 1, status, function, after)
+    more = len(records) > limit
+    return JobPage(
+        jobs=records[:limit],
+        next_cursor=encode_cursor(records[limit - 1]) if more else None,
+    )
+
+
+@router.get("/", response_class=HTMLResponse)
+async def jobs_page(request: Request, ledger: LedgerDep) -> HTMLResponse:
+    """Recent jobs as an HTML page that refreshes itself."""
+    records = await ledger.newest(PAGE_SIZE)
+    return templates.TemplateResponse(request, "jobs.html", {"jobs": records})
