@@ -1,7 +1,9 @@
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .urls import IPNetwork, parse_allowlist
 
 
 class Settings(BaseSettings):
@@ -15,6 +17,19 @@ class Settings(BaseSettings):
     redis_timeout_s: float = 1.0  # Redis down or stuck: a 503 after this, not a hang
     # The worker's job timeout; worker.py says why it matters. The crash tests lower it.
     job_timeout_s: float = 30.0
+    # fetch(url): retries, backoff and limits
+    fetch_max_tries: int = 5  # attempts in all, the first included
+    fetch_base_delay_s: float = 1.0  # backoff before try n is uniform in [0, base * 2^(n-1)]...
+    fetch_max_delay_s: float = 60.0  # ...capped here
+    fetch_max_retry_after_s: float = 300.0  # a longer Retry-After fails the job instead
+    fetch_timeout_s: float = 10.0  # per HTTP request: connect, each read, ...
+    fetch_max_bytes: int = 1024 * 1024  # a bigger response body fails the job
+    fetch_max_redirects: int = 5
+    # Networks fetch may reach even though they are internal (SSRF guard), e.g. ["10.1.2.0/24"]
+    fetch_allowlist: list[str] = []
+    # Scheduling and idempotency
+    max_defer_s: float = 7 * 24 * 3600  # run_at / delay_seconds further out than this: 422
+    idempotency_ttl_s: int = 24 * 3600  # how long an Idempotency-Key is remembered
     max_body_bytes: int = 16 * 1024  # task arguments are a few numbers; 16 KiB is plenty
     log_level: str = "INFO"
     data_dir: Path = Path(".data/stage3")  # git-ignored; `make run` sets the same
@@ -22,6 +37,10 @@ class Settings(BaseSettings):
 
     def model_post_init(self, _context: object) -> None:
         self.database_url = self.database_url or f"sqlite:///{self.data_dir / 'jobs.db'}"
+
+    @cached_property
+    def fetch_allowlist_networks(self) -> list[IPNetwork]:
+        return parse_allowlist(self.fetch_allowlist)
 
 
 @lru_cache

@@ -53,6 +53,11 @@ BODY_ERRORS: dict[int | str, dict] = {
 REDIS_DOWN: dict[int | str, dict] = {503: {"description": "Redis is unavailable"}}
 
 
+def invalid(where: tuple[str, ...], message: str) -> RequestValidationError:
+    """A 422 in the same shape as FastAPI's own, for checks a Pydantic model can't make."""
+    return RequestValidationError([{"loc": where, "msg": message, "type": "value_error"}])
+
+
 class BodyTooLarge(HTTPException):
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, f"Request body is over the {max_bytes}-byte limit")

@@ -1,13 +1,22 @@
 """How a job travels through Redis (JSON, never pickle) and how we report its state."""
 
+import asyncio
 import json
 from datetime import datetime
 from typing import Any, Literal
 
 from arq.connections import ArqRedis
-from arq.constants import retry_key_prefix
-from arq.jobs import Job, JobResult, JobStatus
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.jobs import Job, JobResult, JobStatus, serialize_result
+from arq.utils import timestamp_ms, to_unix_ms
 from pydantic import BaseModel
+from redis.exceptions import WatchError
 
 # --8<-- [start:serializer]
 # ARQ pickles jobs and results by default, and unpickling runs code: anyone who can write
@@ -16,6 +25,8 @@ from pydantic import BaseModel
 
 
 def _encode_exception(value: object) -> dict[str, str]:
+    if isinstance(value, TimeoutError) and not str(value):
+        return {"error": "TimeoutError: the job ran longer than its timeout and was stopped"}
     if isinstance(value, BaseException):
         message = str(value)
         return {"error": f"{type(value).__name__}: {message}" if message else type(value).__name__}
@@ -35,8 +46,17 @@ def deserialize(data: bytes) -> dict[str, Any]:
 
 
 # --8<-- [start:job_view]
-Status = Literal["queued", "deferred", "in_progress", "complete", "failed"]
-FINAL = ("complete", "failed")  # a job in one of these states will not change any more
+Status = Literal["queued", "deferred", "in_progress", "complete", "failed", "cancelled"]
+FINAL = ("complete", "failed", "cancelled")  # a job in one of these states will not change
+
+
+class Attempt(BaseModel):
+    attempt: int
+    outcome: str
+    error: str | None = None
+    start_time: datetime | None = None
+    finish_time: datetime | None = None
+    next_try_at: datetime | None = None
 
 
 class JobView(BaseModel):
@@ -52,6 +72,7 @@ class JobView(BaseModel):
     attempts: int
     progress: int = 0  # percent, as the job reports it (tasks.set_progress)
     message: str | None = None
+    attempt_log: list[Attempt] = []  # every try, filled in by GET /jobs/{id}
 
 
 # --8<-- [end:job_view]
@@ -87,11 +108,14 @@ async def read_job(redis: ArqRedis, job_id: str, queue_name: str) -> JobView | N
 
 def outcome(info: JobResult) -> dict[str, Any]:
     """How a finished job ended, as JobView fields (the ledger stores the same ones)."""
-    # ARQ calls every finished job "complete", even one that raised; we don't.
+    # ARQ calls every finished job "complete", even one that raised; we don't. A job that
+    # ended with CancelledError was cancelled: aborted while running, or by cancel_job.
+    error = None if info.success else _error_text(info.result)
+    failed = "cancelled" if error and error.startswith("CancelledError") else "failed"
     return {
-        "status": "complete" if info.success else "failed",
+        "status": "complete" if info.success else failed,
         "result": info.result if info.success else None,
-        "error": None if info.success else _error_text(info.result),
+        "error": error,
         "start_time": info.start_time,
         "finish_time": info.finish_time,
         "attempts": info.job_try,
@@ -99,3 +123,42 @@ def outcome(info: JobResult) -> dict[str, Any]:
 
 
 # --8<-- [end:read_job]
+
+
+# --8<-- [start:cancel]
+async def cancel_job(redis: ArqRedis, view: JobView, queue_name: str, keep_result_s: int) -> str:
+    """Cancel a job that has not finished. Returns "removed" when it was taken off the queue
+    before any worker started it, "aborting" when a worker is running it."""
+    in_progress = in_progress_key_prefix + view.job_id
+    while True:
+        async with redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(in_progress)
+                if await pipe.exists(in_progress):
+                    break  # running: only the worker can stop it
+                # Not started: take it off the queue and record the cancellation as its result,
+                # in one transaction. If a worker claims it meanwhile, WATCH aborts the
+                # transaction and we look again.
+                now = timestamp_ms()
+                result = serialize_result(
+                    view.function, (), view.args, view.attempts, to_unix_ms(view.enqueue_time),
+                    False, asyncio.CancelledError("cancelled before it ran"), now, now,
+                    f"{view.job_id}:{view.function}", queue_name, view.job_id,
+                    serializer=serialize,
+                )  # fmt: skip
+                pipe.multi()
+                pipe.zrem(queue_name, view.job_id)
+                pipe.delete(job_key_prefix + view.job_id)
+                pipe.set(result_key_prefix + view.job_id, result, ex=keep_result_s)
+                await pipe.execute()
+                return "removed"
+            except WatchError:
+                continue
+    # ARQ's abort: the worker checks this set on every poll and cancels the task. The entry
+    # is removed when the job ends (worker.py), so it can't linger and kill a later job with
+    # the same id, as stale entries otherwise do (ARQ issue #485).
+    await redis.zadd(abort_jobs_ss, {view.job_id: timestamp_ms()})
+    return "aborting"
+
+
+# --8<-- [end:cancel]

@@ -20,7 +20,7 @@ from arq.jobs import Job
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-from .jobs import FINAL, JobView, deserialize, outcome
+from .jobs import FINAL, Attempt, JobView, deserialize, outcome
 
 # A writer that finds the SQLite file locked waits up to this long for its turn, instead
 # of failing at once with "database is locked".
@@ -76,8 +76,24 @@ class JobRecord(LedgerModel, table=True):
     updated_at: datetime = Field(default_factory=now, sa_type=UTCDateTime)
 
 
+class AttemptRecord(LedgerModel, table=True):
+    """One row per time a worker started the job: the retry history."""
+
+    __tablename__ = "attempts"
+
+    job_id: str = Field(primary_key=True, max_length=64)
+    attempt: int = Field(primary_key=True)
+    outcome: str = Field(max_length=16)  # complete, failed, cancelled, retrying, interrupted
+    error: str | None = None
+    start_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finish_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    next_try_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # when retrying
+    updated_at: datetime = Field(default_factory=now, sa_type=UTCDateTime)
+
+
 # --8<-- [end:table]
 JOBS: sa.Table = JobRecord.__table__  # type: ignore[attr-defined]
+ATTEMPTS: sa.Table = AttemptRecord.__table__  # type: ignore[attr-defined]
 
 
 def tune_sqlite(connection: Any, _record: Any) -> None:
@@ -113,6 +129,7 @@ class Ledger:
             "add": sa.insert(JobRecord),
             "update": sa.update(JobRecord).where(by_id, *(JobRecord.status != s for s in FINAL)),
             "overwrite": sa.update(JobRecord).where(by_id),
+            "attempt": sa.insert(AttemptRecord),
         }
         self.wait = wait
         self.readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="ledger-read")
@@ -129,6 +146,9 @@ class Ledger:
 
     async def add(self, record: JobRecord) -> None:
         await self._write("add", record.model_dump())
+
+    async def add_attempt(self, values: dict[str, Any]) -> None:
+        await self._write("attempt", values)
 
     async def update(self, job_id: str, *, overwrite_final: bool = False, **values: Any) -> None:
         """Change the job's row if it has not finished (or even then, with overwrite_final)."""
@@ -213,6 +233,29 @@ class Ledger:
         order = (JOBS.c.enqueue_time.desc(), JOBS.c.job_id.desc())
         return await self._read(query.order_by(*order).limit(limit))
 
+    async def attempts(self, job_id: str) -> list[Attempt]:
+        query = ATTEMPTS.select().where(ATTEMPTS.c.job_id == job_id).order_by(ATTEMPTS.c.attempt)
+        rows = await asyncio.get_running_loop().run_in_executor(
+            self.readers, lambda: self._rows(query)
+        )
+        return [Attempt.model_validate(row) for row in rows]
+
+    def _rows(self, query: Any) -> list[Any]:
+        with self.engine.connect() as connection:
+            return list(connection.execute(query).mappings())
+
+    async def prune(self, finished_before: datetime) -> int:
+        """Delete finished jobs (and their attempts) that ended before `finished_before`."""
+        old = sa.and_(JOBS.c.status.in_(FINAL), JOBS.c.finish_time < finished_before)
+
+        def delete() -> int:
+            with self.engine.begin() as connection:
+                ids = sa.select(JOBS.c.job_id).where(old)
+                connection.execute(ATTEMPTS.delete().where(ATTEMPTS.c.job_id.in_(ids)))
+                return connection.execute(JOBS.delete().where(old)).rowcount
+
+        return await asyncio.to_thread(delete)
+
     async def unfinished(self) -> list[JobView]:
         return await self._read(JOBS.select().where(JOBS.c.status.not_in(FINAL)))
 
@@ -223,11 +266,14 @@ class Ledger:
         self.readers.shutdown()
         self.engine.dispose()
 
-    async def copy_result(self, redis: ArqRedis, job_id: str, queue_name: str) -> bool:
-        """If Redis holds the job's result, record it in the ledger; True if it did."""
+    async def copy_result(self, redis: ArqRedis, job_id: str, queue_name: str) -> dict[str, Any]:
+        """If Redis holds the job's result, record it in the ledger and return how it ended
+        (JobView fields); an empty dict while it has not ended."""
         job = Job(job_id, redis, _queue_name=queue_name, _deserializer=deserialize)
         info = await job.result_info()  # None: not finished, or Redis has forgotten it
-        if info is not None:
-            progress = {"progress": 100} if info.success else {}
-            await self.update(job_id, overwrite_final=True, **outcome(info), **progress)
-        return info is not None
+        if info is None:
+            return {}
+        ended = outcome(info)
+        progress = {"progress": 100} if info.success else {}
+        await self.update(job_id, overwrite_final=True, **ended, **progress)
+        return ended

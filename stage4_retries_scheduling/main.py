@@ -25,17 +25,23 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from arq.connections import ArqRedis
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
 from redis.asyncio import ConnectionPool
 
-from . import errors, history, jobs
+from . import errors, history, jobs, scheduling
 from .config import Settings, get_settings
 from .history import LedgerDep
 from .ledger import JobRecord, Ledger, now
 from .tasks import TASKS
+from .urls import UnsafeURL, check_url
+from .worker import KEEP_RESULT_S
+
+# How long DELETE waits for a running job to stop before answering 202 "requested".
+CANCEL_WAIT_S = 5.0
+CANCEL_POLL_S = 0.05
 
 EVENTS_POLL_S = 0.2  # how often an event stream looks for a change in the job
 EVENTS_MAX_S = 600  # a stream ends after this even if the job has not
@@ -90,14 +96,42 @@ def add_task_route(app: FastAPI, name: str) -> None:
     model, function = TASKS[name]
 
     # --8<-- [start:submit]
-    async def submit(args: model, redis: Redis, ledger: LedgerDep, response: Response) -> Enqueued:  # type: ignore[valid-type]
+    async def submit(
+        args: model,  # type: ignore[valid-type]
+        redis: Redis,
+        ledger: LedgerDep,
+        request: Request,
+        response: Response,
+        run_at: scheduling.RunAt = None,
+        delay_seconds: scheduling.DelaySeconds = None,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> Enqueued:
+        settings: Settings = request.app.state.settings
+        when = scheduling.defer_until(run_at, delay_seconds, settings.max_defer_s)
+        if name == "fetch":
+            # Resolve and check the host now: a refused URL is the client's error (422), not
+            # a job that fails later. The worker checks again before each request.
+            try:
+                await check_url(args.url, settings.fetch_allowlist_networks)
+            except UnsafeURL as exc:
+                raise errors.invalid(("body", "url"), f"URL refused: {exc}") from None
+        job_id, kwargs = uuid.uuid4().hex, args.model_dump()
+        if idempotency_key is not None:
+            print_ = scheduling.fingerprint(name, kwargs, when)
+            earlier = await scheduling.claim_idempotency_key(
+                redis, idempotency_key, job_id, print_, settings.idempotency_ttl_s
+            )
+            if earlier is not None:  # a replay: the same job, not a second one
+                response.headers["Location"] = f"/jobs/{earlier}"
+                response.headers["Idempotent-Replayed"] = "true"
+                return Enqueued(job_id=earlier, status_url=f"/jobs/{earlier}")
         # The row comes first, then the job goes to Redis: a job Redis loses is still on
         # record. (Enqueue first, and a crash in between leaves a job no one can look up.)
-        job_id, kwargs = uuid.uuid4().hex, args.model_dump()
-        await ledger.add(JobRecord(job_id=job_id, function=name, args=kwargs, status="queued",
+        status = "deferred" if when else "queued"
+        await ledger.add(JobRecord(job_id=job_id, function=name, args=kwargs, status=status,
                                    enqueue_time=now()))  # fmt: skip
         try:
-            job = await redis.enqueue_job(name, _job_id=job_id, **kwargs)
+            job = await redis.enqueue_job(name, _job_id=job_id, _defer_until=when, **kwargs)
         except (errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
             # Failed, not deleted: if Redis did store the job before timing out, the worker
             # still runs it and records the real outcome over this one.
@@ -118,7 +152,11 @@ def add_task_route(app: FastAPI, name: str) -> None:
         summary=f"Enqueue {name}",
         description=(function.__doc__ or "").strip(),
         tags=["tasks"],
-        responses={**errors.BODY_ERRORS, **errors.REDIS_DOWN},
+        responses={
+            **errors.BODY_ERRORS,
+            **errors.REDIS_DOWN,
+            409: {"description": "This Idempotency-Key was used for a different request"},
+        },
     )
 
 
@@ -158,19 +196,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         add_task_route(app, name)
 
     # --8<-- [start:get_job]
-    @app.get(
-        "/jobs/{job_id}",
-        tags=["jobs"],
-        responses={
-            404: {"description": "Unknown job"},
-            502: {"description": "The job's data in Redis is not JSON"},
-            **errors.REDIS_DOWN,
-        },
-    )
-    async def get_job(
-        job_id: Annotated[str, Path(max_length=64)], redis: Redis, ledger: LedgerDep
-    ) -> jobs.JobView:
-        """A job's status and progress, and its result or error once it has finished."""
+    async def job_state(job_id: str, redis: ArqRedis, ledger: Ledger) -> jobs.JobView:
+        """Stage 3's GET /jobs/{id}: the ledger's story plus Redis's live status."""
         record = await ledger.get(job_id)
         if record is not None and record.status in jobs.FINAL:
             return record  # finished: the ledger remembers after Redis has forgotten
@@ -186,6 +213,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if view is not None:  # None: Redis lost it; reconcile() marks it failed in time
             record.status, record.attempts = view.status, view.attempts  # where it is now
         return record  # the story so far
+
+    @app.get(
+        "/jobs/{job_id}",
+        tags=["jobs"],
+        responses={
+            404: {"description": "Unknown job"},
+            502: {"description": "The job's data in Redis is not JSON"},
+            **errors.REDIS_DOWN,
+        },
+    )
+    async def get_job(
+        job_id: Annotated[str, Path(max_length=64)], redis: Redis, ledger: LedgerDep
+    ) -> jobs.JobView:
+        """A job's status, progress and attempts, and its result or error once it has ended."""
+        view = await job_state(job_id, redis, ledger)
+        return view.model_copy(update={"attempt_log": await ledger.attempts(job_id)})
 
     # --8<-- [end:get_job]
 
@@ -208,6 +251,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield job
 
     # --8<-- [end:events]
+
+    # --8<-- [start:delete]
+    @app.delete(
+        "/jobs/{job_id}",
+        tags=["jobs"],
+        responses={
+            202: {"description": "Still running: cancellation requested"},
+            404: {"description": "Unknown job"},
+            409: {"description": "The job has already finished"},
+        },
+    )
+    async def cancel_job(
+        job_id: Annotated[str, Path(max_length=64)], redis: Redis, ledger: LedgerDep
+    ) -> jobs.JobView:
+        """Cancel a queued, deferred or running job."""
+        view = await job_state(job_id, redis, ledger)
+        if view.status not in jobs.FINAL:
+            how = await jobs.cancel_job(redis, view, settings.queue_name, KEEP_RESULT_S)
+            if how == "removed":  # no worker will ever see it: record the end ourselves
+                await ledger.update(job_id, status="cancelled", finish_time=now(),
+                                    error="CancelledError: cancelled before it ran")  # fmt: skip
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            while (view := await job_state(job_id, redis, ledger)).status not in jobs.FINAL:
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(CANCEL_POLL_S)  # a running job stops at the worker's next poll
+        if view.status == "cancelled":
+            return view
+        if view.status in jobs.FINAL:
+            raise HTTPException(409, f"Job {job_id} has already finished: {view.status}")
+        return JSONResponse(status_code=202, content=view.model_dump(mode="json"))  # type: ignore[return-value]
+
+    # --8<-- [end:delete]
 
     app.include_router(history.router)
     return app

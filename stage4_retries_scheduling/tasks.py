@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .fetch import fetch
+
 # --8<-- [start:limits]
 MAX_INT = 10**12  # keeps sums exact and JSON numbers small
 MAX_CRUNCH_MS = 5_000
@@ -38,6 +40,10 @@ class DivideArgs(Args):
 
 class CrunchArgs(Args):
     ms: int = Field(200, ge=1, le=MAX_CRUNCH_MS, description="CPU time to burn, in milliseconds")
+
+
+class FetchArgs(Args):
+    url: str = Field(max_length=2048, examples=["https://example.org/"])
 
 
 class WaitArgs(Args):
@@ -131,4 +137,5 @@ TASKS = {
     "crunch": (CrunchArgs, crunch),
     "wait": (WaitArgs, wait),
     "report": (ReportArgs, report),
+    "fetch": (FetchArgs, fetch),
 }

@@ -8,7 +8,11 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from arq.connections import RedisSettings
+from arq.constants import abort_jobs_ss
+from arq.cron import cron
+from arq.worker import Function, func
 
 from . import jobs
 from .config import get_settings
@@ -34,23 +38,53 @@ MAX_JOBS = 10
 # How often the worker writes its health-check key (`arq --check` reads it). ARQ's default
 # of an hour lets a dead worker look healthy for an hour.
 HEALTH_CHECK_INTERVAL_S = 10
+# Per task: how long one run may take, capped at JOB_TIMEOUT_S. A timed-out job fails and
+# is not retried (ARQ's rule, and ours): a task that times out is stuck or too big, and
+# running it again costs the same. fetch bounds each HTTP request itself and retries those
+# timeouts on its own terms, so its job timeout only catches a hung task. The cap matters:
+# ARQ holds a dead worker's jobs for the LONGEST timeout of any task + 10 s, so one slow
+# task's timeout would delay crash recovery for every job.
+TASK_TIMEOUTS_S = {"add": 5, "divide": 5, "crunch": 10, "wait": 25, "report": 25, "fetch": 25}
+# Graceful shutdown (SIGTERM, a deploy): stop taking jobs, give running ones this long to
+# finish, then cancel them back into the queue. Below the runner's 10 s before SIGKILL.
+JOB_COMPLETION_WAIT_S = 8
+# Cron: ledger maintenance every few minutes; history is kept this long after a job ends.
+MAINTENANCE_EVERY_MIN = 5
+MAINTENANCE_KEEP_RESULT_S = 3600
+HISTORY_RETENTION_S = 30 * 24 * 3600
+# An in_progress row past its task's timeout + this, that no worker holds, is stuck.
+STUCK_GRACE_S = 15
 # --8<-- [end:constants]
 
 
+def timeout_s(name: str) -> float:
+    return min(TASK_TIMEOUTS_S.get(name, JOB_TIMEOUT_S), JOB_TIMEOUT_S)
+
+
 # --8<-- [start:hooks]
+def task_functions() -> list[Function]:
+    return [func(f, name=name, timeout=timeout_s(name)) for name, (_, f) in TASKS.items()]
+
+
 async def startup(ctx: dict[str, Any]) -> None:
+    settings = ctx["settings"] = get_settings()
     # wait=False: a hook doesn't wait for its row to be committed. If the worker dies first,
     # those writes are lost, but Redis still has the results and reconcile() copies them.
-    ctx["ledger"] = Ledger(get_settings().database_url, wait=False)
+    ctx["ledger"] = Ledger(settings.database_url, wait=False)
     await asyncio.to_thread(ctx["ledger"].create_schema)
+    # One HTTP client per worker process, shared by every fetch job: connection pooling
+    # and one place for limits. Redirects are followed by hand, so each hop is checked.
+    ctx["http"] = httpx.AsyncClient(timeout=settings.fetch_timeout_s, follow_redirects=False)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    await ctx["http"].aclose()
     await ctx["ledger"].flush()
     ctx["ledger"].close()
 
 
 async def job_started(ctx: dict[str, Any]) -> None:
+    ctx["attempt_started"] = now()
     await ctx["ledger"].update(
         ctx["job_id"], status="in_progress", attempts=ctx["job_try"], start_time=now()
     )
@@ -61,8 +95,24 @@ async def job_ended(ctx: dict[str, Any]) -> None:
     # the ledger copies exactly what Redis holds (result or error, times, attempts). Neither
     # hook runs when ARQ fails a job without starting it: reconcile() covers those.
     ledger: Ledger = ctx["ledger"]
-    if not await ledger.copy_result(ctx["redis"], ctx["job_id"], get_settings().queue_name):
-        await ledger.update(ctx["job_id"], status="queued")  # no result: it will run again
+    job_id, finished = ctx["job_id"], now()
+    # An abort request for this job is spent once it has ended. ARQ never removes it, and a
+    # stale entry would kill a later job with the same id (ARQ issue #485).
+    await ctx["redis"].zrem(abort_jobs_ss, job_id)
+    attempt = {"job_id": job_id, "attempt": ctx["job_try"], "start_time": ctx["attempt_started"]}
+    if ended := await ledger.copy_result(ctx["redis"], job_id, get_settings().queue_name):
+        attempt |= {"outcome": ended["status"], "error": ended["error"], "finish_time": finished}
+    elif retry := ctx.get("retry"):  # the task raised Retry and said why (fetch.py)
+        attempt |= {
+            "outcome": "retrying",
+            "error": retry["error"],
+            "next_try_at": retry["next_try_at"],
+        }
+        await ledger.update(job_id, status="deferred", error=retry["error"])
+    else:  # cancelled by a worker shutdown: ARQ puts it back in the queue
+        attempt |= {"outcome": "interrupted", "finish_time": finished}
+        await ledger.update(job_id, status="queued")
+    await ledger.add_attempt(attempt | {"finish_time": finished})
 
 
 async def reconcile(ctx: dict[str, Any]) -> int:
@@ -70,9 +120,10 @@ async def reconcile(ctx: dict[str, Any]) -> int:
 
     ARQ does not call the job hooks when a job exceeds max_tries, expires, cannot be decoded
     or is aborted before it starts: Redis then holds a failed result that no hook copied.
-    GET /jobs/{id} copies it when asked; this sweeps them all (stage 4 runs it as a cron
-    job). A row that Redis knows nothing about after LOST_AFTER_S was lost with Redis's
-    data (a flush, a restart without persistence): it is marked failed.
+    GET /jobs/{id} copies it when asked; this sweeps them all. A row that Redis knows
+    nothing about after LOST_AFTER_S was lost with Redis's data (a flush, a restart
+    without persistence): it is marked failed. So, sooner, is a job "in progress" past its
+    timeout that Redis no longer has (its worker died and Redis lost the job too).
     """
     ledger: Ledger = ctx["ledger"]
     queue_name, settled = get_settings().queue_name, 0
@@ -80,12 +131,19 @@ async def reconcile(ctx: dict[str, Any]) -> int:
     for record in await ledger.unfinished():
         if await ledger.copy_result(ctx["redis"], record.job_id, queue_name):
             settled += 1
-        elif record.enqueue_time < lost_before and not await jobs.read_job(
-            ctx["redis"], record.job_id, queue_name
-        ):
+            continue
+        if await jobs.read_job(ctx["redis"], record.job_id, queue_name) is not None:
+            continue  # Redis still has it: queued, running, or queued again after a crash
+        limit = timeout_s(record.function) + STUCK_GRACE_S
+        started = record.start_time or record.enqueue_time
+        if record.status == "in_progress" and started < now() - timedelta(seconds=limit):
+            error = f"stuck: its worker stopped and Redis no longer has it ({limit:.0f} s limit)"
+        elif record.enqueue_time < lost_before:
             error = "lost: Redis no longer knows this job (flushed, or its result expired)"
-            await ledger.update(record.job_id, status="failed", error=error)
-            settled += 1
+        else:
+            continue
+        await ledger.update(record.job_id, status="failed", error=error, finish_time=now())
+        settled += 1
     await ledger.flush()
     return settled
 
@@ -93,11 +151,34 @@ async def reconcile(ctx: dict[str, Any]) -> int:
 # --8<-- [end:hooks]
 
 
+# --8<-- [start:cron]
+async def maintain_ledger(ctx: dict[str, Any]) -> dict[str, int]:
+    """Cron job: settle unfinished rows (reconcile) and prune history past its retention."""
+    # Idempotent, as a cron job must be: ARQ runs each tick once across all workers
+    # (unique=True gives the run a fixed job id), but a crash can still repeat one.
+    settled = await reconcile(ctx)
+    cutoff = now() - timedelta(seconds=HISTORY_RETENTION_S)
+    pruned = await ctx["ledger"].prune(finished_before=cutoff)
+    return {"settled": settled, "pruned": pruned}
+
+
+MAINTENANCE = cron(
+    maintain_ledger,
+    minute=set(range(0, 60, MAINTENANCE_EVERY_MIN)),
+    second=0,
+    unique=True,  # one run per tick, however many workers
+    timeout=JOB_TIMEOUT_S,
+    keep_result=MAINTENANCE_KEEP_RESULT_S,  # cron jobs keep no result by default
+)
+# --8<-- [end:cron]
+
+
 # --8<-- [start:settings]
 class WorkerSettings:
     # ARQ reads these attributes from this class's own __dict__: subclassing it would lose
     # them, so a variant copies what it needs.
-    functions = [function for _, function in TASKS.values()]
+    functions = task_functions()
+    cron_jobs = [MAINTENANCE]
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
     queue_name = get_settings().queue_name
     job_serializer = jobs.serialize
@@ -107,6 +188,8 @@ class WorkerSettings:
     poll_delay = POLL_DELAY_S
     max_jobs = MAX_JOBS
     health_check_interval = HEALTH_CHECK_INTERVAL_S
+    job_completion_wait = JOB_COMPLETION_WAIT_S
+    allow_abort_jobs = True  # DELETE /jobs/{id} of a running job
     on_startup = startup
     on_shutdown = shutdown
     on_job_start = job_started

@@ -1,0 +1,71 @@
+"""A local HTTP server whose answers a test scripts in advance, for the `fetch` task.
+
+    server.script("/flaky", Reply(503), Reply(503), Reply(200, body=b"ok"))
+
+Each request to a path takes the next reply; the last one repeats. Every request's arrival
+time is recorded in `server.hits[path]`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0  # before answering, to provoke client timeouts
+
+
+class ScriptedServer:
+    def __init__(self) -> None:
+        self.scripts: dict[str, list[Reply]] = {}
+        self.hits: dict[str, list[float]] = defaultdict(list)
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with server.lock:
+                    server.hits[self.path].append(time.monotonic())
+                    replies = server.scripts.get(self.path, [Reply(404)])
+                    reply = replies.pop(0) if len(replies) > 1 else replies[0]
+                if reply.delay_s:
+                    server.stopping.wait(reply.delay_s)
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def script(self, path: str, *replies: Reply) -> str:
+        with self.lock:
+            self.scripts[path] = list(replies)
+        return self.url(path)
+
+    def __enter__(self) -> ScriptedServer:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
