@@ -27,6 +27,9 @@ from redis.exceptions import WatchError
 def _encode_exception(value: object) -> dict[str, str]:
     if isinstance(value, TimeoutError) and not str(value):
         return {"error": "TimeoutError: the job ran longer than its timeout and was stopped"}
+    if isinstance(value, asyncio.CancelledError) and not str(value):
+        # Stored only for an abort: a shutdown's cancellation puts the job back in the queue.
+        return {"error": "CancelledError: cancelled while running (DELETE /jobs/{id})"}
     if isinstance(value, BaseException):
         message = str(value)
         return {"error": f"{type(value).__name__}: {message}" if message else type(value).__name__}
