@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import psutil
@@ -15,20 +14,12 @@ import pytest
 
 from devkit.valkey import free_port
 from tests import apt
+from tests.processes import poll
 
 pytestmark = pytest.mark.e2e
 
 START_DEADLINE_S = 30.0
 JOB_DEADLINE_S = 15.0
-
-
-def poll(check, deadline_s: float, what: str):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_runner(tmp_path, *args: str, env: dict | None = None) -> subprocess.Popen:

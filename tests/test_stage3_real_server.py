@@ -16,6 +16,7 @@ import pytest
 
 from devkit.valkey import free_port
 from tests.browser import dump_dom
+from tests.processes import poll
 
 pytestmark = [pytest.mark.since_stage(3), pytest.mark.e2e]
 
@@ -26,15 +27,6 @@ START_DEADLINE_S = 30.0
 PAGE_BUDGET_MS = 600_000
 LOCK_HELD_S = 1.5  # how long the test holds the SQLite write lock (busy_timeout is 5 s)
 PING_LIMIT_S = 0.5  # generous: an idle loop answers /ping in a millisecond
-
-
-def poll(check, deadline_s: float, what: str):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextlib.contextmanager
