@@ -9,6 +9,15 @@ STAGE  ?= 2
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WORKERS ?= 1
+# `make loadtest` settings: seconds per scenario, offered rates (per second), which variants
+# (default: every one found on disk, e.g. VARIANTS=stage1-async,stage2) and extra flags
+# (e.g. LOADTEST_ARGS=--publish to refresh docs/results/).
+DURATION    ?= 60
+PROBER_RATE ?= 10
+CPU_RATE    ?= 2
+IO_RATE     ?= 2
+VARIANTS    ?=
+LOADTEST_ARGS ?=
 STAGE_PACKAGES := $(patsubst %/,%,$(dir $(wildcard stage*_*/main.py)))
 
 .DEFAULT_GOAL := help
@@ -40,6 +49,11 @@ format: $(BIN)/.installed  ## apply ruff's fixes and formatting
 
 bench: $(BIN)/.installed  ## stage 2 enqueue/worker/latency benchmark (slow; not part of make test)
 	$(BIN)/python -m devkit.bench
+
+loadtest: $(BIN)/.installed  ## compare the stages under load (DURATION=60 VARIANTS=...; ~4 min a variant)
+	$(BIN)/python -m loadtests.compare --duration $(DURATION) --prober-rate $(PROBER_RATE) \
+		--cpu-rate $(CPU_RATE) --io-rate $(IO_RATE) $(if $(VARIANTS),--variants $(VARIANTS)) \
+		$(LOADTEST_ARGS)
 
 docs: $(BIN)/.installed  ## serve the tutorial site on http://127.0.0.1:8001
 	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from devkit.stages import ROOT, STAGES
 from loadtests import report
@@ -51,7 +52,10 @@ SCENARIOS = {
     "crash": ["Prober", "CpuSubmitter", "IoSubmitter"],
 }
 LOCUST_GRACE_S = 30.0  # Locust's start-up and stop on top of --duration
-DRAIN_STALL_S = 20.0  # give up waiting for accepted work once nothing finished for this long
+DRAIN_STALL_S = 20.0  # give up waiting for accepted jobs once none finished for this long
+# Stage 1 tasks are short and run in the API: once none has finished for a task's length plus
+# this, the missing ones are lost (the crash scenario), not late.
+STAGE1_STALL_S = 3.0
 TERMINAL = {"complete", "failed", "cancelled"}
 
 
@@ -91,6 +95,50 @@ class Run:
     queue_wait_ms: dict[str, float] = field(default_factory=dict)
     downtime_s: float | None = None
     load_before: float = 0.0
+    # Cores in use during the run (out of os.cpu_count()): the stage's processes, Locust, and
+    # everything else on the machine. On a small or shared machine this explains the numbers.
+    cores: dict[str, float] = field(default_factory=dict)
+
+
+class CpuMeter:
+    """CPU seconds used by the machine, by some processes, and by one more that may exit."""
+
+    def __init__(self, pids: list[int]):
+        self.pids = pids
+        self.wall = time.monotonic()
+        self.machine = self._machine_busy()
+        self.own = self._process_seconds(pids)
+        self.locust = 0.0
+
+    @staticmethod
+    def _machine_busy() -> float:
+        times = psutil.cpu_times()
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+    @staticmethod
+    def _process_seconds(pids: list[int]) -> float:
+        total = 0.0
+        for pid in pids:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        return total
+
+    def sample_locust(self, pid: int) -> None:
+        """Locust's CPU so far; call it often, since the last sample before it exits counts."""
+        self.locust = self._process_seconds([pid]) or self.locust
+
+    def cores(self, pids: list[int]) -> dict[str, float]:
+        wall = time.monotonic() - self.wall
+        machine = (self._machine_busy() - self.machine) / wall
+        stage = (self._process_seconds(pids) - self.own) / wall if pids == self.pids else None
+        locust = self.locust / wall
+        result = {"machine": machine, "locust": locust}
+        if stage is not None:  # not after a crash: the API that was measured is gone
+            result |= {"stage": stage, "other": machine - stage - locust}
+        return {key: round(value, 2) for key, value in result.items()}
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -201,6 +249,7 @@ def run_scenario(args: argparse.Namespace, variant: Variant, stack: Stack, scena
     shutil.rmtree(records, ignore_errors=True)
     run = Run(variant.name, scenario, load_before=round(os.getloadavg()[0], 2))
     mark = stack.log_mark()
+    meter = CpuMeter(stack.pids())
     say(f"{variant.name}: {scenario} for {args.duration} s ({', '.join(classes)})")
     with (folder / f"{scenario}-locust.log").open("wb") as log:
         locust = subprocess.Popen(
@@ -211,7 +260,11 @@ def run_scenario(args: argparse.Namespace, variant: Variant, stack: Stack, scena
         try:
             if scenario == "crash":
                 run.downtime_s = crash_midway(args, stack, locust, records / "prober.tsv")
-            locust.wait(args.duration + LOCUST_GRACE_S)
+            deadline = time.monotonic() + args.duration + LOCUST_GRACE_S
+            while locust.poll() is None and time.monotonic() < deadline:
+                meter.sample_locust(locust.pid)
+                time.sleep(0.25)
+            run.cores = meter.cores(stack.pids())
         finally:
             if locust.poll() is None:
                 locust.kill()
@@ -241,7 +294,7 @@ def run_scenario(args: argparse.Namespace, variant: Variant, stack: Stack, scena
             counts = stack.completions_since(mark)
             return sum(counts.get(name, 0) for name in names)
 
-        run.completed = wait_until_settled(done, run.accepted, args.wait_seconds + DRAIN_STALL_S)
+        run.completed = wait_until_settled(done, run.accepted, args.wait_seconds + STAGE1_STALL_S)
     return run
 
 
@@ -279,8 +332,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wait-seconds", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=None,
                         help="default: loadtests/results/<UTC timestamp>")  # fmt: skip
-    parser.add_argument("--publish", action="store_true",
-                        help="also write the table and chart to docs/results/")  # fmt: skip
+    parser.add_argument("--publish", nargs="?", type=Path, const=DOCS_RESULTS, default=None,
+                        metavar="DIR", help="also write summary.md (the tables) and "
+                        "prober_latency.png to DIR, by default docs/results/")  # fmt: skip
     args = parser.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
     args.scenarios = ["idle", *(s for s in args.scenarios.split(",") if s and s != "idle")]
@@ -321,10 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     say(f"wrote {args.out / 'summary.md'}")
     if args.publish:
-        DOCS_RESULTS.mkdir(parents=True, exist_ok=True)
-        (DOCS_RESULTS / "summary.md").write_text(table)
-        shutil.copy(args.out / "prober_latency.png", DOCS_RESULTS / "prober_latency.png")
-        say(f"published to {DOCS_RESULTS}")
+        args.publish.mkdir(parents=True, exist_ok=True)
+        (args.publish / "summary.md").write_text(table)
+        shutil.copy(args.out / "prober_latency.png", args.publish / "prober_latency.png")
+        say(f"published to {args.publish}")
     return 0
 
 

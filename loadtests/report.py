@@ -100,6 +100,24 @@ def summary(runs: list[Run], variants: list[Variant], machine: dict[str, Any],
                 f"| {run.failures} | {run.accepted} | {run.completed} "
                 f"({_percent(run.completed, run.accepted)}) | {queue} |"
             )
+    lines += [
+        "",
+        f"#### CPU in use during each run, in cores (this machine has {machine['cpus']})",
+        "",
+        "| variant | run | the stage (API, worker, Valkey) | Locust | everything else "
+        "| whole machine |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in variants:
+        for scenario in ("idle", "cpu", "io"):
+            run = by.get((v.name, scenario))
+            if run is None or "stage" not in run.cores:
+                continue
+            c = run.cores
+            lines.append(
+                f"| {v.name} | {SCENARIO_TITLES[scenario]} | {c['stage']:.2f} | {c['locust']:.2f} "
+                f"| {c['other']:.2f} | {c['machine']:.2f} |"
+            )
     crashes = [by[(v.name, "crash")] for v in variants if (v.name, "crash") in by]
     if crashes:
         lines += [

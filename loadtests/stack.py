@@ -124,6 +124,11 @@ class Stack:
 
     # -- what the stage says ----------------------------------------------------------------
 
+    def pids(self) -> list[int]:
+        """The stage's own processes: API, worker, Valkey."""
+        processes = [self.api, self.worker, self.valkey.process if self.valkey else None]
+        return [process.pid for process in processes if process is not None]
+
     def healthy(self) -> bool:
         try:
             return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
