@@ -87,6 +87,7 @@ class Run:
     variant: str
     scenario: str
     prober: dict[str, float] = field(default_factory=dict)  # ms percentiles, count, failed
+    prober_from_sent: dict[str, float] = field(default_factory=dict)
     requests: dict[str, dict[str, float]] = field(default_factory=dict)  # Locust's stats by name
     failures: int = 0
     accepted: int = 0
@@ -273,8 +274,10 @@ def run_scenario(args: argparse.Namespace, variant: Variant, stack: Stack, scena
         raise RuntimeError(f"locust exited with {locust.returncode}; see {log.name}")
 
     samples = read_tsv(records / "prober.tsv")
-    run.prober = percentiles([float(ms) for _, ms, ok in samples if ok == "1"])
-    run.prober["failed"] = sum(ok != "1" for _, _, ok in samples)
+    run.prober = percentiles([float(ms) for _, ms, _, ok in samples if ok == "1"])
+    run.prober["failed"] = sum(ok != "1" for *_, ok in samples)
+    # Diagnostic: the same requests timed from when they were actually sent.
+    run.prober_from_sent = percentiles([float(ms) for _, _, ms, ok in samples if ok == "1"])
     run.requests = read_locust_stats(folder / scenario)
     run.failures = int(run.requests.get("Aggregated", {}).get("failures", 0))
     accepted = read_tsv(records / "accepted.tsv")
