@@ -249,17 +249,16 @@ class Checker(OpenLoopUser):
         if job["status"] not in TERMINAL:
             return
         PENDING.pop(job_id, None)
-        times = {key: job.get(key) for key in ("enqueue_time", "start_time", "finish_time")}
-        enqueued = datetime.fromisoformat(times["enqueue_time"])
+        enqueued = datetime.fromisoformat(job["enqueue_time"])
         error = None if job["status"] == "complete" else RuntimeError(f"job {job['status']}")
+        # A job cancelled before it started has no start_time: it is still reported, as a failure.
         for name, key in (("queue wait", "start_time"), ("turnaround", "finish_time")):
-            if times[key]:
-                ms = (datetime.fromisoformat(times[key]) - enqueued).total_seconds() * 1000
-                self.environment.events.request.fire(
-                    request_type="JOB",
-                    name=f"{name} {job['function']}",
-                    response_time=ms,
-                    response_length=0,
-                    exception=error,
-                    context={},
-                )
+            ended = datetime.fromisoformat(job[key]) if job.get(key) else enqueued
+            self.environment.events.request.fire(
+                request_type="JOB",
+                name=f"{name} {job['function']}",
+                response_time=(ended - enqueued).total_seconds() * 1000,
+                response_length=0,
+                exception=error,
+                context={},
+            )
