@@ -17,6 +17,8 @@ def test_the_load_test_runs_every_scenario_and_writes_its_report(tmp_path):
     variants = ["stage1-async", "stage2"]
     argv = ["--duration", "2", "--variants", ",".join(variants), "--out", str(out)]
 
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. the test Valkey
+
     assert compare.main([*argv, "--publish", str(docs)]) == 0
 
     results = json.loads((out / "results.json").read_text())
@@ -43,5 +45,6 @@ def test_the_load_test_runs_every_scenario_and_writes_its_report(tmp_path):
         assert f"| {variant} |" in summary
     assert (docs / "summary.md").read_text() in summary
     assert (docs / "prober_latency.png").read_bytes().startswith(b"\x89PNG")
-    left = [p.cmdline() for p in psutil.Process().children(recursive=True) if p.is_running()]
+    after = psutil.Process().children(recursive=True)
+    left = [p.cmdline() for p in after if p.pid not in before and p.is_running()]
     assert left == [], f"left behind: {left}"
