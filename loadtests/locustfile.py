@@ -84,6 +84,24 @@ def open_records(environment: Environment, **_: Any) -> None:
         RECORDS[name] = (folder / f"{name}.tsv").open("a", buffering=1)  # line-buffered
 
 
+@events.init.add_listener
+def keep_tagged_classes(environment: Environment, **_: Any) -> None:
+    """With --tags/--exclude-tags, run only the classes whose tag is selected.
+
+    Locust filters tasks by tag but keeps a class left with no task, and would still spawn
+    its fixed_count user, which then fails; so we drop such classes here.
+    """
+    options = environment.parsed_options
+    tags = set(getattr(options, "tags", None) or [])
+    excluded = set(getattr(options, "exclude_tags", None) or [])
+    if tags or excluded:
+        environment.user_classes = [
+            user_class
+            for user_class in environment.user_classes
+            if (not tags or user_class.tag_name in tags) and user_class.tag_name not in excluded
+        ]
+
+
 @events.quitting.add_listener
 def close_records(**_: Any) -> None:
     for file in RECORDS.values():
@@ -101,6 +119,7 @@ class OpenLoopUser(User):
 
     abstract = True
     fixed_count = 1
+    tag_name: ClassVar[str] = ""  # the tag that selects this class (see keep_tagged_classes)
     rate_option: ClassVar[str] = ""  # the parsed option that holds this user's rate
 
     def on_start(self) -> None:
@@ -169,6 +188,7 @@ class Prober(OpenLoopUser):
     """GET /ping at --prober-rate: the request that has nothing to do with the jobs."""
 
     rate_option = "prober_rate"
+    tag_name = "prober"
 
     @tag("prober")
     @task
@@ -203,6 +223,7 @@ class CpuSubmitter(Submitter):
     """POST /tasks/<--crunch-task> {"ms": --crunch-ms} at --cpu-rate."""
 
     rate_option = "cpu_rate"
+    tag_name = "cpu"
 
     @tag("cpu")
     @task
@@ -217,6 +238,7 @@ class IoSubmitter(Submitter):
     """POST /tasks/wait {"seconds": --wait-seconds} at --io-rate."""
 
     rate_option = "io_rate"
+    tag_name = "io"
 
     @tag("io")
     @task
@@ -230,6 +252,8 @@ class IoSubmitter(Submitter):
 class Checker(OpenLoopUser):
     """Stage 2+: follows accepted jobs to complete/failed/cancelled (closed-loop is fine here:
     its own latency is not what we measure)."""
+
+    tag_name = "checker"
 
     @tag("checker")
     @task
