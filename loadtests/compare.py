@@ -23,6 +23,7 @@ docs/results/ for the docs site.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -162,8 +163,6 @@ def read_tsv(path: Path) -> list[list[str]]:
 
 
 def read_locust_stats(csv_prefix: Path) -> dict[str, dict[str, float]]:
-    import csv
-
     path = Path(f"{csv_prefix}_stats.csv")
     if not path.exists():
         return {}
