@@ -100,6 +100,7 @@ class Run:
     # Cores in use during the run (out of os.cpu_count()): the stage's processes, Locust, and
     # everything else on the machine. On a small or shared machine this explains the numbers.
     cores: dict[str, float] = field(default_factory=dict)
+    errors: list[dict[str, str]] = field(default_factory=list)  # Locust's failures.csv
 
 
 class CpuMeter:
@@ -279,6 +280,9 @@ def run_scenario(args: argparse.Namespace, variant: Variant, stack: Stack, scena
     run.prober_from_sent = percentiles([float(ms) for _, _, ms, ok in samples if ok == "1"])
     run.requests = read_locust_stats(folder / scenario)
     run.failures = int(run.requests.get("Aggregated", {}).get("failures", 0))
+    if (failures := Path(f"{folder / scenario}_failures.csv")).exists():
+        with failures.open() as file:
+            run.errors = list(csv.DictReader(file))
     accepted = read_tsv(records / "accepted.tsv")
     run.accepted = len(accepted)
     if scenario == "idle":

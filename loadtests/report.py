@@ -125,6 +125,14 @@ def summary(runs: list[Run], variants: list[Variant], machine: dict[str, Any],
                 f"| {c['other']:.2f} | {c['machine']:.2f} "
                 f"| {_ms(run.prober.get('p95'))} / {_ms(run.prober_from_sent.get('p95'))} |"
             )
+    errors = [(run, error) for run in runs if run.scenario != "crash" for error in run.errors]
+    if errors:
+        lines += ["", "#### Failed requests outside the crash scenario", ""]
+        lines += [
+            f"- {run.variant}, {SCENARIO_TITLES[run.scenario]}: {error['Occurrences']} x "
+            f"`{error['Method']} {error['Name']}`: {error['Error'][:160]}"
+            for run, error in errors
+        ]
     crashes = [by[(v.name, "crash")] for v in variants if (v.name, "crash") in by]
     if crashes:
         lines += [
