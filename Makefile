@@ -9,6 +9,16 @@ STAGE  ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WORKERS ?= 1
+# `make loadtest` settings: seconds per scenario, offered rates (per second), which variants
+# (default: every one found on disk, e.g. VARIANTS=stage1-async,stage2), PUBLISH=1 to also
+# refresh docs/results/, and any other flag of `python -m loadtests.compare --help`.
+DURATION    ?= 60
+PROBER_RATE ?= 10
+CPU_RATE    ?= 2
+IO_RATE     ?= 2
+VARIANTS    ?=
+PUBLISH     ?=
+LOADTEST_ARGS ?=
 STAGE_PACKAGES := $(patsubst %/,%,$(dir $(wildcard stage*_*/main.py)))
 
 .DEFAULT_GOAL := help
@@ -44,6 +54,11 @@ format: $(BIN)/.installed  ## apply ruff's fixes and formatting
 
 bench: $(BIN)/.installed  ## enqueue rate, worker throughput, latency per stage (slow; not in make test)
 	$(BIN)/python -m devkit.bench
+
+loadtest: $(BIN)/.installed  ## compare the stages under load (DURATION=60 VARIANTS=...; ~4 min a variant)
+	$(BIN)/python -m loadtests.compare --duration $(DURATION) --prober-rate $(PROBER_RATE) \
+		--cpu-rate $(CPU_RATE) --io-rate $(IO_RATE) $(if $(VARIANTS),--variants $(VARIANTS)) \
+		$(if $(PUBLISH),--publish) $(LOADTEST_ARGS)
 
 docs: $(BIN)/.installed  ## serve the tutorial site on http://127.0.0.1:8001
 	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001

@@ -67,6 +67,10 @@ async def read_job(redis: ArqRedis, job_id: str, queue_name: str) -> JobView | N
     job = Job(job_id, redis, _queue_name=queue_name, _deserializer=deserialize)
     status = await job.status()
     info = await job.info()  # the stored result if finished, else the queued job
+    if info is None and status != JobStatus.not_found:
+        # It finished between the two reads: info() looks for the result first and the
+        # queued job second, and the worker replaced one with the other in between.
+        info = await job.result_info()
     if status == JobStatus.not_found or info is None:
         return None
     view = JobView(

@@ -107,3 +107,39 @@ def test_a_job_in_progress_reports_in_progress_with_its_attempt(client, raw_redi
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "in_progress"
     assert job["attempts"] == 1
+
+
+def test_a_job_that_finishes_between_two_redis_reads_is_not_reported_unknown(
+    stage, client, drain, redis_url, monkeypatch
+):
+    # Found by the load test's checker: status() saw the job, then the worker replaced the
+    # queued job with its result before info() read them, and GET answered 404.
+    import asyncio
+
+    from arq.connections import ArqRedis
+    from arq.jobs import Job
+
+    jobs = stage.module("jobs")
+    job_id = enqueue(client, "add", {"x": 5, "y": 10})
+    drain()
+    real_info, missed = Job.info, []
+
+    async def info_that_misses_once(self):
+        if not missed:
+            missed.append(True)
+            return None  # what info() returns when it reads in between
+        return await real_info(self)
+
+    async def read():
+        redis = ArqRedis.from_url(redis_url)
+        try:
+            return await jobs.read_job(redis, job_id, "arq:queue")
+        finally:
+            await redis.aclose()
+
+    monkeypatch.setattr(Job, "info", info_that_misses_once)
+    view = asyncio.run(read())
+    assert missed, "the interleaving was not exercised"
+    assert view is not None
+    assert view.status == "complete"
+    assert view.result == 15

@@ -1,0 +1,1 @@
+"""Load tests: Locust scenarios (locustfile.py) and the stage comparison (compare.py)."""
