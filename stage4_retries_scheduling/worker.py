@@ -57,6 +57,7 @@ STUCK_GRACE_S = 15
 # --8<-- [end:constants]
 
 
+# --8<-- [start:timeouts]
 def timeout_s(name: str) -> float:
     return min(TASK_TIMEOUTS_S.get(name, JOB_TIMEOUT_S), JOB_TIMEOUT_S)
 
@@ -64,6 +65,7 @@ def timeout_s(name: str) -> float:
 # --8<-- [start:hooks]
 def task_functions() -> list[Function]:
     return [func(f, name=name, timeout=timeout_s(name)) for name, (_, f) in TASKS.items()]
+    # --8<-- [end:timeouts]
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -83,6 +85,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     ctx["ledger"].close()
 
 
+# --8<-- [start:job_ended]
 async def job_started(ctx: dict[str, Any]) -> None:
     ctx["attempt_started"] = now()
     await ctx["ledger"].update(
@@ -113,6 +116,7 @@ async def job_ended(ctx: dict[str, Any]) -> None:
         attempt |= {"outcome": "interrupted", "finish_time": finished}
         await ledger.update(job_id, status="queued")
     await ledger.add_attempt(attempt | {"finish_time": finished})
+    # --8<-- [end:job_ended]
 
 
 async def reconcile(ctx: dict[str, Any]) -> int:
