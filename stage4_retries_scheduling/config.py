@@ -11,7 +11,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
-    app_name: str = "Stage 3: a durable job ledger"
+    app_name: str = "Stage 4: retries and scheduling"
     redis_url: str = "redis://127.0.0.1:6379/0"  # `make run` sets this to its embedded Valkey
     queue_name: str = "arq:queue"
     redis_timeout_s: float = 1.0  # Redis down or stuck: a 503 after this, not a hang
@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = 24 * 3600  # how long an Idempotency-Key is remembered
     max_body_bytes: int = 16 * 1024  # task arguments are a few numbers; 16 KiB is plenty
     log_level: str = "INFO"
-    data_dir: Path = Path(".data/stage3")  # git-ignored; `make run` sets the same
+    data_dir: Path = Path(".data/stage4")  # git-ignored; `make run` sets the same
     database_url: str = ""  # any SQLAlchemy URL; empty: a SQLite file in data_dir
 
     def model_post_init(self, _context: object) -> None:

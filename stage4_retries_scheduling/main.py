@@ -117,7 +117,8 @@ def add_task_route(app: FastAPI, name: str) -> None:
                 raise errors.invalid(("body", "url"), f"URL refused: {exc}") from None
         job_id, kwargs = uuid.uuid4().hex, args.model_dump()
         if idempotency_key is not None:
-            print_ = scheduling.fingerprint(name, kwargs, when)
+            schedule = {"run_at": run_at, "delay_seconds": delay_seconds}
+            print_ = scheduling.fingerprint(name, kwargs, schedule)
             earlier = await scheduling.claim_idempotency_key(
                 redis, idempotency_key, job_id, print_, settings.idempotency_ttl_s
             )
@@ -278,7 +279,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     break
                 await asyncio.sleep(CANCEL_POLL_S)  # a running job stops at the worker's next poll
         if view.status == "cancelled":
-            return view
+            return view.model_copy(update={"attempt_log": await ledger.attempts(job_id)})
         if view.status in jobs.FINAL:
             raise HTTPException(409, f"Job {job_id} has already finished: {view.status}")
         return JSONResponse(status_code=202, content=view.model_dump(mode="json"))  # type: ignore[return-value]

@@ -7,14 +7,26 @@ from typing import Annotated, Any
 
 from arq.connections import ArqRedis
 from fastapi import HTTPException, Query
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, BeforeValidator
 
 from .errors import invalid
 
 IDEMPOTENCY_PREFIX = "idempotency:"
 
+
+def iso_8601_only(value: Any) -> Any:
+    # Pydantic would also take "0.0" as a Unix time; the schema and the docs say ISO 8601.
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("run_at must be an ISO 8601 time, e.g. 2026-11-24T18:00:00Z") from None
+    return value
+
+
 RunAt = Annotated[
     AwareDatetime | None,
+    BeforeValidator(iso_8601_only),
     Query(
         description="When to run, as an ISO time WITH a timezone (2026-11-24T18:00:00Z); a naive "
         "time is refused rather than guessed. A time in the past runs now."
@@ -46,8 +58,10 @@ def defer_until(
 # --8<-- [end:defer]
 
 
-def fingerprint(task: str, args: dict[str, Any], when: Any) -> str:
-    canonical = json.dumps([task, args, str(when)], sort_keys=True)
+def fingerprint(task: str, args: dict[str, Any], schedule: dict[str, Any]) -> str:
+    """What makes two requests "the same": the task, its arguments and the schedule as asked
+    for (delay_seconds=60 twice is the same request, though "now + 60 s" moved on)."""
+    canonical = json.dumps([task, args, schedule], sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -64,7 +64,12 @@ def timeout_s(name: str) -> float:
 
 # --8<-- [start:hooks]
 def task_functions() -> list[Function]:
-    return [func(f, name=name, timeout=timeout_s(name)) for name, (_, f) in TASKS.items()]
+    # ARQ's own cap on tries (max_tries, 5 by default) must not cut fetch's retries short.
+    tries = {"fetch": get_settings().fetch_max_tries}
+    return [
+        func(f, name=name, timeout=timeout_s(name), max_tries=tries.get(name))
+        for name, (_, f) in TASKS.items()
+    ]
     # --8<-- [end:timeouts]
 
 

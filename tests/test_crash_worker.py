@@ -110,7 +110,7 @@ def test_a_sigkilled_worker_loses_no_job_and_a_new_worker_finishes_them_within_s
     )
 
 
-def test_a_sigterm_puts_running_jobs_back_and_each_job_completes_exactly_once(
+def test_a_sigterm_puts_running_jobs_back_and_no_job_is_lost_or_recorded_twice(
     stage, client, raw_redis, redis_url, tmp_path
 ):
     env = stage_env(redis_url, tmp_path / "data", JOB_TIMEOUT_S=str(JOB_TIMEOUT_S))
@@ -141,10 +141,21 @@ def test_a_sigterm_puts_running_jobs_back_and_each_job_completes_exactly_once(
 
     assert_all_complete(client, ids, 0.5)
     ran = completions(first, second)
-    assert ran == dict.fromkeys(ids, 1), "a job was lost or ran to the end twice"
+    assert set(ran) == set(ids), "a job was lost"
+    # ARQ runs jobs at least once: it logs a job's end, then writes its result shielded
+    # from cancellation, and a worker stopping at that instant may exit before the write
+    # lands, so the job runs again. Only a job the stopped worker had started may do that.
+    started_by_first = set(re.findall(r"→ (\w+):", first.output()))
+    twice = {job_id for job_id, count in ran.items() if count > 1}
+    assert twice <= started_by_first, f"ran twice, never interrupted: {twice - started_by_first}"
+    assert max(ran.values()) <= 2
+    if stage.number >= 3:  # the ledger: one row per job, whatever ran twice
+        rows = client.get("/jobs", params={"limit": 100}).json()["jobs"]
+        assert sorted(row["job_id"] for row in rows) == sorted(ids)
+        assert {row["status"] for row in rows} == {"complete"}
     assert stopped_s < 5, f"the worker took {stopped_s:.1f} s to stop"
     print(
         f"\n{stage}: SIGTERM stopped the worker in {stopped_s:.2f} s; {len(left)} jobs "
         f"left or put back ({len(stuck)} claimed but not started, so kept marked in progress); "
-        f"the next worker finished them in {rest_s:.1f} s; lost 0, duplicated 0"
+        f"the next worker finished them in {rest_s:.1f} s; lost 0, ran twice {len(twice)}"
     )

@@ -56,6 +56,19 @@ def test_a_fetch_that_fails_twice_then_succeeds_completes_on_the_third_attempt(
         assert datetime.fromisoformat(later["start_time"]) >= due - timedelta(milliseconds=2)
 
 
+def test_fetch_may_try_more_often_than_arqs_default_cap_of_five(
+    fetch_env, stage, client, drain, server, monkeypatch
+):
+    monkeypatch.setenv("FETCH_MAX_TRIES", "7")
+    stage.module("config").get_settings.cache_clear()
+    url = server.script("/bad", *[Reply(503)] * 6, Reply(200))
+    job_id = fetch(client, url)
+    drain(functions=stage.module("worker").task_functions())
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "complete", job
+    assert job["attempts"] == 7
+
+
 def test_a_429_retry_after_is_honoured(fetch_env, client, drain, server):
     url = server.script("/busy", Reply(429, headers={"Retry-After": "1"}), Reply(200))
     job_id = fetch(client, url)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.conftest import run_burst_worker
+from tests.processes import poll
 
 pytestmark = pytest.mark.since_stage(4)
 
@@ -48,7 +49,8 @@ def test_a_time_in_the_past_runs_now(client):
     ("params", "why"),
     [
         ({"run_at": "2030-01-01T10:00:00"}, "timezone"),  # naive: refused, not guessed
-        ({"run_at": "tomorrow"}, "datetime"),
+        ({"run_at": "tomorrow"}, "ISO 8601"),
+        ({"run_at": "0.0"}, "ISO 8601"),  # found by the fuzzer: was taken as a Unix time
         ({"delay_seconds": -1}, "greater than or equal"),
         ({"delay_seconds": 10**9}, "at most"),
         ({"delay_seconds": 251606808162.0}, "at most"),  # found by the fuzzer: was a 500
@@ -70,6 +72,17 @@ def test_the_same_idempotency_key_and_body_returns_the_same_job(client, raw_redi
     assert first.status_code == second.status_code == 202
     assert first.json()["job_id"] == second.json()["job_id"]
     assert second.headers["idempotent-replayed"] == "true"
+    assert raw_redis.zcard("arq:queue") == 1
+
+
+def test_an_idempotent_replay_works_with_delay_seconds_too(client, raw_redis):
+    # The schedule as asked for is what counts, not "now + delay", which moves on.
+    headers = {"Idempotency-Key": "later-1"}
+    params = {"delay_seconds": 60}
+    first = client.post("/tasks/add", json={"x": 1, "y": 2}, headers=headers, params=params)
+    second = client.post("/tasks/add", json={"x": 1, "y": 2}, headers=headers, params=params)
+    assert first.status_code == second.status_code == 202, second.text
+    assert first.json()["job_id"] == second.json()["job_id"]
     assert raw_redis.zcard("arq:queue") == 1
 
 
@@ -121,6 +134,12 @@ def test_cancelling_a_running_job_stops_it(stage, client, redis_url, settings_en
     assert time.monotonic() - started < 5  # not the 10 s the job would have taken
     assert result["worker"].jobs_failed == 1  # ARQ counts an aborted job as failed
     assert status(client, job_id) == "cancelled"
+    # The worker writes its attempt rows behind (worker.py): poll for it, don't assume it.
+    poll(lambda: client.get(f"/jobs/{job_id}").json()["attempt_log"], 5, "the attempt row")
+    log = client.get(f"/jobs/{job_id}").json()["attempt_log"]
+    assert [(a["outcome"], a["error"]) for a in log] == [
+        ("cancelled", "CancelledError: cancelled while running (DELETE /jobs/{id})")
+    ]
 
 
 def test_cancelling_a_finished_job_is_a_409_and_an_unknown_one_a_404(client, drain):
