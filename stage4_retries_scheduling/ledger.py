@@ -201,15 +201,15 @@ class Ledger:
 
     # --8<-- [end:ledger]
 
-    def _read_rows(self, query: Any) -> list[JobView]:
+    def _read_rows(self, query: Any, model: type[Any]) -> list[Any]:
         # Core rows, not ORM objects: a status read is the hot path, and an ORM Session
         # costs about three times as much per row.
         with self.engine.connect() as connection:
-            return [JobView.model_validate(row) for row in connection.execute(query).mappings()]
+            return [model.model_validate(row) for row in connection.execute(query).mappings()]
 
-    async def _read(self, query: Any) -> list[JobView]:
+    async def _read(self, query: Any, model: type[Any] = JobView) -> list[Any]:
         return await asyncio.get_running_loop().run_in_executor(
-            self.readers, self._read_rows, query
+            self.readers, self._read_rows, query, model
         )
 
     async def get(self, job_id: str) -> JobView | None:
@@ -235,14 +235,7 @@ class Ledger:
 
     async def attempts(self, job_id: str) -> list[Attempt]:
         query = ATTEMPTS.select().where(ATTEMPTS.c.job_id == job_id).order_by(ATTEMPTS.c.attempt)
-        rows = await asyncio.get_running_loop().run_in_executor(
-            self.readers, lambda: self._rows(query)
-        )
-        return [Attempt.model_validate(row) for row in rows]
-
-    def _rows(self, query: Any) -> list[Any]:
-        with self.engine.connect() as connection:
-            return list(connection.execute(query).mappings())
+        return await self._read(query, Attempt)
 
     async def prune(self, finished_before: datetime) -> int:
         """Delete finished jobs (and their attempts) that ended before `finished_before`."""
