@@ -2,8 +2,11 @@
 
 The reference project's API stopped answering under ~16 concurrent status requests (a
 blocking database session inside async code). Here 50 clients ask for job statuses, and
-for the job list where a stage has one, for DURATION_S; every answer must be a 200 (or the
-404 an unknown id deserves) and none may take longer than STALL_S.
+for the job list where a stage has one, REQUESTS times each; every answer must be a 200 (or
+the 404 an unknown id deserves) and none may take longer than STALL_S.
+
+This asserts behaviour, not speed: a slow or busy machine answers later, not less. How
+many requests a second the API serves is measured by `make bench`.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from tests.processes import SCALE, Processes, free_port, stage_env
 pytestmark = [pytest.mark.since_stage(2), pytest.mark.e2e]
 
 CONCURRENCY = 50
-DURATION_S = {"smoke": 3.0, "full": 15.0}[SCALE]
-# A stall is the API answering nothing for many seconds (the reference project's hung for
-# good). The bounds are generous: a shared 2-core machine also runs this test's 50 clients,
-# under coverage tracing in `make test`.
-STALL_S = 5.0  # no single answer may take longer
-GAP_S = 1.0  # and no second may pass without an answer
+REQUESTS = {"smoke": 4, "full": 60}[SCALE]  # per client
+# A stall is the API answering nothing for a long time (the reference project's hung for
+# good). The bounds are generous on purpose: a 2-core laptop that is busy with other work
+# also runs this test's 50 clients, under coverage tracing in `make test`.
+STALL_S = 30.0  # no single answer may take longer
+GAP_S = 10.0  # and no such stretch may pass without any answer
 
 
 async def hammer(url: str, paths: list[str]) -> tuple[list[float], list[float], list[str]]:
@@ -36,13 +39,10 @@ async def hammer(url: str, paths: list[str]) -> tuple[list[float], list[float], 
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10 * STALL_S) as client:
         # Open the 50 connections first: the measurement is of answers, not TCP handshakes.
         await asyncio.gather(*(client.get("/ping") for _ in range(CONCURRENCY)))
-        deadline = time.monotonic() + DURATION_S
 
         async def one_client(n: int) -> None:
-            i = n
-            while time.monotonic() < deadline:
+            for i in range(n, n + REQUESTS):
                 path = paths[i % len(paths)]
-                i += 1
                 started = time.monotonic()
                 try:
                     response = await client.get(path)
@@ -78,12 +78,12 @@ def test_status_requests_at_concurrency_50_get_no_errors_and_no_stall(
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99)] if latencies else float("nan")
     print(
-        f"\n{stage}: {len(latencies)} status requests in {DURATION_S:.0f} s at concurrency "
+        f"\n{stage}: {len(latencies)} status requests at concurrency "
         f"{CONCURRENCY}: {len(errors)} errors, p50 {latencies[len(latencies) // 2] * 1000:.0f} "
         f"ms, p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms, "
         f"longest gap between answers {max(gaps) * 1000:.0f} ms"
     )
     assert not errors, errors[:5]
-    assert len(latencies) >= CONCURRENCY * DURATION_S  # at least one answer/s per client
+    assert len(latencies) == CONCURRENCY * REQUESTS  # every request was answered
     assert latencies[-1] < STALL_S, f"the slowest answer took {latencies[-1]:.2f} s"
     assert max(gaps) < GAP_S, f"no answer for {max(gaps):.2f} s"
