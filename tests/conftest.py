@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 import redis
-from arq.connections import RedisSettings
-from arq.worker import Worker, get_kwargs
+from arq.worker import Worker
 from fastapi.testclient import TestClient
 
 from devkit.stages import STAGES
 from devkit.valkey import EmbeddedValkey
+from tests.helpers import run_burst_worker
 
 pytest_plugins = ["tests.browser"]  # the `chromium` fixture
 
@@ -100,24 +100,6 @@ def app(stage: Stage, settings_env: None) -> Any:
 def client(app: Any) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
         yield test_client
-
-
-async def run_burst_worker(stage: Stage, redis_url: str, **overrides: Any) -> Worker:
-    # The Worker must be built inside the running loop (ARQ_NOTES A11).
-    settings = get_kwargs(stage.module("worker").WorkerSettings)
-    settings.update(
-        redis_settings=RedisSettings.from_dsn(redis_url),
-        burst=True,
-        poll_delay=0,
-        handle_signals=False,
-    )
-    settings.update(overrides)
-    worker = Worker(**settings)
-    try:
-        await worker.async_run()
-    finally:
-        await worker.close()
-    return worker
 
 
 @pytest.fixture

@@ -19,34 +19,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psutil
 
 from devkit.valkey import free_port
-
-T = TypeVar("T")
+from tests.helpers import poll
 
 # `make test` runs each scenario at a size that takes seconds; `make chaos` sets
 # CHAOS_SCALE=full for the longer versions.
 SCALE = "full" if os.environ.get("CHAOS_SCALE") == "full" else "smoke"
 START_DEADLINE_S = 30.0  # a cold Python start on a busy 2-core machine can take seconds
 STOP_DEADLINE_S = 15.0
-
-
-def poll(check: Callable[[], T], deadline_s: float, what: str, every_s: float = 0.05) -> T:
-    """Call `check` until it returns something truthy; fail after `deadline_s`."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        if result := check():
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
 
 
 class Proc:
@@ -193,4 +179,4 @@ def stage_env(redis_url: str | None, data_dir: Path, **extra: str) -> dict[str, 
     return env
 
 
-__all__ = ["SCALE", "Proc", "Processes", "free_port", "poll", "stage_env"]
+__all__ = ["SCALE", "Proc", "Processes", "free_port", "stage_env"]

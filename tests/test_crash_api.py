@@ -10,7 +10,8 @@ import re
 import httpx
 import pytest
 
-from tests.processes import Processes, free_port, poll, stage_env
+from tests.helpers import poll
+from tests.processes import Processes, free_port, stage_env
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from devkit.valkey import EmbeddedValkey
-from tests.processes import SCALE, Processes, free_port, poll, stage_env
-from tests.test_crash_worker import finished
+from tests.helpers import finished, poll
+from tests.processes import SCALE, Processes, free_port, stage_env
 
 pytestmark = [pytest.mark.since_stage(2), pytest.mark.e2e]
 

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from tests.processes import SCALE, Processes, poll, stage_env
+from tests.helpers import enqueue, finished, poll
+from tests.processes import SCALE, Processes, stage_env
 
 pytestmark = [pytest.mark.since_stage(2), pytest.mark.e2e]
 
@@ -25,23 +26,6 @@ ARQ_IN_PROGRESS_EXTRA_S = 10  # ARQ's fixed margin on top of the longest job tim
 JOBS = {"smoke": 200, "full": 1000}[SCALE]
 JOB_S = 0.3
 COMPLETE_DEADLINE_S = JOB_TIMEOUT_S + ARQ_IN_PROGRESS_EXTRA_S + 40
-
-
-def enqueue_waits(client, count: int, seconds: float) -> list[str]:
-    ids = []
-    for _ in range(count):
-        response = client.post("/tasks/wait", json={"seconds": seconds})
-        assert response.status_code == 202, response.text
-        ids.append(response.json()["job_id"])
-    return ids
-
-
-def finished(raw_redis, ids: list[str]) -> set[str]:
-    """The jobs whose result is in Redis: what the worker writes last, when a job ends."""
-    with raw_redis.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.exists(f"arq:result:{job_id}")
-        return {job_id for job_id, found in zip(ids, pipe.execute(), strict=True) if found}
 
 
 def in_progress(raw_redis) -> set[str]:
@@ -69,7 +53,7 @@ def test_a_sigkilled_worker_loses_no_job_and_a_new_worker_finishes_them_within_s
     stage, client, raw_redis, redis_url, tmp_path
 ):
     env = stage_env(redis_url, tmp_path / "data", JOB_TIMEOUT_S=str(JOB_TIMEOUT_S))
-    ids = enqueue_waits(client, JOBS, JOB_S)
+    ids = [enqueue(client, "wait", {"seconds": JOB_S}) for _ in range(JOBS)]
     with Processes(tmp_path / "logs") as procs:
         first = procs.worker(stage, env)
         poll(lambda: len(finished(raw_redis, ids)) >= 20, 30, "the first 20 jobs")
@@ -114,7 +98,7 @@ def test_a_sigterm_puts_running_jobs_back_and_no_job_is_lost_or_recorded_twice(
     stage, client, raw_redis, redis_url, tmp_path
 ):
     env = stage_env(redis_url, tmp_path / "data", JOB_TIMEOUT_S=str(JOB_TIMEOUT_S))
-    ids = enqueue_waits(client, 30, 0.5)
+    ids = [enqueue(client, "wait", {"seconds": 0.5}) for _ in range(30)]
     with Processes(tmp_path / "logs") as procs:
         first = procs.worker(stage, env)
         poll(lambda: len(finished(raw_redis, ids)) >= 5, 30, "the first 5 jobs")

@@ -4,16 +4,9 @@ import json
 
 import pytest
 
+from tests.helpers import enqueue
+
 pytestmark = pytest.mark.since_stage(2)
-
-
-def enqueue(client, task: str, body: dict) -> str:
-    response = client.post(f"/tasks/{task}", json=body)
-    assert response.status_code == 202, response.text
-    job_id = response.json()["job_id"]
-    assert response.json()["status_url"] == f"/jobs/{job_id}"
-    assert response.headers["location"] == f"/jobs/{job_id}"
-    return job_id
 
 
 def test_add_is_queued_then_complete_with_its_result(client, drain):

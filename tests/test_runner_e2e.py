@@ -14,7 +14,7 @@ import pytest
 
 from devkit.valkey import free_port
 from tests import apt
-from tests.processes import poll
+from tests.helpers import poll
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from devkit.valkey import EmbeddedValkey
-from tests.processes import Processes, poll, stage_env
+from tests.helpers import poll
+from tests.processes import Processes, stage_env
 
 
 class Touch:

@@ -13,6 +13,7 @@ from arq.connections import ArqRedis
 from fastapi.testclient import TestClient
 
 from devkit.valkey import EmbeddedValkey
+from tests.helpers import enqueue
 
 pytestmark = pytest.mark.since_stage(3)
 
@@ -49,12 +50,6 @@ def database(request, settings_env, postgres_database, monkeypatch, stage) -> st
     monkeypatch.setenv("DATABASE_URL", postgres_database)
     stage.module("config").get_settings.cache_clear()
     return request.param
-
-
-def enqueue(client, task: str, body: dict) -> str:
-    response = client.post(f"/tasks/{task}", json=body)
-    assert response.status_code == 202, response.text
-    return response.json()["job_id"]
 
 
 def run_reconcile(stage) -> int:

@@ -16,7 +16,7 @@ import pytest
 
 from devkit.valkey import free_port
 from tests.browser import dump_dom
-from tests.processes import poll
+from tests.helpers import poll
 
 pytestmark = [pytest.mark.since_stage(3), pytest.mark.e2e]
 

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from tests.helpers import enqueue
 from tests.httpserver import Reply, ScriptedServer
 
 pytestmark = pytest.mark.since_stage(4)
@@ -27,17 +28,11 @@ def fetch_env(stage, settings_env, monkeypatch):
     stage.module("config").get_settings.cache_clear()
 
 
-def fetch(client, url: str) -> str:
-    response = client.post("/tasks/fetch", json={"url": url})
-    assert response.status_code == 202, response.text
-    return response.json()["job_id"]
-
-
 def test_a_fetch_that_fails_twice_then_succeeds_completes_on_the_third_attempt(
     fetch_env, client, drain, server
 ):
     url = server.script("/flaky", Reply(503), Reply(502), Reply(200, body=b"hello"))
-    job_id = fetch(client, url)
+    job_id = enqueue(client, "fetch", {"url": url})
     drain()
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "complete", job
@@ -62,7 +57,7 @@ def test_fetch_may_try_more_often_than_arqs_default_cap_of_five(
     monkeypatch.setenv("FETCH_MAX_TRIES", "7")
     stage.module("config").get_settings.cache_clear()
     url = server.script("/bad", *[Reply(503)] * 6, Reply(200))
-    job_id = fetch(client, url)
+    job_id = enqueue(client, "fetch", {"url": url})
     drain(functions=stage.module("worker").task_functions())
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "complete", job
@@ -71,7 +66,7 @@ def test_fetch_may_try_more_often_than_arqs_default_cap_of_five(
 
 def test_a_429_retry_after_is_honoured(fetch_env, client, drain, server):
     url = server.script("/busy", Reply(429, headers={"Retry-After": "1"}), Reply(200))
-    job_id = fetch(client, url)
+    job_id = enqueue(client, "fetch", {"url": url})
     drain()
     assert client.get(f"/jobs/{job_id}").json()["status"] == "complete"
     first, second = server.hits["/busy"]
@@ -80,7 +75,7 @@ def test_a_429_retry_after_is_honoured(fetch_env, client, drain, server):
 
 def test_a_404_is_not_retried(fetch_env, client, drain, server):
     url = server.script("/missing", Reply(404))
-    job_id = fetch(client, url)
+    job_id = enqueue(client, "fetch", {"url": url})
     drain()
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "failed"
@@ -91,7 +86,7 @@ def test_a_404_is_not_retried(fetch_env, client, drain, server):
 
 def test_a_timeout_is_retried_up_to_the_limit_then_fails(fetch_env, client, drain, server):
     url = server.script("/slow", Reply(200, delay_s=1.0))
-    job_id = fetch(client, url)
+    job_id = enqueue(client, "fetch", {"url": url})
     drain()
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "failed"
@@ -110,7 +105,7 @@ def test_a_response_over_the_size_limit_fails_without_retrying(
     monkeypatch.setenv("FETCH_MAX_BYTES", "10")
     stage.module("config").get_settings.cache_clear()
     url = server.script("/big", Reply(200, body=b"x" * 100))
-    job_id = fetch(client, url)
+    job_id = enqueue(client, "fetch", {"url": url})
     drain()
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "failed"
@@ -148,7 +143,7 @@ def test_unsafe_urls_are_refused_with_422_at_the_api(settings_env, client, raw_r
 
 def test_a_redirect_to_a_private_address_is_refused_by_the_worker(fetch_env, client, drain, server):
     url = server.script("/go", Reply(302, headers={"Location": "http://169.254.169.254/"}))
-    job_id = fetch(client, url)
+    job_id = enqueue(client, "fetch", {"url": url})
     drain()
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "failed"
@@ -158,7 +153,7 @@ def test_a_redirect_to_a_private_address_is_refused_by_the_worker(fetch_env, cli
 def test_a_redirect_within_allowed_hosts_is_followed(fetch_env, client, drain, server):
     server.script("/target", Reply(200, body=b"there"))
     url = server.script("/hop", Reply(301, headers={"Location": "/target"}))
-    job_id = fetch(client, url)
+    job_id = enqueue(client, "fetch", {"url": url})
     drain()
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "complete", job

@@ -7,27 +7,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.conftest import run_burst_worker
-from tests.processes import poll
+from tests.helpers import enqueue, poll, run_burst_worker, status
 
 pytestmark = pytest.mark.since_stage(4)
 
 POLL_DEADLINE_S = 10.0
-
-
-def submit(client, task="add", body=None, **params):
-    response = client.post(f"/tasks/{task}", json=body or {"x": 5, "y": 10}, params=params)
-    assert response.status_code == 202, response.text
-    return response.json()["job_id"]
-
-
-def status(client, job_id):
-    return client.get(f"/jobs/{job_id}").json()["status"]
+ADD = {"x": 5, "y": 10}
 
 
 def test_a_job_with_run_at_is_deferred_until_then_runs_no_earlier(client, drain):
     run_at = datetime.now(UTC) + timedelta(seconds=1)
-    job_id = submit(client, run_at=run_at.isoformat())
+    job_id = enqueue(client, "add", ADD, run_at=run_at.isoformat())
     assert status(client, job_id) == "deferred"
     drain()  # a burst worker waits for deferred jobs
     job = client.get(f"/jobs/{job_id}").json()
@@ -36,12 +26,14 @@ def test_a_job_with_run_at_is_deferred_until_then_runs_no_earlier(client, drain)
 
 
 def test_delay_seconds_defers_too(client):
-    job_id = submit(client, delay_seconds=60)
+    job_id = enqueue(client, "add", ADD, delay_seconds=60)
     assert status(client, job_id) == "deferred"
 
 
 def test_a_time_in_the_past_runs_now(client):
-    job_id = submit(client, run_at=(datetime.now(UTC) - timedelta(hours=1)).isoformat())
+    job_id = enqueue(
+        client, "add", ADD, run_at=(datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    )
     assert status(client, job_id) == "queued"
 
 
@@ -105,7 +97,7 @@ def test_idempotency_keys_expire_after_the_documented_window(stage, client, raw_
 def test_cancelling_a_job_that_has_not_started_removes_it_so_it_never_runs(
     client, drain, raw_redis, schedule
 ):
-    job_id = submit(client, **schedule)
+    job_id = enqueue(client, "add", ADD, **schedule)
     response = client.delete(f"/jobs/{job_id}")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "cancelled"
@@ -116,7 +108,7 @@ def test_cancelling_a_job_that_has_not_started_removes_it_so_it_never_runs(
 
 
 def test_cancelling_a_running_job_stops_it(stage, client, redis_url, settings_env):
-    job_id = submit(client, "wait", {"seconds": 10})
+    job_id = enqueue(client, "wait", {"seconds": 10})
     result: dict = {}
     thread = threading.Thread(
         target=lambda: result.update(worker=asyncio.run(run_burst_worker(stage, redis_url)))
@@ -143,7 +135,7 @@ def test_cancelling_a_running_job_stops_it(stage, client, redis_url, settings_en
 
 
 def test_cancelling_a_finished_job_is_a_409_and_an_unknown_one_a_404(client, drain):
-    job_id = submit(client)
+    job_id = enqueue(client, "add", ADD)
     drain()
     response = client.delete(f"/jobs/{job_id}")
     assert response.status_code == 409
@@ -153,7 +145,7 @@ def test_cancelling_a_finished_job_is_a_409_and_an_unknown_one_a_404(client, dra
 
 def test_a_job_over_its_timeout_fails_with_a_clear_reason(stage, client, drain, monkeypatch):
     monkeypatch.setitem(stage.module("worker").TASK_TIMEOUTS_S, "wait", 0.2)
-    job_id = submit(client, "wait", {"seconds": 5})
+    job_id = enqueue(client, "wait", {"seconds": 5})
     started = time.monotonic()
     drain(functions=stage.module("worker").task_functions())
     job = client.get(f"/jobs/{job_id}").json()

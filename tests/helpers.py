@@ -1,0 +1,76 @@
+"""Helpers the tests share: submit a task, read a job, poll for a condition, run a worker.
+
+Test modules import from here (and from tests.processes for real processes), never from
+each other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from arq.connections import RedisSettings
+from arq.worker import Worker, get_kwargs
+
+T = TypeVar("T")
+
+
+def enqueue(client: Any, task: str, body: dict[str, Any], **params: Any) -> str:
+    """POST /tasks/<task> (query parameters from `params`); assert 202 and return the job id."""
+    response = client.post(f"/tasks/{task}", json=body, params=params)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    assert response.json()["status_url"] == f"/jobs/{job_id}"
+    assert response.headers["location"] == f"/jobs/{job_id}"
+    return job_id
+
+
+def job(client: Any, job_id: str) -> dict[str, Any]:
+    """GET /jobs/<id> as a dict; asserts it answered 200."""
+    response = client.get(f"/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def status(client: Any, job_id: str) -> str:
+    return job(client, job_id)["status"]
+
+
+def poll(check: Callable[[], T], deadline_s: float, what: str, every_s: float = 0.05) -> T:
+    """Call `check` until it returns something truthy; fail after `deadline_s`."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        if result := check():
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+
+
+async def run_burst_worker(stage: Any, redis_url: str, **overrides: Any) -> Worker:
+    """Run the stage's own WorkerSettings in this process until the queue is empty."""
+    # The Worker must be built inside the running loop: one built outside it and run later
+    # attaches its tasks to another loop.
+    settings = get_kwargs(stage.module("worker").WorkerSettings)
+    settings.update(
+        redis_settings=RedisSettings.from_dsn(redis_url),
+        burst=True,
+        poll_delay=0,
+        handle_signals=False,
+    )
+    settings.update(overrides)
+    worker = Worker(**settings)
+    try:
+        await worker.async_run()
+    finally:
+        await worker.close()
+    return worker
+
+
+def finished(raw_redis: Any, ids: list[str]) -> set[str]:
+    """The jobs whose result is in Redis: what the worker writes last, when a job ends."""
+    with raw_redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.exists(f"arq:result:{job_id}")
+        return {job_id for job_id, found in zip(ids, pipe.execute(), strict=True) if found}
