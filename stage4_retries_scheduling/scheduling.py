@@ -45,9 +45,8 @@ def defer_until(
     now = datetime.now(UTC)
     ahead = (run_at - now).total_seconds() if run_at is not None else delay_seconds or 0
     if ahead > max_defer_s:  # checked before any date arithmetic: year 9999 is near
-        raise invalid(
-            ("query", "run_at"), f"Jobs can be scheduled at most {max_defer_s:.0f} s ahead"
-        )
+        asked = "run_at" if run_at is not None else "delay_seconds"
+        raise invalid(("query", asked), f"Jobs can be scheduled at most {max_defer_s:.0f} s ahead")
     when = run_at if run_at is not None else now + timedelta(seconds=ahead)
     # ARQ calls .timestamp() on this: an aware datetime means the same instant on every
     # machine, whatever its local timezone. (A naive one would be read as the server's local
