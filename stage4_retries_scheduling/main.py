@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
 from redis.asyncio import ConnectionPool
+from redis.exceptions import WatchError
 
 from . import errors, history, idempotency, jobs, scheduling
 from .config import Settings, get_settings
@@ -104,13 +105,20 @@ async def create_job(
                                enqueue_time=now()))  # fmt: skip
     try:
         job = await redis.enqueue_job(name, _job_id=job_id, _defer_until=when, **kwargs)
-    except (errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
-        # Failed, not deleted: if Redis did store the job before timing out, the worker
-        # still runs it and records the real outcome over this one.
+    except (errors.RedisConnectionError, errors.RedisTimeoutError, WatchError) as exc:
+        # Redis failed before the transaction was sent (redis-py calls a connection lost
+        # during WATCH a WatchError), so it stored nothing: the job has failed.
         error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
         await ledger.update(job_id, status="failed", error=error, finish_time=now())
-        raise  # errors.redis_unavailable answers 503
-    assert job is not None  # None means "this job id exists"; ours is a fresh uuid
+        raise errors.RedisConnectionError(error) from exc  # errors.redis_unavailable: 503
+    if job is None:
+        # The connection died with the transaction in flight (ARQ reports that as None, "id
+        # taken"; ours is a fresh uuid). Redis may have stored it, and then a worker runs it.
+        # So the row stays open, not "failed": the worker records how it ends if it runs,
+        # reconcile() marks it lost if it never arrived.
+        error = "not confirmed: Redis did not answer the enqueue in time"
+        await ledger.update(job_id, error=error)
+        raise errors.RedisTimeoutError(error)
 
 
 def accepted(response: Response, job_id: str) -> Enqueued:
