@@ -22,16 +22,18 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated
 
 from arq.connections import ArqRedis
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
 from redis.asyncio import ConnectionPool
+from redis.exceptions import WatchError
 
-from . import errors, history, jobs, scheduling
+from . import errors, history, idempotency, jobs, scheduling
 from .config import Settings, get_settings
 from .history import LedgerDep
 from .ledger import JobRecord, Ledger, now
@@ -92,10 +94,41 @@ def get_redis(request: Request) -> ArqRedis:
 Redis = Annotated[ArqRedis, Depends(get_redis)]
 
 
+# --8<-- [start:submit]
+async def create_job(
+    redis: ArqRedis, ledger: Ledger, name: str, job_id: str, kwargs: dict, when: datetime | None
+) -> None:
+    """Stage 3's order: the row comes first, then the job goes to Redis, so a job Redis loses
+    is still on record. (Enqueue first, and a crash in between leaves a job no one can find.)"""
+    status = "deferred" if when else "queued"
+    await ledger.add(JobRecord(job_id=job_id, function=name, args=kwargs, status=status,
+                               enqueue_time=now()))  # fmt: skip
+    try:
+        job = await redis.enqueue_job(name, _job_id=job_id, _defer_until=when, **kwargs)
+    except (errors.RedisConnectionError, errors.RedisTimeoutError, WatchError) as exc:
+        # Redis failed before the transaction was sent (redis-py calls a connection lost
+        # during WATCH a WatchError), so it stored nothing: the job has failed.
+        error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
+        await ledger.update(job_id, status="failed", error=error, finish_time=now())
+        raise errors.RedisConnectionError(error) from exc  # errors.redis_unavailable: 503
+    if job is None:
+        # The connection died with the transaction in flight (ARQ reports that as None, "id
+        # taken"; ours is a fresh uuid). Redis may have stored it, and then a worker runs it.
+        # So the row stays open, not "failed": the worker records how it ends if it runs,
+        # reconcile() marks it lost if it never arrived.
+        error = "not confirmed: Redis did not answer the enqueue in time"
+        await ledger.update(job_id, error=error)
+        raise errors.RedisTimeoutError(error)
+
+
+def accepted(response: Response, job_id: str) -> Enqueued:
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return Enqueued(job_id=job_id, status_url=f"/jobs/{job_id}")
+
+
 def add_task_route(app: FastAPI, name: str) -> None:
     model, function = TASKS[name]
 
-    # --8<-- [start:submit]
     async def submit(
         args: model,  # type: ignore[valid-type]
         redis: Redis,
@@ -104,7 +137,7 @@ def add_task_route(app: FastAPI, name: str) -> None:
         response: Response,
         run_at: scheduling.RunAt = None,
         delay_seconds: scheduling.DelaySeconds = None,
-        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        idempotency_key: idempotency.Key = None,
     ) -> Enqueued:
         settings: Settings = request.app.state.settings
         when = scheduling.defer_until(run_at, delay_seconds, settings.max_defer_s)
@@ -116,32 +149,26 @@ def add_task_route(app: FastAPI, name: str) -> None:
             except UnsafeURL as exc:
                 raise errors.invalid(("body", "url"), f"URL refused: {exc}") from None
         job_id, kwargs = uuid.uuid4().hex, args.model_dump()
+        # Idempotency: claim the key, create the job, then confirm the key (or release it).
+        # The key points at a job only once the job exists. (Pointing it at the new id at
+        # once, as a single SET NX would, hands a retry an id that never runs if we fail.)
+        claim = None
         if idempotency_key is not None:
             schedule = {"run_at": run_at, "delay_seconds": delay_seconds}
-            print_ = scheduling.fingerprint(name, kwargs, schedule)
-            earlier = await scheduling.claim_idempotency_key(
-                redis, idempotency_key, job_id, print_, settings.idempotency_ttl_s
-            )
-            if earlier is not None:  # a replay: the same job, not a second one
-                response.headers["Location"] = f"/jobs/{earlier}"
-                response.headers["Idempotent-Replayed"] = "true"
-                return Enqueued(job_id=earlier, status_url=f"/jobs/{earlier}")
-        # The row comes first, then the job goes to Redis: a job Redis loses is still on
-        # record. (Enqueue first, and a crash in between leaves a job no one can look up.)
-        status = "deferred" if when else "queued"
-        await ledger.add(JobRecord(job_id=job_id, function=name, args=kwargs, status=status,
-                                   enqueue_time=now()))  # fmt: skip
+            print_ = idempotency.fingerprint(name, kwargs, schedule)
+            claim = idempotency.Claim(idempotency_key, job_id, print_)
+            if earlier := await claim.take(redis, settings.idempotency_claim_ttl_s):
+                response.headers["Idempotent-Replayed"] = "true"  # the same job, not a second
+                return accepted(response, earlier)
         try:
-            job = await redis.enqueue_job(name, _job_id=job_id, _defer_until=when, **kwargs)
-        except (errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
-            # Failed, not deleted: if Redis did store the job before timing out, the worker
-            # still runs it and records the real outcome over this one.
-            error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
-            await ledger.update(job_id, status="failed", error=error, finish_time=now())
-            raise  # errors.redis_unavailable answers 503
-        assert job is not None  # None means "this job id exists"; ours is a fresh uuid
-        response.headers["Location"] = f"/jobs/{job.job_id}"
-        return Enqueued(job_id=job.job_id, status_url=f"/jobs/{job.job_id}")
+            await create_job(redis, ledger, name, job_id, kwargs, when)
+        except Exception:
+            if claim is not None:
+                await claim.release(redis)  # no job we know of: a retry may use the key
+            raise
+        if claim is not None:
+            await claim.confirm(redis, settings.idempotency_ttl_s)
+        return accepted(response, job_id)
 
     # --8<-- [end:submit]
 
@@ -156,7 +183,7 @@ def add_task_route(app: FastAPI, name: str) -> None:
         responses={
             **errors.BODY_ERRORS,
             **errors.REDIS_DOWN,
-            409: {"description": "This Idempotency-Key was used for a different request"},
+            **idempotency.RESPONSES,
         },
     )
 

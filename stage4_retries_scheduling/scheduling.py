@@ -1,17 +1,12 @@
-"""When a job should run (`run_at` / `delay_seconds`) and the Idempotency-Key check."""
+"""When a job should run: `run_at` or `delay_seconds` on any task."""
 
-import hashlib
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from arq.connections import ArqRedis
-from fastapi import HTTPException, Query
+from fastapi import Query
 from pydantic import AwareDatetime, BeforeValidator
 
 from .errors import invalid
-
-IDEMPOTENCY_PREFIX = "idempotency:"
 
 
 def iso_8601_only(value: Any) -> Any:
@@ -45,9 +40,8 @@ def defer_until(
     now = datetime.now(UTC)
     ahead = (run_at - now).total_seconds() if run_at is not None else delay_seconds or 0
     if ahead > max_defer_s:  # checked before any date arithmetic: year 9999 is near
-        raise invalid(
-            ("query", "run_at"), f"Jobs can be scheduled at most {max_defer_s:.0f} s ahead"
-        )
+        asked = "run_at" if run_at is not None else "delay_seconds"
+        raise invalid(("query", asked), f"Jobs can be scheduled at most {max_defer_s:.0f} s ahead")
     when = run_at if run_at is not None else now + timedelta(seconds=ahead)
     # ARQ calls .timestamp() on this: an aware datetime means the same instant on every
     # machine, whatever its local timezone. (A naive one would be read as the server's local
@@ -56,32 +50,3 @@ def defer_until(
 
 
 # --8<-- [end:defer]
-
-
-def fingerprint(task: str, args: dict[str, Any], schedule: dict[str, Any]) -> str:
-    """What makes two requests "the same": the task, its arguments and the schedule as asked
-    for (delay_seconds=60 twice is the same request, though "now + 60 s" moved on)."""
-    canonical = json.dumps([task, args, schedule], sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-# --8<-- [start:idempotency]
-async def claim_idempotency_key(
-    redis: ArqRedis, key: str, job_id: str, print_: str, ttl_s: int
-) -> str | None:
-    """Remember key -> job_id. Returns the earlier job's id if the key was used before with
-    the same request, None if this is the first use; 409 if it was used for another request."""
-    record = json.dumps({"job_id": job_id, "fingerprint": print_})
-    for _ in range(2):  # twice: the earlier record may expire between our SET and GET
-        # SET NX is atomic: of two identical requests racing, exactly one creates the job.
-        if await redis.set(IDEMPOTENCY_PREFIX + key, record, nx=True, ex=ttl_s):
-            return None
-        if (raw := await redis.get(IDEMPOTENCY_PREFIX + key)) is not None:
-            earlier = json.loads(raw)
-            if earlier["fingerprint"] != print_:
-                raise HTTPException(409, "This Idempotency-Key was used for a different request")
-            return earlier["job_id"]
-    raise HTTPException(409, "This Idempotency-Key is being used concurrently; try again")
-
-
-# --8<-- [end:idempotency]

@@ -52,3 +52,18 @@ def test_bad_schedules_are_a_422_and_enqueue_nothing(client, raw_redis, params, 
     assert response.status_code == 422, response.text
     assert why in response.text
     assert raw_redis.zcard("arq:queue") == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "where"),
+    [
+        ({"delay_seconds": 10**9}, ["query", "delay_seconds"]),
+        ({"run_at": "2099-01-01T00:00:00Z"}, ["query", "run_at"]),
+    ],
+)
+def test_a_schedule_too_far_ahead_is_reported_at_the_parameter_that_asked_for_it(
+    client, params, where
+):
+    response = client.post("/tasks/add", json=ADD, params=params)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == where

@@ -1,0 +1,141 @@
+"""Stage 4: an enqueue that timed out may still have reached Redis; the ledger ends with what
+really happened, not with the API's guess."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.helpers import job
+
+pytestmark = pytest.mark.since_stage(4)
+
+API_REDIS_TIMEOUT_S = 0.3  # the API's REDIS_TIMEOUT_S in this test
+REPLY_DELAY_S = 1.0  # how long the proxy holds back a transaction's reply: past the timeout
+
+Sock = socket.socket
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:  # closed by the other side, or by close()
+        return b""
+
+
+class SlowRepliesProxy:
+    """A TCP proxy in front of Redis. It forwards every command at once, but holds back the
+    reply to the command named in `hold_reply_to` (b"EXEC", say) for REPLY_DELAY_S: Redis
+    has run that command, and the client gives up waiting before it hears so."""
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.hold_reply_to: bytes | None = None
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # the listener was closed
+                return
+            server = socket.create_connection(self.upstream)
+            self.sockets += [client, server]
+            held = threading.Event()  # set: this connection's replies are late from now on
+            for pump in (self._commands, self._replies):
+                threading.Thread(target=pump, args=(client, server, held), daemon=True).start()
+
+    def _commands(
+        self, client: socket.socket, server: socket.socket, held: threading.Event
+    ) -> None:
+        while data := _recv(client):
+            if self.hold_reply_to and b"\r\n%s\r\n" % self.hold_reply_to in data:
+                held.set()  # before forwarding: the reply cannot overtake it
+            server.sendall(data)
+        server.close()
+
+    def _replies(self, client: Sock, server: Sock, held: threading.Event) -> None:
+        while data := _recv(server):
+            if held.is_set():
+                time.sleep(REPLY_DELAY_S)
+            try:
+                client.sendall(data)
+            except OSError:  # the client timed out and hung up
+                break
+        client.close()
+
+    def __enter__(self) -> SlowRepliesProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[SlowRepliesProxy]:
+    real = urlsplit(redis_url)
+    with SlowRepliesProxy(real.hostname or "127.0.0.1", real.port or 6379) as server:
+        yield server
+
+
+@pytest.fixture
+def client(
+    stage: Any, settings_env: None, redis_url: str, proxy: SlowRepliesProxy, monkeypatch: Any
+) -> Iterator[TestClient]:
+    """A TestClient for the stage's app, talking to Redis through the proxy."""
+    real = urlsplit(redis_url)
+    monkeypatch.setenv("REDIS_URL", urlunsplit(real._replace(netloc=f"127.0.0.1:{proxy.port}")))
+    monkeypatch.setenv("REDIS_TIMEOUT_S", str(API_REDIS_TIMEOUT_S))
+    stage.module("config").get_settings.cache_clear()
+    with TestClient(stage.module("main").create_app()) as test_client:
+        yield test_client
+
+
+def submit_with_a_late_reply(proxy: SlowRepliesProxy, client: TestClient, command: bytes) -> Any:
+    proxy.hold_reply_to = command
+    try:
+        return client.post("/tasks/add", json={"x": 1, "y": 2})
+    finally:
+        proxy.hold_reply_to = None
+
+
+def test_an_enqueue_that_timed_out_after_reaching_redis_ends_as_what_really_happened(
+    proxy: SlowRepliesProxy, client: TestClient, raw_redis: Any, drain: Any
+) -> None:
+    # ARQ enqueues in one MULTI/EXEC: Redis stores the job, the API hears nothing.
+    response = submit_with_a_late_reply(proxy, client, b"EXEC")
+    assert response.status_code == 503, response.text  # the API could not tell
+    [job_id] = [member.decode() for member in raw_redis.zrange("arq:queue", 0, -1)]
+    # Redis has the job, queued: the API must say so too, not "failed".
+    assert job(client, job_id)["status"] == "queued"
+    drain()  # a worker on the real Redis runs it
+    ended = job(client, job_id)
+    assert (ended["status"], ended["result"], ended["error"]) == ("complete", 3, None)
+    assert raw_redis.exists(f"arq:result:{job_id}")
+    [row] = client.get("/jobs").json()["jobs"]  # the ledger's own row
+    assert (row["job_id"], row["status"], row["result"]) == (job_id, "complete", 3)
+
+
+@pytest.mark.parametrize("command", [b"WATCH", b"EXISTS"])
+def test_an_enqueue_that_timed_out_before_its_transaction_is_a_503_and_a_failed_row(
+    proxy: SlowRepliesProxy, client: TestClient, raw_redis: Any, command: bytes
+) -> None:
+    # ARQ checks the id (WATCH, EXISTS) before its MULTI/EXEC: a timeout there stored nothing.
+    response = submit_with_a_late_reply(proxy, client, command)
+    assert response.status_code == 503, response.text
+    assert raw_redis.zcard("arq:queue") == 0
+    [row] = client.get("/jobs").json()["jobs"]
+    assert row["status"] == "failed"
+    assert row["error"].startswith("not enqueued: Redis is unavailable")
+    assert job(client, row["job_id"])["status"] == "failed"
