@@ -80,7 +80,10 @@ def add_task_route(app: FastAPI, name: str) -> None:
         # The job goes to Redis by name with JSON arguments; the worker picks it up.
         # This request only waits for Redis to store it: a millisecond, whatever the job costs.
         job = await redis.enqueue_job(name, **args.model_dump())
-        assert job is not None  # None means "this job id exists"; ARQ picked a fresh uuid
+        if job is None:
+            # ARQ's "this job id exists" (it picked a fresh uuid), or the connection died with
+            # the transaction in flight. Redis may have stored the job: we can't say, so 503.
+            raise errors.RedisTimeoutError("Redis did not confirm the enqueue in time")
         response.headers["Location"] = f"/jobs/{job.job_id}"
         return Enqueued(job_id=job.job_id, status_url=f"/jobs/{job.job_id}")
 

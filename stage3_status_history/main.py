@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
 from redis.asyncio import ConnectionPool
+from redis.exceptions import WatchError
 
 from . import errors, history, jobs
 from .config import Settings, get_settings
@@ -86,27 +87,42 @@ def get_redis(request: Request) -> ArqRedis:
 Redis = Annotated[ArqRedis, Depends(get_redis)]
 
 
+# --8<-- [start:create_job]
+async def create_job(redis: ArqRedis, ledger: Ledger, name: str, job_id: str, kwargs: dict) -> None:
+    """The row comes first, then the job goes to Redis, so a job Redis loses is still on
+    record. (Enqueue first, and a crash in between leaves a job no one can look up.)"""
+    await ledger.add(JobRecord(job_id=job_id, function=name, args=kwargs, status="queued",
+                               enqueue_time=now()))  # fmt: skip
+    try:
+        job = await redis.enqueue_job(name, _job_id=job_id, **kwargs)
+    except (errors.RedisConnectionError, errors.RedisTimeoutError, WatchError) as exc:
+        # Redis failed before the transaction was sent (redis-py calls a connection lost
+        # during WATCH a WatchError), so it stored nothing: the job has failed.
+        error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
+        await ledger.update(job_id, status="failed", error=error, finish_time=now())
+        raise errors.RedisConnectionError(error) from exc  # errors.redis_unavailable: 503
+    if job is None:
+        # The connection died with the transaction in flight (ARQ reports that as None, "id
+        # taken"; ours is a fresh uuid). Redis may have stored it, and then a worker runs it.
+        # So the row stays open, not "failed": the worker records how it ends if it runs,
+        # reconcile() marks it lost if it never arrived.
+        error = "not confirmed: Redis did not answer the enqueue in time"
+        await ledger.update(job_id, error=error)
+        raise errors.RedisTimeoutError(error)
+
+
+# --8<-- [end:create_job]
+
+
 def add_task_route(app: FastAPI, name: str) -> None:
     model, function = TASKS[name]
 
     # --8<-- [start:submit]
     async def submit(args: model, redis: Redis, ledger: LedgerDep, response: Response) -> Enqueued:  # type: ignore[valid-type]
-        # The row comes first, then the job goes to Redis: a job Redis loses is still on
-        # record. (Enqueue first, and a crash in between leaves a job no one can look up.)
-        job_id, kwargs = uuid.uuid4().hex, args.model_dump()
-        await ledger.add(JobRecord(job_id=job_id, function=name, args=kwargs, status="queued",
-                                   enqueue_time=now()))  # fmt: skip
-        try:
-            job = await redis.enqueue_job(name, _job_id=job_id, **kwargs)
-        except (errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
-            # Failed, not deleted: if Redis did store the job before timing out, the worker
-            # still runs it and records the real outcome over this one.
-            error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
-            await ledger.update(job_id, status="failed", error=error, finish_time=now())
-            raise  # errors.redis_unavailable answers 503
-        assert job is not None  # None means "this job id exists"; ours is a fresh uuid
-        response.headers["Location"] = f"/jobs/{job.job_id}"
-        return Enqueued(job_id=job.job_id, status_url=f"/jobs/{job.job_id}")
+        job_id = uuid.uuid4().hex
+        await create_job(redis, ledger, name, job_id, args.model_dump())
+        response.headers["Location"] = f"/jobs/{job_id}"
+        return Enqueued(job_id=job_id, status_url=f"/jobs/{job_id}")
 
     # --8<-- [end:submit]
 
