@@ -1,20 +1,18 @@
 """A real headless browser for the tests that need one (the jobs page, the docs site).
 
-Debian's `chromium` package is installed on first use when missing and when this runs as
-root with apt available (as on CI); anywhere it can't be, the tests that need it are
-skipped with the reason.
+Debian's `chromium` package comes from `make tools` (which `make test` runs); a test that
+needs it when it is missing fails and says so.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests import apt
+from tests import tools
 
 BROWSER_TIMEOUT_S = 60
 # Without the background-networking flags, Chromium tries to reach Google's servers and,
@@ -32,19 +30,9 @@ FLAGS = [
 ]
 
 
-def find_or_install_chromium() -> tuple[str | None, str]:
-    """(path, "") when Chromium is available, else (None, why not)."""
-    if path := shutil.which("chromium-browser"):
-        return path, ""
-    return apt.ensure("chromium", "chromium")
-
-
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    path, why = find_or_install_chromium()
-    if path is None:
-        pytest.skip(why)
-    return path
+    return tools.require("chromium")
 
 
 def _run(chromium: str, *args: str) -> subprocess.CompletedProcess[str]:
