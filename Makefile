@@ -22,7 +22,7 @@ LOADTEST_ARGS ?=
 STAGE_PACKAGES := $(patsubst %/,%,$(dir $(wildcard stage*_*/main.py)))
 
 .DEFAULT_GOAL := help
-.PHONY: help run test chaos lint format bench loadtest docs lock clean
+.PHONY: help run test tools chaos lint format bench loadtest docs lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -36,11 +36,16 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 run: $(BIN)/.installed  ## start the newest stage (or STAGE=n): embedded Valkey, API, worker(s)
 	$(BIN)/python -m devkit.run $(if $(STAGE),--stage $(STAGE)) --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-test: $(BIN)/.installed  ## everything CI checks: lint, tests, docs build, load-test smoke
+test: $(BIN)/.installed tools  ## everything CI checks: lint, tests, docs build, load-test smoke
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(addprefix --cov=,$(STAGE_PACKAGES)) --cov-report=term:skip-covered
 	$(BIN)/mkdocs build --strict --quiet --site-dir .data/site
+
+# Chromium and wrk come from apt-get (as root), not pip: tests drive them but never install
+# them, and fail with "run `make tools`" when one is missing. Installed ones are left alone.
+tools: $(BIN)/.installed  ## install the programs tests drive (Chromium, wrk) if missing
+	$(BIN)/python -m devkit.tools
 
 chaos: $(BIN)/.installed  ## failure injection at full size: kills, Redis crash, 15 s of load, long fuzzing
 	CHAOS_SCALE=full $(BIN)/python -m pytest -rP --timeout=900 tests/test_crash_worker.py \
@@ -52,7 +57,7 @@ lint: $(BIN)/.installed  ## ruff check + format check
 format: $(BIN)/.installed  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-bench: $(BIN)/.installed  ## enqueue rate, worker throughput, latency per stage (slow; not in make test)
+bench: $(BIN)/.installed tools  ## enqueue rate, worker throughput, latency per stage (slow; not in make test)
 	$(BIN)/python -m devkit.bench
 
 loadtest: $(BIN)/.installed  ## compare the stages under load (DURATION=60 VARIANTS=...; ~4 min a variant)

@@ -10,12 +10,12 @@ tests/test_stagediff.py), so a stage edit without a regenerated diff fails the b
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import itertools
 import sys
 from pathlib import Path
 
+from devkit import generated
 from devkit.stages import ROOT, STAGES
 
 DIFF_DIR = ROOT / "docs" / "diffs"
@@ -68,57 +68,24 @@ def expected_diffs() -> dict[Path, str]:
     }
 
 
-def shown(path: Path) -> str:
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 def problems() -> list[str]:
     """What is wrong with the committed diffs; empty when they are all current."""
-    found = []
-    expected = expected_diffs()
-    for path, text in expected.items():
-        if not path.exists():
-            found.append(f"missing: {shown(path)}")
-        elif path.read_text(encoding="utf-8") != text:
-            found.append(f"stale:   {shown(path)}")
-    for path in sorted(DIFF_DIR.glob("*.diff")):
-        if path not in expected:
-            found.append(f"orphan:  {shown(path)} (no such pair of stages)")
-    return found
+    return generated.problems(expected_diffs(), DIFF_DIR, "*.diff", "no such pair of stages")
 
 
 def write() -> list[Path]:
-    DIFF_DIR.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path, text in expected_diffs().items():
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")
-            written.append(path)
-    return written
+    return generated.write(expected_diffs())
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devkit.stagediff", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="only check; exit 1 if out of date")
-    args = parser.parse_args(argv)
-    if args.check:
-        found = problems()
-        for line in found:
-            print(line)
-        if found:
-            print(f"The stage diffs are out of date. Regenerate them with: {REGENERATE}")
-            return 1
-        print(f"{len(expected_diffs())} stage diff(s) up to date")
-        return 0
-    written = write()
-    for path in written:
-        print(f"wrote {shown(path)}")
-    orphans = [line for line in problems() if line.startswith("orphan")]
-    for line in orphans:
-        print(f"{line}: delete it if that stage is gone")
-    if not written:
-        print("stage diffs already up to date")
-    return 1 if orphans else 0
+    return generated.main(
+        argv,
+        regenerate=REGENERATE,
+        description=__doc__,
+        what="stage diffs",
+        problems=problems,
+        write=write,
+    )
 
 
 if __name__ == "__main__":

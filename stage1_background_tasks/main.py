@@ -19,7 +19,7 @@ import logging
 from fastapi import BackgroundTasks, FastAPI
 from pydantic import BaseModel
 
-from . import errors
+from . import docs_ui, errors
 from .config import Settings, get_settings
 from .tasks import TASKS
 
@@ -57,8 +57,10 @@ def add_task_route(app: FastAPI, name: str) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
-    app = FastAPI(title=settings.app_name)
+    # FastAPI's own /docs and /redoc load from a CDN; docs_ui serves them from local files.
+    app = FastAPI(title=settings.app_name, docs_url=None, redoc_url=None)
     errors.install(app, settings.max_body_bytes)
+    docs_ui.install(app)
 
     @app.get("/ping", tags=["health"])
     async def ping() -> dict[str, str]:

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from redis.asyncio import ConnectionPool
 from redis.exceptions import WatchError
 
-from . import errors, history, jobs
+from . import docs_ui, errors, history, jobs
 from .config import Settings, get_settings
 from .history import LedgerDep
 from .ledger import JobRecord, Ledger, now
@@ -141,9 +141,11 @@ def add_task_route(app: FastAPI, name: str) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
-    app = FastAPI(title=settings.app_name, lifespan=lifespan)
+    # FastAPI's own /docs and /redoc load from a CDN; docs_ui serves them from local files.
+    app = FastAPI(title=settings.app_name, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     errors.install(app, settings.max_body_bytes)
+    docs_ui.install(app)
 
     @app.get("/ping", tags=["health"])
     async def ping() -> dict[str, str]:

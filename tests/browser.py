@@ -1,20 +1,20 @@
-"""A real headless browser for the tests that need one (the jobs page, the docs site).
+"""A real headless browser for the tests that need one (the jobs page, the docs site, the
+Swagger UI), with no network but loopback.
 
-Debian's `chromium` package is installed on first use when missing and when this runs as
-root with apt available (as on CI); anywhere it can't be, the tests that need it are
-skipped with the reason.
+Debian's `chromium` package comes from `make tools` (which `make test` runs); a test that
+needs it when it is missing fails and says so.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from tests import apt
+from tests import tools
 
 BROWSER_TIMEOUT_S = 60
 # Without the background-networking flags, Chromium tries to reach Google's servers and,
@@ -29,22 +29,17 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--hide-scrollbars",
+    # No network but loopback, as in a workshop room without internet: every request goes
+    # to a proxy that is not there (port 9, "discard", refuses), except those Chromium never
+    # proxies: localhost and 127.0.0.0/8, where the tests' servers listen. (Host-resolver
+    # rules alone would still let a literal IP address through.)
+    "--proxy-server=127.0.0.1:9",
 ]
-
-
-def find_or_install_chromium() -> tuple[str | None, str]:
-    """(path, "") when Chromium is available, else (None, why not)."""
-    if path := shutil.which("chromium-browser"):
-        return path, ""
-    return apt.ensure("chromium", "chromium")
 
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    path, why = find_or_install_chromium()
-    if path is None:
-        pytest.skip(why)
-    return path
+    return tools.require("chromium")
 
 
 def _run(chromium: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -58,9 +53,9 @@ def _run(chromium: str, *args: str) -> subprocess.CompletedProcess[str]:
         )
 
 
-def dump_dom(chromium: str, url: str, wait_ms: int = 3000) -> str:
+def dump_dom(chromium: str, url: str, wait_ms: int = 3000, flags: Sequence[str] = ()) -> str:
     """The page's DOM after its scripts have run for `wait_ms` of (virtual) time."""
-    return _run(chromium, f"--virtual-time-budget={wait_ms}", "--dump-dom", url).stdout
+    return _run(chromium, *flags, f"--virtual-time-budget={wait_ms}", "--dump-dom", url).stdout
 
 
 def screenshot(chromium: str, url: str, path: Path, wait_ms: int = 3000) -> Path:

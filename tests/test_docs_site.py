@@ -19,7 +19,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from devkit.stages import ROOT
+from devkit.stages import ROOT, STAGES
 from tests.browser import dump_dom
 
 BUILD_TIMEOUT_S = 120
@@ -113,6 +113,23 @@ def test_the_stage2_chapter_shows_the_stage_code_and_its_sequence_diagram(
     assert not SNIPPET_ERRORS.search(html.unescape(dom)), "an include failed or was left as is"
     diagrams = rendered_diagrams(dom)
     assert len(diagrams) == 1 and diagrams[0] >= 4, "the sequence diagram did not render"
+
+
+def test_the_reference_page_has_each_stages_http_api_and_settings_tables(
+    chromium: str, site: str
+) -> None:
+    # Generated Markdown (docs/generated/, by devkit.docfragments), included with snippets.
+    dom = dump_dom(chromium, f"{site}/reference/")
+    tables = re.findall(r"<table>(.*?)</table>", dom, flags=re.S)
+    api = [t for t in tables if "<th>endpoint</th>" in t and "<th>what it does</th>" in t]
+    settings = [t for t in tables if "<th>environment variable</th>" in t]
+    assert len(api) == len(settings) == len(STAGES), "a stage's reference table is missing"
+    for package in STAGES.values():
+        assert f"<code>{package}</code>" in dom
+    assert all("<code>GET /ping</code>" in table for table in api)
+    assert all("<code>LOG_LEVEL</code>" in table for table in settings)
+    assert "<code>POST /tasks/fetch</code>" in api[-1]
+    assert "reference:" not in dom and "--8&lt;--" not in dom, "a marker was left unexpanded"
 
 
 def test_every_image_on_the_results_pages_loads(chromium: str, site: str) -> None:

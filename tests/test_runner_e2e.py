@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from devkit.valkey import free_port
-from tests import apt
+from tests import tools
 from tests.helpers import poll
 
 pytestmark = pytest.mark.e2e
@@ -114,9 +114,7 @@ def test_a_redis_url_that_does_not_answer_is_a_one_line_error(tmp_path):
 
 def test_the_benchmark_runs_end_to_end_and_prints_every_figure(tmp_path):
     # A smoke run of `make bench` (seconds, tiny numbers): it checks the tooling, not speed.
-    _, why_not = apt.ensure("wrk", "wrk")
-    if why_not:
-        pytest.skip(why_not)
+    tools.require("wrk")
     result = subprocess.run(
         [sys.executable, "-m", "devkit.bench", "--stage", "2", "--duration", "1", "--jobs", "50"],
         capture_output=True, text=True, timeout=120,

@@ -1,41 +1,34 @@
-"""mkdocs hooks (mkdocs.yml `hooks:`): build-time glue the Markdown extensions can't express.
+"""Write the Markdown fragments the docs include that are generated from the code, or check
+that they are current.
 
-`<!-- results-chart -->` in a page becomes the committed load-test chart, or a note saying
-how to produce it while no reference run is committed. A plain image link would fail the
-strict build until the first run lands, and a placeholder image would show made-up data.
+    python -m devkit.docfragments           # (re)write docs/generated/*.md
+    python -m devkit.docfragments --check   # exit 1, listing stale, missing or orphaned files
+
+The reference page shows each stage's HTTP API (from its OpenAPI schema) and its settings
+(from its `Settings` class), one content tab per stage on disk, so the reference cannot
+drift from the code and a new stage appears in it by existing. They are plain Markdown
+files included with pymdownx.snippets, not an mkdocs hook: Zensical, mkdocs-material's
+successor, reads mkdocs.yml but ignores `hooks:`, and the tables would vanish without an
+error. `make test` runs the check (tests/test_docfragments.py), like the stage diffs'.
 """
 
 from __future__ import annotations
 
-import posixpath
+import ast
+import importlib
+import io
+import sys
+import tokenize
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-CHART = "results/prober_latency.png"  # written by `make loadtest`, next to results/summary.md
-MARKER = "<!-- results-chart -->"
-CHART_ALT = "Latency of GET /ping while tasks run, per stage"
-NO_CHART = """\
-!!! note "No reference chart committed yet"
-    Run `make loadtest` to produce `docs/results/prober_latency.png` on your machine;
-    this page shows it once it exists."""
+from devkit import generated
+from devkit.stages import ROOT, STAGES
 
-
-def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
-    markdown = expand_reference_tables(markdown)
-    if MARKER not in markdown:
-        return markdown
-    if files.get_file_from_path(CHART) is None:
-        return markdown.replace(MARKER, NO_CHART)
-    here = posixpath.dirname(page.file.src_uri)
-    return markdown.replace(MARKER, f"![{CHART_ALT}]({posixpath.relpath(CHART, here or '.')})")
-
-
-# --- Reference tables, generated from the stage packages themselves -----------------------
-# `<!-- reference:http-api -->` and `<!-- reference:settings -->` become one content tab per
-# stage on disk, read from each app's OpenAPI schema and each Settings class, so the
-# reference cannot drift from the code and a new stage appears in it by existing.
-
-HTTP_API_MARKER = "<!-- reference:http-api -->"
-SETTINGS_MARKER = "<!-- reference:settings -->"
+FRAGMENT_DIR = ROOT / "docs" / "generated"
+REGENERATE = "python -m devkit.docfragments"
+HEADER = f"<!-- Generated from the stage code by `{REGENERATE}`; do not edit. -->\n\n"
 
 
 def _number(value: float) -> str:
@@ -81,8 +74,6 @@ def _purpose(operation: dict[str, Any]) -> str:
 
 
 def http_api_table(package: str) -> str:
-    import importlib
-
     schema = importlib.import_module(f"{package}.main").app.openapi()
     rows = ["| endpoint | what it does | JSON body | status codes |", "|---|---|---|---|"]
     for path, operations in schema["paths"].items():
@@ -97,12 +88,6 @@ def http_api_table(package: str) -> str:
 
 def _field_comments(package: str) -> dict[str, str]:
     """Settings field -> the `# comment` written on its lines in config.py: the why."""
-    import ast
-    import io
-    import tokenize
-
-    from devkit.stages import ROOT
-
     source = (ROOT / package / "config.py").read_text(encoding="utf-8")
     comments: dict[int, str] = {
         token.start[0]: token.string.lstrip("# ")
@@ -118,8 +103,6 @@ def _field_comments(package: str) -> dict[str, str]:
 
 
 def settings_table(package: str) -> str:
-    import importlib
-
     settings = importlib.import_module(f"{package}.config").Settings
     why = _field_comments(package)
     rows = ["| environment variable | type | default | notes |", "|---|---|---|---|"]
@@ -130,9 +113,8 @@ def settings_table(package: str) -> str:
     return "\n".join(rows)
 
 
-def _per_stage_tabs(render: Any) -> str:
-    from devkit.stages import STAGES
-
+def per_stage_tabs(render: Callable[[str], str]) -> str:
+    """One content tab per stage on disk, each with `render(package)` inside it."""
     tabs = []
     for number, package in sorted(STAGES.items()):
         body = render(package).replace("\n", "\n    ")
@@ -140,9 +122,38 @@ def _per_stage_tabs(render: Any) -> str:
     return "\n".join(tabs)
 
 
-def expand_reference_tables(markdown: str) -> str:
-    if HTTP_API_MARKER in markdown:
-        markdown = markdown.replace(HTTP_API_MARKER, _per_stage_tabs(http_api_table))
-    if SETTINGS_MARKER in markdown:
-        markdown = markdown.replace(SETTINGS_MARKER, _per_stage_tabs(settings_table))
-    return markdown
+FRAGMENTS: dict[str, Callable[[str], str]] = {
+    "http-api.md": http_api_table,
+    "settings.md": settings_table,
+}
+
+
+def expected_fragments() -> dict[Path, str]:
+    """Every fragment file -> the text it should have."""
+    return {
+        FRAGMENT_DIR / name: HEADER + per_stage_tabs(render) for name, render in FRAGMENTS.items()
+    }
+
+
+def problems() -> list[str]:
+    """What is wrong with the committed fragments; empty when they are all current."""
+    return generated.problems(expected_fragments(), FRAGMENT_DIR, "*.md", "nothing generates it")
+
+
+def write() -> list[Path]:
+    return generated.write(expected_fragments())
+
+
+def main(argv: list[str] | None = None) -> int:
+    return generated.main(
+        argv,
+        regenerate=REGENERATE,
+        description=__doc__,
+        what="generated docs fragments",
+        problems=problems,
+        write=write,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
