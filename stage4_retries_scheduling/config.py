@@ -30,10 +30,9 @@ class Settings(BaseSettings):
     # Scheduling and idempotency
     max_defer_s: float = 7 * 24 * 3600  # run_at / delay_seconds further out than this: 422
     idempotency_ttl_s: int = 24 * 3600  # how long an Idempotency-Key is remembered
-    # How long a request may hold a key while it creates the job: longer than a request takes
-    # (the ledger's 5 s lock wait, a few Redis round trips), short enough that a key a crashed
-    # API left claimed frees itself soon, not after a day.
-    idempotency_claim_ttl_s: int = 30
+    # Longer than creating a job takes (the ledger's 5 s lock wait, a few Redis round trips),
+    # short enough that a key a crashed API left claimed frees itself soon, not after a day.
+    idempotency_claim_ttl_s: int = 30  # how long a request may hold a key while it creates the job
     max_body_bytes: int = 16 * 1024  # task arguments are a few numbers; 16 KiB is plenty
     log_level: str = "INFO"
     data_dir: Path = Path(".data/stage4")  # git-ignored; `make run` sets the same
