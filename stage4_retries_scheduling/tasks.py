@@ -59,16 +59,6 @@ class ReportArgs(Args):
 # --8<-- [end:limits]
 
 
-def burn_cpu(ms: int, stop: threading.Event) -> int:
-    """Pure-Python busy work for about `ms` milliseconds, or until `stop` is set."""
-    deadline = time.perf_counter() + ms / 1000
-    loops = 0
-    while time.perf_counter() < deadline and not stop.is_set():
-        sum(i * i for i in range(1_000))  # a slice of well under a millisecond
-        loops += 1
-    return loops
-
-
 # --8<-- [start:jobs]
 # ARQ calls every job as `await f(ctx, **kwargs)`: `ctx` holds the worker's Redis pool and
 # the job's id and try number. Jobs must be `async def`; ARQ refuses plain functions.
@@ -90,6 +80,16 @@ async def divide(ctx: dict[str, Any], x: float, y: float) -> float:
 
 
 # --8<-- [start:crunch]
+def burn_cpu(ms: int, stop: threading.Event) -> int:
+    """Pure-Python busy work for about `ms` milliseconds, or until `stop` is set."""
+    deadline = time.perf_counter() + ms / 1000
+    loops = 0
+    while time.perf_counter() < deadline and not stop.is_set():
+        sum(i * i for i in range(1_000))  # a slice of well under a millisecond
+        loops += 1
+    return loops
+
+
 async def crunch(ctx: dict[str, Any], ms: int) -> int:
     """Burn about `ms` milliseconds of CPU in the worker process."""
     # The API process is not involved any more, so its event loop stays free whatever this
