@@ -31,8 +31,9 @@ Cancelled = Literal["removed", "aborting", "finished"]
 
 # --8<-- [start:cancel]
 async def cancel(redis: ArqRedis, job_id: str, queue_name: str, keep_result_s: int) -> Cancelled:
-    """ "removed": taken off the queue (not started, or between tries); "aborting": a worker
-    is running it and has been asked to stop; "finished": it has ended, nothing to cancel."""
+    """Cancel the job if it has not ended. Returns "removed" (taken off the queue: not
+    started, or between tries), "aborting" (a worker runs it and has been asked to stop) or
+    "finished" (it has ended: nothing to cancel)."""
     in_progress, result = in_progress_key_prefix + job_id, result_key_prefix + job_id
     job_key, tries = job_key_prefix + job_id, retry_key_prefix + job_id
     async with redis.pipeline(transaction=True) as pipe:
@@ -40,8 +41,8 @@ async def cancel(redis: ArqRedis, job_id: str, queue_name: str, keep_result_s: i
             try:
                 # WATCH what the worker changes when it claims (in-progress), retries or
                 # finishes (in-progress, result, job): if any of it changes before EXEC,
-                # the transaction fails and we look again. Watching only the in-progress
-                # key, we once overwrote the result of a job that had just finished.
+                # the transaction fails and we look again. Watching the in-progress key
+                # alone misses a job that has just finished: we would overwrite its result.
                 await pipe.watch(in_progress, result, job_key)
                 running, done = await pipe.exists(in_progress), await pipe.exists(result)
                 raw, score = await pipe.get(job_key), await pipe.zscore(queue_name, job_id)
