@@ -6,17 +6,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from arq.connections import ArqRedis
-from arq.constants import (
-    abort_jobs_ss,
-    in_progress_key_prefix,
-    job_key_prefix,
-    result_key_prefix,
-    retry_key_prefix,
-)
-from arq.jobs import Job, JobResult, JobStatus, serialize_result
-from arq.utils import timestamp_ms, to_unix_ms
-from pydantic import BaseModel
-from redis.exceptions import WatchError
+from arq.constants import retry_key_prefix
+from arq.jobs import Job, JobResult, JobStatus
+from pydantic import BaseModel, Field
 
 # --8<-- [start:serializer]
 # ARQ pickles jobs and results by default, and unpickling runs code: anyone who can write
@@ -51,6 +43,9 @@ def deserialize(data: bytes) -> dict[str, Any]:
 # --8<-- [start:job_view]
 Status = Literal["queued", "deferred", "in_progress", "complete", "failed", "cancelled"]
 FINAL = ("complete", "failed", "cancelled")  # a job in one of these states will not change
+# Why DELETE took a job off the queue (cancel.py): it ended between tries, not in one.
+NOT_RUN = "cancelled before it ran"
+BETWEEN_TRIES = "cancelled while waiting for its next try"
 
 
 class Attempt(BaseModel):
@@ -70,7 +65,9 @@ class JobView(BaseModel):
     result: Any = None
     error: str | None = None
     enqueue_time: datetime
-    start_time: datetime | None = None
+    start_time: datetime | None = Field(
+        None, description="When the first try started (each try's start is in attempt_log)"
+    )
     finish_time: datetime | None = None
     attempts: int
     progress: int = 0  # percent, as the job reports it (tasks.set_progress)
@@ -110,6 +107,8 @@ async def read_job(redis: ArqRedis, job_id: str, queue_name: str) -> JobView | N
     )
     if isinstance(info, JobResult):
         view = view.model_copy(update=outcome(info))
+        if info.job_try == 1 and not ended_between_tries(view):
+            view.start_time = info.start_time  # Redis knows only the last try's start
     return view
 
 
@@ -119,53 +118,48 @@ def outcome(info: JobResult) -> dict[str, Any]:
     # ended with CancelledError was cancelled: aborted while running, or by cancel_job.
     error = None if info.success else _error_text(info.result)
     failed = "cancelled" if error and error.startswith("CancelledError") else "failed"
+    # No start_time: ARQ's is the last try's, and a job's start_time is its first try's
+    # (the worker records that one, worker.job_started).
     return {
         "status": "complete" if info.success else failed,
         "result": info.result if info.success else None,
         "error": error,
-        "start_time": info.start_time,
         "finish_time": info.finish_time,
         "attempts": info.job_try,
     }
 
 
+def ended_between_tries(view: JobView) -> bool:
+    """Cancelled by DELETE while no try was running: before the first, or between two."""
+    return view.status == "cancelled" and (view.error or "").endswith((NOT_RUN, BETWEEN_TRIES))
+
+
 # --8<-- [end:read_job]
 
 
-# --8<-- [start:cancel]
-async def cancel_job(redis: ArqRedis, view: JobView, queue_name: str, keep_result_s: int) -> str:
-    """Cancel a job that has not finished. Returns "removed" when it was taken off the queue
-    before any worker started it, "aborting" when a worker is running it."""
-    in_progress = in_progress_key_prefix + view.job_id
-    while True:
-        async with redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(in_progress)
-                if await pipe.exists(in_progress):
-                    break  # running: only the worker can stop it
-                # Not started: take it off the queue and record the cancellation as its result,
-                # in one transaction. If a worker claims it meanwhile, WATCH aborts the
-                # transaction and we look again.
-                now = timestamp_ms()
-                result = serialize_result(
-                    view.function, (), view.args, view.attempts, to_unix_ms(view.enqueue_time),
-                    False, asyncio.CancelledError("cancelled before it ran"), now, now,
-                    f"{view.job_id}:{view.function}", queue_name, view.job_id,
-                    serializer=serialize,
-                )  # fmt: skip
-                pipe.multi()
-                pipe.zrem(queue_name, view.job_id)
-                pipe.delete(job_key_prefix + view.job_id)
-                pipe.set(result_key_prefix + view.job_id, result, ex=keep_result_s)
-                await pipe.execute()
-                return "removed"
-            except WatchError:
-                continue
-    # ARQ's abort: the worker checks this set on every poll and cancels the task. The entry
-    # is removed when the job ends (worker.py), so it can't linger and kill a later job with
-    # the same id, as stale entries otherwise do (ARQ issue #485).
-    await redis.zadd(abort_jobs_ss, {view.job_id: timestamp_ms()})
-    return "aborting"
+# --8<-- [start:attempt_log]
+def with_attempt_log(view: JobView, log: list[Attempt]) -> JobView:
+    """The job with its attempt log, which for a finished job ends with the try that ended it.
+
+    The status comes from Redis as soon as the worker stores the result; the worker writes
+    that try's row to the ledger a moment later (after_job_end, batched). Until the row
+    lands, the try is derived from the job itself. (Waiting for the worker's commit instead
+    would make every GET of a just-finished job wait up to a batch, and a lost write forever.)
+    """
+    if view.status not in FINAL or not view.attempts or ended_between_tries(view):
+        return view.model_copy(update={"attempt_log": log})
+    if any(attempt.attempt == view.attempts for attempt in log):
+        return view.model_copy(update={"attempt_log": log})
+    last = Attempt(
+        attempt=view.attempts,
+        outcome=view.status,
+        error=view.error,
+        # A real application would keep each try's start in the job's row too; here only
+        # the first one is, so a later try's start waits for its row.
+        start_time=view.start_time if view.attempts == 1 else None,
+        finish_time=view.finish_time,
+    )
+    return view.model_copy(update={"attempt_log": [*log, last]})
 
 
-# --8<-- [end:cancel]
+# --8<-- [end:attempt_log]

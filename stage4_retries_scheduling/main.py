@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from redis.asyncio import ConnectionPool
 from redis.exceptions import WatchError
 
-from . import docs_ui, errors, history, idempotency, jobs, scheduling
+from . import cancel, docs_ui, errors, history, idempotency, jobs, scheduling
 from .config import Settings, get_settings
 from .history import LedgerDep
 from .ledger import JobRecord, Ledger, now
@@ -43,7 +43,6 @@ from .worker import KEEP_RESULT_S
 
 # How long DELETE waits for a running job to stop before answering 202 "requested".
 CANCEL_WAIT_S = 5.0
-CANCEL_POLL_S = 0.05
 
 EVENTS_POLL_S = 0.2  # how often an event stream looks for a change in the job
 EVENTS_MAX_S = 600  # a stream ends after this even if the job has not
@@ -258,7 +257,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> jobs.JobView:
         """A job's status, progress and attempts, and its result or error once it has ended."""
         view = await job_state(job_id, redis, ledger)
-        return view.model_copy(update={"attempt_log": await ledger.attempts(job_id)})
+        return jobs.with_attempt_log(view, await ledger.attempts(job_id))
 
     # --8<-- [end:get_job]
 
@@ -296,19 +295,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         job_id: Annotated[str, Path(max_length=64)], redis: Redis, ledger: LedgerDep
     ) -> jobs.JobView:
         """Cancel a queued, deferred or running job."""
-        view = await job_state(job_id, redis, ledger)
+        view = await job_state(job_id, redis, ledger)  # 404 for an unknown job
         if view.status not in jobs.FINAL:
-            how = await jobs.cancel_job(redis, view, settings.queue_name, KEEP_RESULT_S)
-            if how == "removed":  # no worker will ever see it: record the end ourselves
-                await ledger.update(job_id, status="cancelled", finish_time=now(),
-                                    error="CancelledError: cancelled before it ran")  # fmt: skip
-            deadline = time.monotonic() + CANCEL_WAIT_S
-            while (view := await job_state(job_id, redis, ledger)).status not in jobs.FINAL:
-                if time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(CANCEL_POLL_S)  # a running job stops at the worker's next poll
+            await cancel.cancel_and_wait(
+                redis, job_id, settings.queue_name, KEEP_RESULT_S, CANCEL_WAIT_S
+            )
+            # Redis now has its result (unless it is still stopping); job_state copies that
+            # into the ledger, so the two agree however the race went.
+            view = await job_state(job_id, redis, ledger)
         if view.status == "cancelled":
-            return view.model_copy(update={"attempt_log": await ledger.attempts(job_id)})
+            return jobs.with_attempt_log(view, await ledger.attempts(job_id))
         if view.status in jobs.FINAL:
             raise HTTPException(409, f"Job {job_id} has already finished: {view.status}")
         return JSONResponse(status_code=202, content=view.model_dump(mode="json"))  # type: ignore[return-value]

@@ -4,6 +4,7 @@ The API only enqueues a job by name; the worker process imports this module and 
 """
 
 import asyncio
+import threading
 import time
 from typing import Annotated, Any
 
@@ -58,16 +59,6 @@ class ReportArgs(Args):
 # --8<-- [end:limits]
 
 
-def burn_cpu(ms: int) -> int:
-    """Pure-Python busy work for about `ms` milliseconds; holds the GIL throughout."""
-    deadline = time.perf_counter() + ms / 1000
-    loops = 0
-    while time.perf_counter() < deadline:
-        sum(i * i for i in range(1_000))
-        loops += 1
-    return loops
-
-
 # --8<-- [start:jobs]
 # ARQ calls every job as `await f(ctx, **kwargs)`: `ctx` holds the worker's Redis pool and
 # the job's id and try number. Jobs must be `async def`; ARQ refuses plain functions.
@@ -89,12 +80,34 @@ async def divide(ctx: dict[str, Any], x: float, y: float) -> float:
 
 
 # --8<-- [start:crunch]
+def burn_cpu(ms: int, stop: threading.Event) -> int:
+    """Pure-Python busy work for about `ms` milliseconds, or until `stop` is set."""
+    deadline = time.perf_counter() + ms / 1000
+    loops = 0
+    while time.perf_counter() < deadline and not stop.is_set():
+        sum(i * i for i in range(1_000))  # a slice of well under a millisecond
+        loops += 1
+    return loops
+
+
 async def crunch(ctx: dict[str, Any], ms: int) -> int:
     """Burn about `ms` milliseconds of CPU in the worker process."""
     # The API process is not involved any more, so its event loop stays free whatever this
     # costs. Inside the worker we still hand the CPU work to a thread: the worker's own loop
     # keeps polling, heart-beating and timing out jobs while the thread runs.
-    return await asyncio.to_thread(burn_cpu, ms)
+    stop = threading.Event()
+    work = asyncio.get_running_loop().run_in_executor(None, burn_cpu, ms, stop)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        # Cancelled (DELETE, its timeout, a shutdown). Python cannot kill a thread, and
+        # cancelling the await alone would leave this one burning CPU for seconds after the
+        # job "ended", its slot already given to the next job. So the loop checks `stop`
+        # between slices, and the job ends only once its thread has. (The alternative, a
+        # process per job, can be killed, at the price of a process start per job.)
+        stop.set()
+        await asyncio.wait([work])
+        raise
 
 
 # --8<-- [end:crunch]

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 from arq.connections import RedisSettings
-from arq.constants import abort_jobs_ss
 from arq.cron import cron
 from arq.worker import Function, func
 
@@ -92,9 +91,11 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 # --8<-- [start:job_ended]
 async def job_started(ctx: dict[str, Any]) -> None:
-    ctx["attempt_started"] = now()
+    started = ctx["attempt_started"] = now()
+    # The job's start_time is its first try's; each try's own start goes in its attempt row.
+    first = {"start_time": started} if ctx["job_try"] == 1 else {}
     await ctx["ledger"].update(
-        ctx["job_id"], status="in_progress", attempts=ctx["job_try"], start_time=now()
+        ctx["job_id"], status="in_progress", attempts=ctx["job_try"], **first
     )
 
 
@@ -102,14 +103,16 @@ async def job_ended(ctx: dict[str, Any]) -> None:
     # after_job_end, not on_job_end: it runs once ARQ has written the result to Redis, so
     # the ledger copies exactly what Redis holds (result or error, times, attempts). Neither
     # hook runs when ARQ fails a job without starting it: reconcile() covers those.
+    # ARQ's abort entry for this job (DELETE) is not ours to remove: ARQ removes it when the
+    # job finishes, and keeps it after a try that ends in a retry, so that the next try is
+    # stopped before it runs. Removing it here lost exactly those cancels.
     ledger: Ledger = ctx["ledger"]
     job_id, finished = ctx["job_id"], now()
-    # An abort request for this job is spent once it has ended. ARQ never removes it, and a
-    # stale entry would kill a later job with the same id (ARQ issue #485).
-    await ctx["redis"].zrem(abort_jobs_ss, job_id)
     attempt = {"job_id": job_id, "attempt": ctx["job_try"], "start_time": ctx["attempt_started"]}
     if ended := await ledger.copy_result(ctx["redis"], job_id, get_settings().queue_name):
-        attempt |= {"outcome": ended["status"], "error": ended["error"], "finish_time": finished}
+        # The result's own finish time, so this row matches what GET showed before it landed.
+        finished = ended["finish_time"]
+        attempt |= {"outcome": ended["status"], "error": ended["error"]}
     elif retry := ctx.get("retry"):  # the task raised Retry and said why (fetch.py)
         attempt |= {
             "outcome": "retrying",
@@ -118,7 +121,7 @@ async def job_ended(ctx: dict[str, Any]) -> None:
         }
         await ledger.update(job_id, status="deferred", error=retry["error"])
     else:  # cancelled by a worker shutdown: ARQ puts it back in the queue
-        attempt |= {"outcome": "interrupted", "finish_time": finished}
+        attempt |= {"outcome": "interrupted"}
         await ledger.update(job_id, status="queued")
     await ledger.add_attempt(attempt | {"finish_time": finished})
     # --8<-- [end:job_ended]

@@ -6,6 +6,9 @@ each other.
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -66,6 +69,35 @@ async def run_burst_worker(stage: Any, redis_url: str, **overrides: Any) -> Work
     finally:
         await worker.close()
     return worker
+
+
+class BackgroundWorker:
+    """run_burst_worker in a thread of its own, while the test drives the API."""
+
+    def __init__(self, stage: Any, redis_url: str, **overrides: Any) -> None:
+        self.worker: Worker | None = None
+        self.thread = threading.Thread(target=self._run, args=(stage, redis_url, overrides))
+        self.thread.start()
+
+    def _run(self, stage: Any, redis_url: str, overrides: dict[str, Any]) -> None:
+        self.worker = asyncio.run(run_burst_worker(stage, redis_url, **overrides))
+
+    def join(self, deadline_s: float) -> Worker:
+        """Wait until the queue is empty and the worker has stopped; returns the worker."""
+        self.thread.join(deadline_s)
+        assert not self.thread.is_alive(), f"the worker did not stop within {deadline_s:.0f} s"
+        assert self.worker is not None, "the worker failed (see the traceback above)"
+        return self.worker
+
+
+def threads_running(function: Callable[..., Any]) -> int:
+    """How many threads are inside `function` right now (read from their stacks)."""
+    count = 0
+    for frame in sys._current_frames().values():
+        while frame is not None and frame.f_code is not function.__code__:
+            frame = frame.f_back
+        count += frame is not None
+    return count
 
 
 def finished(raw_redis: Any, ids: list[str]) -> set[str]:

@@ -2,8 +2,9 @@
 
     server.script("/flaky", Reply(503), Reply(503), Reply(200, body=b"ok"))
 
-Each request to a path takes the next reply; the last one repeats. Every request's arrival
-time is recorded in `server.hits[path]`.
+Each request to a path takes the next reply; the last one repeats. `Reply(hold=event)` waits
+for the test to set `event` before answering, to put the answer at an exact point. Every
+request's arrival time is recorded in `server.hits[path]`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+HOLD_MAX_S = 30.0  # a held reply is sent after this even if the test never releases it
+
 
 @dataclass
 class Reply:
@@ -21,6 +24,7 @@ class Reply:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0  # before answering, to provoke client timeouts
+    hold: threading.Event | None = None  # answer only once the test sets it (HOLD_MAX_S at most)
 
 
 class ScriptedServer:
@@ -39,6 +43,8 @@ class ScriptedServer:
                     reply = replies.pop(0) if len(replies) > 1 else replies[0]
                 if reply.delay_s:
                     server.stopping.wait(reply.delay_s)
+                if reply.hold is not None:
+                    reply.hold.wait(HOLD_MAX_S)
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)

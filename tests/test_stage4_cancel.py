@@ -1,12 +1,15 @@
 """Stage 4: DELETE /jobs/{id} cancels a queued, deferred or running job."""
 
-import asyncio
-import threading
+import json
+import logging
+import re
+import sqlite3
 import time
 
 import pytest
+from redis.exceptions import WatchError
 
-from tests.helpers import enqueue, poll, run_burst_worker, status
+from tests.helpers import BackgroundWorker, enqueue, poll, status, threads_running
 
 pytestmark = pytest.mark.since_stage(4)
 
@@ -30,22 +33,14 @@ def test_cancelling_a_job_that_has_not_started_removes_it_so_it_never_runs(
 
 def test_cancelling_a_running_job_stops_it(stage, client, redis_url, settings_env):
     job_id = enqueue(client, "wait", {"seconds": 10})
-    result: dict = {}
-    thread = threading.Thread(
-        target=lambda: result.update(worker=asyncio.run(run_burst_worker(stage, redis_url)))
-    )
-    thread.start()
-    deadline = time.monotonic() + POLL_DEADLINE_S
-    while status(client, job_id) != "in_progress":
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.02)
+    worker = BackgroundWorker(stage, redis_url)
+    poll(lambda: status(client, job_id) == "in_progress", POLL_DEADLINE_S, "the job to start")
     started = time.monotonic()
     response = client.delete(f"/jobs/{job_id}")
-    thread.join(POLL_DEADLINE_S)
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "cancelled"
     assert time.monotonic() - started < 5  # not the 10 s the job would have taken
-    assert result["worker"].jobs_failed == 1  # ARQ counts an aborted job as failed
+    assert worker.join(POLL_DEADLINE_S).jobs_failed == 1  # ARQ counts an abort as failed
     assert status(client, job_id) == "cancelled"
     # The worker writes its attempt rows behind (worker.py): poll for it, don't assume it.
     poll(lambda: client.get(f"/jobs/{job_id}").json()["attempt_log"], 5, "the attempt row")
@@ -62,3 +57,82 @@ def test_cancelling_a_finished_job_is_a_409_and_an_unknown_one_a_404(client, dra
     assert response.status_code == 409
     assert "complete" in response.json()["detail"]
     assert client.delete("/jobs/nope").status_code == 404
+
+
+def test_cancelling_a_crunch_stops_its_thread_before_answering(
+    stage, client, redis_url, settings_env
+):
+    # A thread cannot be killed: crunch's loop must notice the cancel and stop by itself.
+    burn_cpu = stage.module("tasks").burn_cpu
+    job_id = enqueue(client, "crunch", {"ms": 5_000})
+    worker = BackgroundWorker(stage, redis_url)
+    poll(lambda: threads_running(burn_cpu), POLL_DEADLINE_S, "crunch's thread to start")
+    response = client.delete(f"/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "cancelled"
+    assert threads_running(burn_cpu) == 0  # stopped already, not seconds from now
+    worker.join(POLL_DEADLINE_S)
+
+
+def test_a_worker_claim_in_flight_when_the_job_is_cancelled_fails(client, drain, raw_redis):
+    job_id = enqueue(client, "add", ADD)
+    in_progress = f"arq:in-progress:{job_id}"
+    # A worker's claim, command by command as arq's Worker.start_jobs sends it: it has read
+    # the id from the queue, WATCHes the in-progress key and finds the job still queued...
+    with raw_redis.pipeline(transaction=True) as claim:
+        claim.watch(in_progress)
+        assert not claim.exists(in_progress) and claim.zscore("arq:queue", job_id)
+        # ...when the DELETE lands, before the claim's MULTI/EXEC.
+        response = client.delete(f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        claim.multi()
+        claim.psetex(in_progress, 10_000, b"1")
+        with pytest.raises(WatchError):  # otherwise the worker runs it: "job expired"
+            claim.execute()
+    worker = drain()
+    assert (worker.jobs_complete, worker.jobs_failed) == (0, 0)
+    assert status(client, job_id) == "cancelled"
+
+
+RACES = 150  # POST-then-DELETE pairs against a worker that is taking the same jobs
+STARTED = re.compile(r"→ (\w+):add\(")
+ABORTED = re.compile(r"⊘ (\w+):add aborted")
+
+
+def redis_status(raw_redis, job_id: str) -> str:
+    result = json.loads(raw_redis.get(f"arq:result:{job_id}"))
+    if result["s"]:
+        return "complete"
+    return "cancelled" if result["r"]["error"].startswith("CancelledError") else "failed"
+
+
+def test_racing_deletes_answer_truly_and_redis_and_the_ledger_agree(
+    stage, client, redis_url, raw_redis, caplog, tmp_path
+):
+    caplog.set_level(logging.INFO, logger="arq.worker")
+    keep_open = enqueue(client, "wait", {"seconds": 20})  # the burst worker stays until the end
+    worker = BackgroundWorker(stage, redis_url, poll_delay=0.005)
+    poll(lambda: status(client, keep_open) == "in_progress", POLL_DEADLINE_S, "the worker")
+    answers = {}
+    for _ in range(RACES):
+        job_id = enqueue(client, "add", ADD)
+        answers[job_id] = client.delete(f"/jobs/{job_id}")
+    assert client.delete(f"/jobs/{keep_open}").status_code == 200
+    worker.join(POLL_DEADLINE_S)
+
+    log = caplog.text
+    ran, stopped = set(STARTED.findall(log)), set(ABORTED.findall(log))
+    ledger = sqlite3.connect(tmp_path / "data" / "jobs.db")
+    rows = dict(ledger.execute("SELECT job_id, status FROM jobs"))
+    ledger.close()
+    for job_id, response in answers.items():
+        assert response.status_code in (200, 409), response.text
+        said = response.json()["status"] if response.status_code == 200 else "complete"
+        if said == "cancelled":
+            assert job_id not in ran or job_id in stopped, f"{job_id} ran, yet 'cancelled'"
+        else:
+            assert job_id in ran and "already finished: complete" in response.text
+        assert redis_status(raw_redis, job_id) == rows[job_id] == said, job_id
+    assert raw_redis.zcard("arq:abort") == 0  # no entry left to kill a later job
+    outcomes = {response.status_code for response in answers.values()}
+    assert outcomes == {200, 409}, f"the race never went both ways: {outcomes}"

@@ -1,0 +1,101 @@
+"""Cancel a job: one Redis transaction against the queue, the worker's claim and the result.
+
+ARQ's own `Job.abort()` only asks: it adds the id to the `arq:abort` set, and a worker acts
+on it. Here the API does what it safely can itself, and asks only for a job that is running.
+"""
+
+import asyncio
+import time
+from typing import Literal
+
+from arq.connections import ArqRedis
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.jobs import deserialize_job_raw, serialize_result
+from arq.utils import timestamp_ms
+from redis.exceptions import WatchError
+
+from .jobs import BETWEEN_TRIES, NOT_RUN, deserialize, serialize
+
+# How often cancel_and_wait looks again while a worker stops a running job. The worker
+# checks the abort set on every poll (worker.POLL_DELAY_S), so a few polls' worth.
+CANCEL_POLL_S = 0.05
+
+Cancelled = Literal["removed", "aborting", "finished"]
+
+
+# --8<-- [start:cancel]
+async def cancel(redis: ArqRedis, job_id: str, queue_name: str, keep_result_s: int) -> Cancelled:
+    """Cancel the job if it has not ended. Returns "removed" (taken off the queue: not
+    started, or between tries), "aborting" (a worker runs it and has been asked to stop) or
+    "finished" (it has ended: nothing to cancel)."""
+    in_progress, result = in_progress_key_prefix + job_id, result_key_prefix + job_id
+    job_key, tries = job_key_prefix + job_id, retry_key_prefix + job_id
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                # WATCH what the worker changes when it claims (in-progress), retries or
+                # finishes (in-progress, result, job): if any of it changes before EXEC,
+                # the transaction fails and we look again. Watching the in-progress key
+                # alone misses a job that has just finished: we would overwrite its result.
+                await pipe.watch(in_progress, result, job_key)
+                running, done = await pipe.exists(in_progress), await pipe.exists(result)
+                raw, score = await pipe.get(job_key), await pipe.zscore(queue_name, job_id)
+                attempts = int(await pipe.get(tries) or 0)
+                if done or not raw or (score is None and not running):
+                    return "finished"  # or Redis no longer has it: nothing left to stop
+                pipe.multi()
+                if running:
+                    # Only the worker can stop a running job: ARQ's abort set, which it reads
+                    # on every poll. ARQ removes the entry when the job finishes, and keeps it
+                    # when the try ends in a retry, so the next try is stopped before it runs.
+                    pipe.zadd(abort_jobs_ss, {job_id: timestamp_ms()})
+                else:
+                    why = BETWEEN_TRIES if attempts else NOT_RUN
+                    pipe.zrem(queue_name, job_id)
+                    pipe.zrem(abort_jobs_ss, job_id)
+                    pipe.delete(job_key, tries)
+                    pipe.set(result, _cancelled_result(raw, job_id, attempts, why, queue_name),
+                             ex=keep_result_s)  # fmt: skip
+                    # A worker may have read this id from the queue before our ZREM and be
+                    # about to claim it: it WATCHes the in-progress key, so writing that key
+                    # (and deleting it again) makes its claim fail. Left alone, it would run
+                    # the job, find no job key and store "job expired" over our result.
+                    pipe.set(in_progress, b"cancelled")
+                    pipe.delete(in_progress)
+                await pipe.execute()
+                return "aborting" if running else "removed"
+            except WatchError:
+                continue
+
+
+def _cancelled_result(raw: bytes, job_id: str, attempts: int, why: str, queue: str) -> bytes:
+    function, args, kwargs, _, enqueue_ms = deserialize_job_raw(raw, deserializer=deserialize)
+    now = timestamp_ms()
+    return serialize_result(
+        function, args, kwargs, attempts, enqueue_ms, False, asyncio.CancelledError(why),
+        now, now, f"{job_id}:{function}", queue, job_id, serializer=serialize,
+    )  # fmt: skip
+
+
+async def cancel_and_wait(
+    redis: ArqRedis, job_id: str, queue_name: str, keep_result_s: int, wait_s: float
+) -> Cancelled:
+    """Cancel, and give a running job up to `wait_s` to stop: "aborting" if it still runs."""
+    deadline = time.monotonic() + wait_s
+    while (how := await cancel(redis, job_id, queue_name, keep_result_s)) == "aborting":
+        if time.monotonic() > deadline:
+            break
+        # Asking again is the point, not a formality: a try that ended in a retry before the
+        # worker saw our request leaves the job waiting in the queue, and the next round
+        # takes it off at once instead of letting the worker abort it at its retry time.
+        await asyncio.sleep(CANCEL_POLL_S)
+    return how
+
+
+# --8<-- [end:cancel]
