@@ -1,6 +1,7 @@
 """Stage 3+: the job ledger. Every test runs on SQLite and, where one answers, PostgreSQL."""
 
 import asyncio
+import base64
 import json
 import threading
 import uuid
@@ -212,11 +213,36 @@ def test_the_list_filters_by_status_and_function(client, drain):
     assert ids("") == (added + failed)[::-1]
 
 
+def b64(key: str | bytes) -> str:
+    return base64.urlsafe_b64encode(key if isinstance(key, bytes) else key.encode()).decode()
+
+
+BAD_CURSORS = {
+    "garbage": "garbage",
+    "not-a-cursor": "A" * 40,
+    "latest-time-west": b64("9999-12-31T23:59:59-14:00|x"),  # past year 9999 in UTC
+    "earliest-time-east": b64("0001-01-01T00:00:00+14:00|x"),  # before year 1 in UTC
+    "no-time-zone": b64("2026-01-01T00:00:00|x"),
+    "other-separator": b64("2026-01-01T00:00:00+00:00;x"),
+    "two-separators": b64("2026-01-01T00:00:00+00:00|x|y"),
+    "not-a-time": b64("yesterday|x"),
+    "no-job-id": b64("2026-01-01T00:00:00+00:00|"),
+    "nul-in-job-id": b64("2026-01-01T00:00:00+00:00|\x00"),
+    "job-id-too-long": b64("2026-01-01T00:00:00+00:00|" + "a" * 65),
+    "not-utf8": b64(b"\xff\xfe|\xc3"),
+    "not-ascii": "é" * 8,
+    "huge": b64("2026-01-01T00:00:00+00:00|" + "a" * 10_000),
+}
+
+
 @pytest.mark.parametrize(
     "query",
-    ["status=done", "function=rm", "limit=0", "limit=101", "cursor=garbage", "cursor=" + "A" * 40],
+    ["status=done", "function=rm", "limit=0", "limit=101"]
+    + [f"cursor={cursor}" for cursor in BAD_CURSORS.values()],
+    ids=["status", "function", "limit-0", "limit-101", *BAD_CURSORS],
 )
 def test_a_bad_list_query_is_a_json_422(client, query):
+    enqueue(client, "add", {"x": 1, "y": 2})  # a cursor is only compared once there are rows
     response = client.get(f"/jobs?{query}")
     assert response.status_code == 422, response.text
     assert "detail" in response.json()
