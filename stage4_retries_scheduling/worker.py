@@ -17,7 +17,7 @@ from arq.worker import Function, func
 from . import jobs
 from .config import get_settings
 from .ledger import Ledger, now
-from .tasks import TASKS
+from .tasks import REPORT_TIMEOUT_S, TASKS
 
 # --8<-- [start:constants]
 # A job running longer than this is cancelled and fails. It also bounds crash recovery:
@@ -44,7 +44,10 @@ HEALTH_CHECK_INTERVAL_S = 10
 # timeouts on its own terms, so its job timeout only catches a hung task. The cap matters:
 # ARQ holds a dead worker's jobs for the LONGEST timeout of any task + 10 s, so one slow
 # task's timeout would delay crash recovery for every job.
-TASK_TIMEOUTS_S = {"add": 5, "divide": 5, "crunch": 10, "wait": 25, "report": 25, "fetch": 25}
+TASK_TIMEOUTS_S = {
+    **{"add": 5, "divide": 5, "crunch": 10, "wait": 25, "fetch": 25},
+    "report": REPORT_TIMEOUT_S,  # in tasks.py: the API refuses a report too long for it
+}
 # Graceful shutdown (SIGTERM, a deploy): stop taking jobs, give running ones this long to
 # finish, then cancel them back into the queue. Below the runner's 10 s before SIGKILL.
 JOB_COMPLETION_WAIT_S = 8
