@@ -25,6 +25,12 @@ from .jobs import FINAL, JobView, deserialize, outcome
 # A writer that finds the SQLite file locked waits up to this long for its turn, instead
 # of failing at once with "database is locked".
 BUSY_TIMEOUT_MS = 5_000
+# PostgreSQL waits for a lock, or for a statement, as long as it takes unless told otherwise,
+# and a server that does not answer holds a connection attempt for minutes. Bounded like
+# SQLite above, a stuck database costs a request a 503 in about a second, not a hang.
+PG_CONNECT_TIMEOUT_S = 2  # libpq's smallest
+PG_LOCK_TIMEOUT_MS = 1_000
+PG_STATEMENT_TIMEOUT_MS = 5_000
 # With Ledger(wait=False), writes gather this long and are committed together: each hand-over
 # to a database thread costs the event loop, so fewer and bigger batches.
 WRITE_BEHIND_S = 0.05
@@ -92,6 +98,13 @@ def tune_sqlite(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def connect_args(url: str) -> dict[str, Any]:
+    if sa.make_url(url).get_backend_name() != "postgresql":
+        return {}
+    limits = f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
+    return {"connect_timeout": PG_CONNECT_TIMEOUT_S, "options": limits}
+
+
 # --8<-- [start:ledger]
 class Ledger:
     """The jobs table, for async code.
@@ -105,7 +118,7 @@ class Ledger:
     """
 
     def __init__(self, url: str, wait: bool = True) -> None:
-        self.engine = sa.create_engine(url)
+        self.engine = sa.create_engine(url, connect_args=connect_args(url))
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", tune_sqlite)
         by_id = JobRecord.job_id == sa.bindparam("_job_id")

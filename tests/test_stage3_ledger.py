@@ -4,6 +4,7 @@ import asyncio
 import base64
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -307,6 +308,45 @@ def test_the_jobs_page_shows_status_progress_and_errors(client, drain):
     assert f'id="job-{report}" class="complete"' in page.text
     assert '<progress max="100" value="100">' in page.text
     assert "ZeroDivisionError: float division by zero" in page.text
+
+
+HANG_S = 20  # a request still waiting this long for the lock would wait for ever
+
+
+def hold_lock(url: str, locked: threading.Event, release: threading.Event) -> None:
+    with psycopg.connect(url) as connection:  # one transaction, rolled back at the end
+        connection.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        locked.set()
+        release.wait(HANG_S)  # then a request that hung gets its answer, and the test fails
+
+
+def test_a_locked_postgresql_table_costs_a_503_in_seconds_not_a_hang(
+    client, database, postgres_database
+):
+    if database != "postgresql":
+        pytest.skip("SQLite readers never wait for a writer (WAL); its writers wait 5 s")
+    job_id = enqueue(client, "add", {"x": 1, "y": 2})
+    locked, release = threading.Event(), threading.Event()
+    url = postgres_database.replace("+psycopg", "")
+    locker = threading.Thread(target=hold_lock, args=(url, locked, release))
+    locker.start()
+    try:
+        assert locked.wait(HANG_S)
+        answers = {}
+        for path in (f"/jobs/{job_id}", "/health"):
+            started = time.monotonic()
+            response = client.get(path)
+            answers[path] = (response.status_code, time.monotonic() - started, response.text)
+    finally:
+        release.set()
+        locker.join()
+    assert {path: status for path, (status, *_) in answers.items()} == {
+        f"/jobs/{job_id}": 503,
+        "/health": 503,
+    }, answers
+    assert all(seconds < HANG_S / 2 for _, seconds, _ in answers.values()), answers
+    assert all("database" in text for *_, text in answers.values()), answers
+    assert client.get(f"/jobs/{job_id}").status_code == 200  # and back once the lock is gone
 
 
 def test_the_ledger_is_a_sqlite_file_in_the_data_dir_unless_database_url_says_otherwise(
