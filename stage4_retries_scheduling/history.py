@@ -73,11 +73,12 @@ async def list_jobs(
     except ValueError:
         raise HTTPException(422, "Bad cursor: pass back a next_cursor as given") from None
     records = await ledger.newest(limit + 1, status, function, after)
-    more = len(records) > limit
-    return JobPage(
-        jobs=records[:limit],
-        next_cursor=encode_cursor(records[limit - 1]) if more else None,
-    )
+    more, records = len(records) > limit, records[:limit]
+    # Every job's attempt_log, as GET /jobs/{id} shows it (an empty one would claim "never
+    # tried"), from one query for the page.
+    logs = await ledger.attempt_logs([record.job_id for record in records])
+    jobs = [job.model_copy(update={"attempt_log": logs.get(job.job_id, [])}) for job in records]
+    return JobPage(jobs=jobs, next_cursor=encode_cursor(records[-1]) if more else None)
 
 
 @router.get("/", response_class=HTMLResponse)

@@ -9,6 +9,7 @@ worker.reconcile settles the rows whose job ended behind the hooks' backs.
 import asyncio
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -214,15 +215,17 @@ class Ledger:
 
     # --8<-- [end:ledger]
 
-    def _read_rows(self, query: Any, model: type[Any]) -> list[Any]:
+    def _read_rows(self, query: Any, make: Callable[[Any], Any]) -> list[Any]:
         # Core rows, not ORM objects: a status read is the hot path, and an ORM Session
         # costs about three times as much per row.
         with self.engine.connect() as connection:
-            return [model.model_validate(row) for row in connection.execute(query).mappings()]
+            return [make(row) for row in connection.execute(query).mappings()]
 
-    async def _read(self, query: Any, model: type[Any] = JobView) -> list[Any]:
+    async def _read(
+        self, query: Any, make: Callable[[Any], Any] = JobView.model_validate
+    ) -> list[Any]:
         return await asyncio.get_running_loop().run_in_executor(
-            self.readers, self._read_rows, query, model
+            self.readers, self._read_rows, query, make
         )
 
     async def get(self, job_id: str) -> JobView | None:
@@ -247,8 +250,16 @@ class Ledger:
         return await self._read(query.order_by(*order).limit(limit))
 
     async def attempts(self, job_id: str) -> list[Attempt]:
-        query = ATTEMPTS.select().where(ATTEMPTS.c.job_id == job_id).order_by(ATTEMPTS.c.attempt)
-        return await self._read(query, Attempt)
+        return (await self.attempt_logs([job_id])).get(job_id, [])
+
+    async def attempt_logs(self, job_ids: list[str]) -> dict[str, list[Attempt]]:
+        """Each job's tries in order; one query for a whole page of jobs, not one per job."""
+        query = ATTEMPTS.select().where(ATTEMPTS.c.job_id.in_(job_ids)).order_by(ATTEMPTS.c.attempt)
+        rows = await self._read(query, lambda row: (row["job_id"], Attempt.model_validate(row)))
+        logs: dict[str, list[Attempt]] = defaultdict(list)
+        for job_id, attempt in rows:
+            logs[job_id].append(attempt)
+        return logs
 
     async def prune(self, finished_before: datetime) -> int:
         """Delete finished jobs (and their attempts) that ended before `finished_before`."""
