@@ -1,7 +1,12 @@
 """The ARQ worker: a separate process that takes jobs from Redis and runs them.
 
-Run it by hand (with REDIS_URL pointing at the same Redis as the API):
-    arq stage3_status_history.worker.WorkerSettings
+Stage 4's worker adds a timeout per task, fetch's retries (up to FETCH_MAX_TRIES), an
+attempts row for every try, aborting a running job on DELETE /jobs/{id}, and a cron job
+that settles and prunes the ledger every MAINTENANCE_EVERY_MIN minutes.
+
+`make run STAGE=4` starts it with the API. Run it by hand (with REDIS_URL pointing at the
+same Redis as the API):
+    arq stage4_retries_scheduling.worker.WorkerSettings
 """
 
 import asyncio
