@@ -136,6 +136,31 @@ def test_reconcile_settles_a_job_that_ended_without_the_hooks(stage, client, dra
     assert (job["status"], job["error"]) == ("failed", "JobExecutionFailed: max 5 retries exceeded")
 
 
+@pytest.mark.parametrize("key", ["arq:result:{}", "arq:job:{}"])
+def test_reconcile_carries_on_past_a_job_whose_data_in_redis_is_not_json(
+    stage, client, drain, raw_redis, key
+):
+    other = over_max_tries(client, raw_redis)
+    drain()  # `other` ends failed in Redis, behind the hooks' backs
+    planted = enqueue(client, "add", {"x": 1, "y": 1})
+    raw_redis.set(key.format(planted), b"\x80\x04 not JSON, so not ours")
+
+    settled = run_reconcile(stage)
+
+    job = client.get(f"/jobs/{other}").json()
+    assert (job["status"], job["error"]) == ("failed", "JobExecutionFailed: max 5 retries exceeded")
+    if key == "arq:result:{}":  # the outcome can never be read: settled, saying why
+        assert settled == 2
+        job = client.get(f"/jobs/{planted}").json()
+        assert job["status"] == "failed"
+        assert "not JSON" in job["error"]
+    else:  # still queued in Redis: the worker fails it ("unable to deserialize") and says so
+        assert settled == 1
+        assert (
+            client.get("/jobs", params={"status": "queued"}).json()["jobs"][0]["job_id"] == planted
+        )
+
+
 def test_reconcile_marks_a_job_that_redis_lost_failed(stage, client, raw_redis, monkeypatch):
     job_id = enqueue(client, "add", {"x": 1, "y": 2})
     raw_redis.flushall()
