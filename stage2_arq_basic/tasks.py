@@ -4,6 +4,7 @@ The API only enqueues a job by name; the worker process imports this module and 
 """
 
 import asyncio
+import math
 import time
 from typing import Annotated, Any
 
@@ -69,7 +70,10 @@ async def add(ctx: dict[str, Any], x: int, y: int) -> int:
 
 async def divide(ctx: dict[str, Any], x: float, y: float) -> float:
     """Divide x by y; y = 0 fails, and the failure is recorded with the job."""
-    return x / y
+    quotient = x / y
+    if not math.isfinite(quotient):  # 1e12 / 1e-300 is inf, and JSON has no inf
+        raise OverflowError(f"{x} / {y} is not a finite number")
+    return quotient
 
 
 # --8<-- [end:jobs]

@@ -1,6 +1,7 @@
 """The ARQ worker: a separate process that takes jobs from Redis and runs them.
 
-Run it by hand (with REDIS_URL pointing at the same Redis as the API):
+`make run STAGE=2` starts it with the API. Run it by hand (with REDIS_URL pointing at the
+same Redis as the API):
     arq stage2_arq_basic.worker.WorkerSettings
 """
 

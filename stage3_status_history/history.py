@@ -1,7 +1,7 @@
 """The ledger read back: `GET /jobs`, the job history, and `GET /`, a page of recent jobs."""
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,6 +15,7 @@ from .ledger import Ledger
 from .tasks import TASKS
 
 PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
+MAX_CURSOR, MAX_JOB_ID = 200, 64  # characters; a real cursor is about 90
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(tags=["jobs"])
 
@@ -41,11 +42,18 @@ def encode_cursor(record: JobView) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The cursor's (enqueue_time, job_id); ValueError for anything encode_cursor never made."""
+    # Bad base64, bytes that are not UTF-8 and a missing "|" are all ValueErrors already.
     when, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
     enqueue_time = datetime.fromisoformat(when)
     if enqueue_time.tzinfo is None:
         raise ValueError("cursor time has no time zone")
-    return enqueue_time, job_id
+    if not (0 < len(job_id) <= MAX_JOB_ID and job_id.isprintable()):
+        raise ValueError("cursor job id is not one of ours")
+    try:  # 9999-12-31T23:59-14:00 is a valid time with no UTC equivalent
+        return enqueue_time.astimezone(UTC), job_id
+    except OverflowError:
+        raise ValueError("cursor time is out of range") from None
 
 
 # --8<-- [end:cursor]
@@ -57,7 +65,7 @@ async def list_jobs(
     status: Status | None = None,
     function: Literal[tuple(TASKS)] | None = None,  # type: ignore[valid-type]
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
 ) -> JobPage:
     """The job history from the ledger, newest first."""
     try:

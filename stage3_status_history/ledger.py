@@ -16,7 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
-from arq.jobs import Job
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import DeserializationError, Job, JobResult, deserialize_result
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -25,6 +26,12 @@ from .jobs import FINAL, JobView, deserialize, outcome
 # A writer that finds the SQLite file locked waits up to this long for its turn, instead
 # of failing at once with "database is locked".
 BUSY_TIMEOUT_MS = 5_000
+# PostgreSQL waits for a lock, or for a statement, as long as it takes unless told otherwise,
+# and a server that does not answer holds a connection attempt for minutes. Bounded like
+# SQLite above, a stuck database costs a request a 503 in about a second, not a hang.
+PG_CONNECT_TIMEOUT_S = 2  # libpq's smallest
+PG_LOCK_TIMEOUT_MS = 1_000
+PG_STATEMENT_TIMEOUT_MS = 5_000
 # With Ledger(wait=False), writes gather this long and are committed together: each hand-over
 # to a database thread costs the event loop, so fewer and bigger batches.
 WRITE_BEHIND_S = 0.05
@@ -92,6 +99,13 @@ def tune_sqlite(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def connect_args(url: str) -> dict[str, Any]:
+    if sa.make_url(url).get_backend_name() != "postgresql":
+        return {}
+    limits = f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
+    return {"connect_timeout": PG_CONNECT_TIMEOUT_S, "options": limits}
+
+
 # --8<-- [start:ledger]
 class Ledger:
     """The jobs table, for async code.
@@ -105,7 +119,7 @@ class Ledger:
     """
 
     def __init__(self, url: str, wait: bool = True) -> None:
-        self.engine = sa.create_engine(url)
+        self.engine = sa.create_engine(url, connect_args=connect_args(url))
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", tune_sqlite)
         by_id = JobRecord.job_id == sa.bindparam("_job_id")
@@ -214,7 +228,9 @@ class Ledger:
         return await self._read(query.order_by(*order).limit(limit))
 
     async def unfinished(self) -> list[JobView]:
-        return await self._read(JOBS.select().where(JOBS.c.status.not_in(FINAL)))
+        """Every row whose job has not ended, oldest first."""
+        query = JOBS.select().where(JOBS.c.status.not_in(FINAL))
+        return await self._read(query.order_by(JOBS.c.enqueue_time, JOBS.c.job_id))
 
     async def ping(self) -> None:
         await self._read(JOBS.select().limit(0))
@@ -228,6 +244,38 @@ class Ledger:
         job = Job(job_id, redis, _queue_name=queue_name, _deserializer=deserialize)
         info = await job.result_info()  # None: not finished, or Redis has forgotten it
         if info is not None:
-            progress = {"progress": 100} if info.success else {}
-            await self.update(job_id, overwrite_final=True, **outcome(info), **progress)
+            await self._record(job_id, info)
         return info is not None
+
+    async def _record(self, job_id: str, info: JobResult) -> None:
+        progress = {"progress": 100} if info.success else {}
+        await self.update(job_id, overwrite_final=True, **outcome(info), **progress)
+
+    async def copy_results(
+        self, redis: ArqRedis, job_ids: list[str], queue_name: str
+    ) -> dict[str, str]:
+        """copy_result for many jobs in one Redis round trip. Per job: "ended" (its outcome is
+        now recorded), "live" (Redis has it queued or running) or "gone" (Redis has no trace)."""
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:  # what Job.result_info, status and info read, in one go
+                pipe.get(result_key_prefix + job_id)
+                pipe.exists(job_key_prefix + job_id)
+                pipe.exists(in_progress_key_prefix + job_id)
+                pipe.zscore(queue_name, job_id)
+            replies = await pipe.execute()
+        states, writes = {}, []
+        for n, job_id in enumerate(job_ids):
+            result, job, running, score = replies[4 * n : 4 * n + 4]
+            if result is None:
+                states[job_id] = "live" if job and (running or score is not None) else "gone"
+                continue
+            states[job_id] = "ended"
+            try:
+                info = deserialize_result(result, deserializer=deserialize)
+            except DeserializationError:  # not JSON, so not ours (a planted pickle?): settle it
+                error = "undecodable: its result in Redis is not JSON, so this app never wrote it"
+                writes.append(self.update(job_id, status="failed", error=error, finish_time=now()))
+            else:
+                writes.append(self._record(job_id, info))
+        await asyncio.gather(*writes)  # writes that arrive together share one transaction
+        return states

@@ -1,6 +1,7 @@
 """The ARQ worker: a separate process that takes jobs from Redis and runs them.
 
-Run it by hand (with REDIS_URL pointing at the same Redis as the API):
+`make run STAGE=3` starts it with the API. Run it by hand (with REDIS_URL pointing at the
+same Redis as the API):
     arq stage3_status_history.worker.WorkerSettings
 """
 
@@ -34,6 +35,8 @@ MAX_JOBS = 10
 # How often the worker writes its health-check key (`arq --check` reads it). ARQ's default
 # of an hour lets a dead worker look healthy for an hour.
 HEALTH_CHECK_INTERVAL_S = 10
+# reconcile() looks this many unfinished rows up in Redis at a time, in one round trip.
+RECONCILE_BATCH = 500
 # --8<-- [end:constants]
 
 
@@ -77,15 +80,19 @@ async def reconcile(ctx: dict[str, Any]) -> int:
     ledger: Ledger = ctx["ledger"]
     queue_name, settled = get_settings().queue_name, 0
     lost_before = now() - timedelta(seconds=LOST_AFTER_S)
-    for record in await ledger.unfinished():
-        if await ledger.copy_result(ctx["redis"], record.job_id, queue_name):
-            settled += 1
-        elif record.enqueue_time < lost_before and not await jobs.read_job(
-            ctx["redis"], record.job_id, queue_name
-        ):
-            error = "lost: Redis no longer knows this job (flushed, or its result expired)"
-            await ledger.update(record.job_id, status="failed", error=error)
-            settled += 1
+    records = await ledger.unfinished()
+    for start in range(0, len(records), RECONCILE_BATCH):
+        # One Redis round trip per batch of rows, where asking row by row cost ~2.4 ms each.
+        batch = records[start : start + RECONCILE_BATCH]
+        states = await ledger.copy_results(ctx["redis"], [r.job_id for r in batch], queue_name)
+        lost = [
+            r.job_id for r in batch if states[r.job_id] == "gone" and r.enqueue_time < lost_before
+        ]
+        error = "lost: Redis no longer knows this job (flushed, or its result expired)"
+        await asyncio.gather(
+            *(ledger.update(job_id, status="failed", error=error) for job_id in lost)
+        )
+        settled += list(states.values()).count("ended") + len(lost)
     await ledger.flush()
     return settled
 

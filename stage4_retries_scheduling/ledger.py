@@ -9,6 +9,7 @@ worker.reconcile settles the rows whose job ended behind the hooks' backs.
 import asyncio
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
-from arq.jobs import Job
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import DeserializationError, Job, JobResult, deserialize_result
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -25,6 +27,12 @@ from .jobs import FINAL, Attempt, JobView, deserialize, outcome
 # A writer that finds the SQLite file locked waits up to this long for its turn, instead
 # of failing at once with "database is locked".
 BUSY_TIMEOUT_MS = 5_000
+# PostgreSQL waits for a lock, or for a statement, as long as it takes unless told otherwise,
+# and a server that does not answer holds a connection attempt for minutes. Bounded like
+# SQLite above, a stuck database costs a request a 503 in about a second, not a hang.
+PG_CONNECT_TIMEOUT_S = 2  # libpq's smallest
+PG_LOCK_TIMEOUT_MS = 1_000
+PG_STATEMENT_TIMEOUT_MS = 5_000
 # With Ledger(wait=False), writes gather this long and are committed together: each hand-over
 # to a database thread costs the event loop, so fewer and bigger batches.
 WRITE_BEHIND_S = 0.05
@@ -108,6 +116,24 @@ def tune_sqlite(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def connect_args(url: str) -> dict[str, Any]:
+    if sa.make_url(url).get_backend_name() != "postgresql":
+        return {}
+    limits = f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
+    return {"connect_timeout": PG_CONNECT_TIMEOUT_S, "options": limits}
+
+
+def insert_attempt_if_on_record() -> sa.Insert:
+    # INSERT INTO attempts SELECT <the values> WHERE the job has a row. ARQ runs the job hooks
+    # for every job, and some are not on record (each cron run, jobs other code enqueued):
+    # their attempts would be orphans, 288 a day from the cron job alone.
+    values = [sa.bindparam(column.name, type_=column.type) for column in ATTEMPTS.columns]
+    on_record = sa.exists().where(JOBS.c.job_id == values[0])  # values[0] is job_id
+    return ATTEMPTS.insert().from_select(
+        ATTEMPTS.columns.keys(), sa.select(*values).where(on_record)
+    )
+
+
 # --8<-- [start:ledger]
 class Ledger:
     """The jobs table, for async code.
@@ -121,7 +147,7 @@ class Ledger:
     """
 
     def __init__(self, url: str, wait: bool = True) -> None:
-        self.engine = sa.create_engine(url)
+        self.engine = sa.create_engine(url, connect_args=connect_args(url))
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", tune_sqlite)
         by_id = JobRecord.job_id == sa.bindparam("_job_id")
@@ -129,7 +155,7 @@ class Ledger:
             "add": sa.insert(JobRecord),
             "update": sa.update(JobRecord).where(by_id, *(JobRecord.status != s for s in FINAL)),
             "overwrite": sa.update(JobRecord).where(by_id),
-            "attempt": sa.insert(AttemptRecord),
+            "attempt": insert_attempt_if_on_record(),
         }
         self.wait = wait
         self.readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="ledger-read")
@@ -148,7 +174,8 @@ class Ledger:
         await self._write("add", record.model_dump())
 
     async def add_attempt(self, values: dict[str, Any]) -> None:
-        await self._write("attempt", values)
+        """Record one try of a job; nothing if the job is not on record."""
+        await self._write("attempt", dict.fromkeys(ATTEMPTS.columns.keys()) | values)
 
     async def update(self, job_id: str, *, overwrite_final: bool = False, **values: Any) -> None:
         """Change the job's row if it has not finished (or even then, with overwrite_final)."""
@@ -201,15 +228,17 @@ class Ledger:
 
     # --8<-- [end:ledger]
 
-    def _read_rows(self, query: Any, model: type[Any]) -> list[Any]:
+    def _read_rows(self, query: Any, make: Callable[[Any], Any]) -> list[Any]:
         # Core rows, not ORM objects: a status read is the hot path, and an ORM Session
         # costs about three times as much per row.
         with self.engine.connect() as connection:
-            return [model.model_validate(row) for row in connection.execute(query).mappings()]
+            return [make(row) for row in connection.execute(query).mappings()]
 
-    async def _read(self, query: Any, model: type[Any] = JobView) -> list[Any]:
+    async def _read(
+        self, query: Any, make: Callable[[Any], Any] = JobView.model_validate
+    ) -> list[Any]:
         return await asyncio.get_running_loop().run_in_executor(
-            self.readers, self._read_rows, query, model
+            self.readers, self._read_rows, query, make
         )
 
     async def get(self, job_id: str) -> JobView | None:
@@ -234,23 +263,56 @@ class Ledger:
         return await self._read(query.order_by(*order).limit(limit))
 
     async def attempts(self, job_id: str) -> list[Attempt]:
-        query = ATTEMPTS.select().where(ATTEMPTS.c.job_id == job_id).order_by(ATTEMPTS.c.attempt)
-        return await self._read(query, Attempt)
+        return (await self.attempt_logs([job_id])).get(job_id, [])
 
-    async def prune(self, finished_before: datetime) -> int:
-        """Delete finished jobs (and their attempts) that ended before `finished_before`."""
+    async def attempt_logs(self, job_ids: list[str]) -> dict[str, list[Attempt]]:
+        """Each job's tries in order; one query for a whole page of jobs, not one per job."""
+        query = ATTEMPTS.select().where(ATTEMPTS.c.job_id.in_(job_ids)).order_by(ATTEMPTS.c.attempt)
+        rows = await self._read(query, lambda row: (row["job_id"], Attempt.model_validate(row)))
+        logs: dict[str, list[Attempt]] = defaultdict(list)
+        for job_id, attempt in rows:
+            logs[job_id].append(attempt)
+        return logs
+
+    async def prune(self, finished_before: datetime, limit: int) -> int:
+        """Delete up to `limit` finished jobs (and their attempts) that ended before
+        `finished_before`, oldest first; returns how many jobs."""
         old = sa.and_(JOBS.c.status.in_(FINAL), JOBS.c.finish_time < finished_before)
+        oldest = sa.select(JOBS.c.job_id).where(old).order_by(JOBS.c.finish_time, JOBS.c.job_id)
 
         def delete() -> int:
             with self.engine.begin() as connection:
-                ids = sa.select(JOBS.c.job_id).where(old)
+                ids = connection.execute(oldest.limit(limit)).scalars().all()
                 connection.execute(ATTEMPTS.delete().where(ATTEMPTS.c.job_id.in_(ids)))
-                return connection.execute(JOBS.delete().where(old)).rowcount
+                return connection.execute(JOBS.delete().where(JOBS.c.job_id.in_(ids))).rowcount
 
         return await asyncio.to_thread(delete)
 
-    async def unfinished(self) -> list[JobView]:
-        return await self._read(JOBS.select().where(JOBS.c.status.not_in(FINAL)))
+    async def prune_orphans(self, limit: int) -> int:
+        """Delete up to `limit` attempts whose job has no row (earlier versions left them)."""
+        orphan = ~sa.exists().where(JOBS.c.job_id == ATTEMPTS.c.job_id)
+        ids = sa.select(ATTEMPTS.c.job_id).where(orphan).limit(limit)
+
+        def delete() -> int:
+            with self.engine.begin() as connection:
+                return connection.execute(
+                    ATTEMPTS.delete().where(ATTEMPTS.c.job_id.in_(ids))
+                ).rowcount
+
+        return await asyncio.to_thread(delete)
+
+    async def unfinished(
+        self, limit: int | None = None, after: tuple[datetime, str] | None = None
+    ) -> list[JobView]:
+        """Rows whose job has not ended, oldest first; `after`: (enqueue_time, job_id) of the
+        last row already seen."""
+        query = JOBS.select().where(JOBS.c.status.not_in(FINAL))
+        if after:
+            when, job_id = after
+            same_time = sa.and_(JOBS.c.enqueue_time == when, JOBS.c.job_id > job_id)
+            query = query.where(sa.or_(JOBS.c.enqueue_time > when, same_time))
+        order = (JOBS.c.enqueue_time, JOBS.c.job_id)
+        return await self._read(query.order_by(*order).limit(limit))
 
     async def ping(self) -> None:
         await self._read(JOBS.select().limit(0))
@@ -264,9 +326,39 @@ class Ledger:
         (JobView fields); an empty dict while it has not ended."""
         job = Job(job_id, redis, _queue_name=queue_name, _deserializer=deserialize)
         info = await job.result_info()  # None: not finished, or Redis has forgotten it
-        if info is None:
-            return {}
+        return {} if info is None else await self._record(job_id, info)
+
+    async def _record(self, job_id: str, info: JobResult) -> dict[str, Any]:
         ended = outcome(info)
         progress = {"progress": 100} if info.success else {}
         await self.update(job_id, overwrite_final=True, **ended, **progress)
         return ended
+
+    async def copy_results(
+        self, redis: ArqRedis, job_ids: list[str], queue_name: str
+    ) -> dict[str, str]:
+        """copy_result for many jobs in one Redis round trip. Per job: "ended" (its outcome is
+        now recorded), "live" (Redis has it queued or running) or "gone" (Redis has no trace)."""
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:  # what Job.result_info, status and info read, in one go
+                pipe.get(result_key_prefix + job_id)
+                pipe.exists(job_key_prefix + job_id)
+                pipe.exists(in_progress_key_prefix + job_id)
+                pipe.zscore(queue_name, job_id)
+            replies = await pipe.execute()
+        states, writes = {}, []
+        for n, job_id in enumerate(job_ids):
+            result, job, running, score = replies[4 * n : 4 * n + 4]
+            if result is None:
+                states[job_id] = "live" if job and (running or score is not None) else "gone"
+                continue
+            states[job_id] = "ended"
+            try:
+                info = deserialize_result(result, deserializer=deserialize)
+            except DeserializationError:  # not JSON, so not ours (a planted pickle?): settle it
+                error = "undecodable: its result in Redis is not JSON, so this app never wrote it"
+                writes.append(self.update(job_id, status="failed", error=error, finish_time=now()))
+            else:
+                writes.append(self._record(job_id, info))
+        await asyncio.gather(*writes)  # writes that arrive together share one transaction
+        return states

@@ -1,19 +1,21 @@
-"""Stage 3: a durable job ledger. Redis is a queue, not a record.
+"""Stage 4: retries, scheduling, cancel and idempotency, on top of stage 3's ledger.
 
-What it adds: every job also has a row in a database (SQLite by default, any SQLAlchemy
-URL through DATABASE_URL), written before the job is enqueued and kept after Redis has
-forgotten it. `GET /jobs/{id}` answers from Redis while the job is live and from the
-ledger afterwards, with the progress the job reports; `GET /jobs/{id}/events` streams
-it. history.py adds `GET /jobs` (the history) and `GET /`, a page of recent jobs.
+What it adds: `fetch(url)` retries a flaky HTTP call with backoff and refuses private
+addresses (fetch.py, urls.py); any task runs later with `run_at` or `delay_seconds`, and an
+`Idempotency-Key` header replays a request instead of enqueueing it twice (scheduling.py);
+`DELETE /jobs/{id}` cancels a queued, deferred or running job; `GET /jobs/{id}` shows every
+attempt. The worker gives each task its own timeout and runs a cron job that settles and
+prunes the ledger (worker.py).
 
 Run it:
-    make run STAGE=3
+    make run STAGE=4
     # or by hand, with a Redis at REDIS_URL (default redis://127.0.0.1:6379/0):
-    uvicorn stage3_status_history.main:app --port 8000
-    arq stage3_status_history.worker.WorkerSettings
+    uvicorn stage4_retries_scheduling.main:app --port 8000
+    arq stage4_retries_scheduling.worker.WorkerSettings
 
-What it leaves out, on purpose: a job that fails stays failed (no retries), jobs run as
-soon as a worker is free (no scheduling), and nothing cancels a job. Stage 4 adds those.
+What it leaves out, on purpose: authentication (anyone who reaches the API can submit, read
+and cancel any job), a retry policy for tasks other than fetch, separate queues for slow
+and fast work, and metrics. A real deployment adds those (docs: "Going to production").
 """
 
 import asyncio

@@ -4,12 +4,14 @@ The API only enqueues a job by name; the worker process imports this module and 
 """
 
 import asyncio
+import math
 import threading
 import time
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .config import get_settings
 from .fetch import fetch
 
 # --8<-- [start:limits]
@@ -18,6 +20,22 @@ MAX_CRUNCH_MS = 5_000
 MAX_WAIT_S = 20.0
 MAX_STEPS = 100
 MAX_STEP_S = 2.0
+# report's own job timeout; worker.TASK_TIMEOUTS_S reads it here, and so does the API
+# (which must not import the worker), to refuse a report that could never finish in time.
+REPORT_TIMEOUT_S = 25
+# A report may fill this share of its timeout; the rest is headroom for the progress
+# writes and a busy worker.
+REPORT_TIMEOUT_SHARE = 0.8
+
+
+def report_timeout_s() -> float:
+    return min(REPORT_TIMEOUT_S, get_settings().job_timeout_s)  # as worker.timeout_s
+
+
+def report_max_s() -> float:
+    """The longest report (steps * step_seconds) that its job timeout lets finish."""
+    return report_timeout_s() * REPORT_TIMEOUT_SHARE
+
 
 Int = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
 Finite = Annotated[float, Field(ge=-MAX_INT, le=MAX_INT)]
@@ -55,6 +73,18 @@ class ReportArgs(Args):
     steps: int = Field(10, ge=1, le=MAX_STEPS, description="How many steps the work takes")
     step_seconds: float = Field(0.5, ge=0, le=MAX_STEP_S, description="How long each step takes")
 
+    @model_validator(mode="after")
+    def fits_its_timeout(self) -> "ReportArgs":
+        # Refused now, with a 422 that says why, rather than a 202 for a job that is bound
+        # to time out half a minute later.
+        total, longest = self.steps * self.step_seconds, report_max_s()
+        if total > longest:
+            raise ValueError(
+                f"steps * step_seconds is {total:g} s; a report may take at most {longest:g} s "
+                f"({REPORT_TIMEOUT_SHARE:.0%} of its {report_timeout_s():g} s job timeout)"
+            )
+        return self
+
 
 # --8<-- [end:limits]
 
@@ -73,7 +103,10 @@ async def add(ctx: dict[str, Any], x: int, y: int) -> int:
 
 async def divide(ctx: dict[str, Any], x: float, y: float) -> float:
     """Divide x by y; y = 0 fails, and the failure is recorded with the job."""
-    return x / y
+    quotient = x / y
+    if not math.isfinite(quotient):  # 1e12 / 1e-300 is inf, and JSON has no inf
+        raise OverflowError(f"{x} / {y} is not a finite number")
+    return quotient
 
 
 # --8<-- [end:jobs]

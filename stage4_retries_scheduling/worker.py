@@ -1,22 +1,27 @@
 """The ARQ worker: a separate process that takes jobs from Redis and runs them.
 
-Run it by hand (with REDIS_URL pointing at the same Redis as the API):
-    arq stage3_status_history.worker.WorkerSettings
+Stage 4's worker adds a timeout per task, fetch's retries (up to FETCH_MAX_TRIES), an
+attempts row for every try, aborting a running job on DELETE /jobs/{id}, and a cron job
+that settles and prunes the ledger every MAINTENANCE_EVERY_MIN minutes.
+
+`make run STAGE=4` starts it with the API. Run it by hand (with REDIS_URL pointing at the
+same Redis as the API):
+    arq stage4_retries_scheduling.worker.WorkerSettings
 """
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 from arq.cron import cron
 from arq.worker import Function, func
 
 from . import jobs
 from .config import get_settings
 from .ledger import Ledger, now
-from .tasks import TASKS
+from .tasks import REPORT_TIMEOUT_S, TASKS
 
 # --8<-- [start:constants]
 # A job running longer than this is cancelled and fails. It also bounds crash recovery:
@@ -43,7 +48,10 @@ HEALTH_CHECK_INTERVAL_S = 10
 # timeouts on its own terms, so its job timeout only catches a hung task. The cap matters:
 # ARQ holds a dead worker's jobs for the LONGEST timeout of any task + 10 s, so one slow
 # task's timeout would delay crash recovery for every job.
-TASK_TIMEOUTS_S = {"add": 5, "divide": 5, "crunch": 10, "wait": 25, "report": 25, "fetch": 25}
+TASK_TIMEOUTS_S = {
+    **{"add": 5, "divide": 5, "crunch": 10, "wait": 25, "fetch": 25},
+    "report": REPORT_TIMEOUT_S,  # in tasks.py: the API refuses a report too long for it
+}
 # Graceful shutdown (SIGTERM, a deploy): stop taking jobs, give running ones this long to
 # finish, then cancel them back into the queue. Below the runner's 10 s before SIGKILL.
 JOB_COMPLETION_WAIT_S = 8
@@ -53,6 +61,14 @@ MAINTENANCE_KEEP_RESULT_S = 3600
 HISTORY_RETENTION_S = 30 * 24 * 3600
 # An in_progress row past its task's timeout + this, that no worker holds, is stuck.
 STUCK_GRACE_S = 15
+# Each maintenance run checks at most this many unfinished rows, and prunes at most this
+# many jobs and as many orphaned attempts, so it ends well inside its timeout however far
+# behind it is (about 1 s on 2 busy cores; see the chapter). The next run carries on.
+MAINTENANCE_ROW_BUDGET = 5_000
+# reconcile() looks this many unfinished rows up in Redis at a time, in one round trip.
+RECONCILE_BATCH = 500
+# Where in the unfinished rows the last run stopped (Redis: every worker's runs share it).
+RECONCILE_CURSOR_KEY = "ledger:reconcile-after"
 # --8<-- [end:constants]
 
 
@@ -128,7 +144,7 @@ async def job_ended(ctx: dict[str, Any]) -> None:
 
 
 async def reconcile(ctx: dict[str, Any]) -> int:
-    """Settle every unfinished row against Redis; returns how many rows it settled.
+    """Settle unfinished rows against Redis; returns how many rows it settled.
 
     ARQ does not call the job hooks when a job exceeds max_tries, expires, cannot be decoded
     or is aborted before it starts: Redis then holds a failed result that no hook copied.
@@ -137,27 +153,50 @@ async def reconcile(ctx: dict[str, Any]) -> int:
     without persistence): it is marked failed. So, sooner, is a job "in progress" past its
     timeout that Redis no longer has (its worker died and Redis lost the job too).
     """
-    ledger: Ledger = ctx["ledger"]
+    ledger, redis = ctx["ledger"], ctx["redis"]
     queue_name, settled = get_settings().queue_name, 0
-    lost_before = now() - timedelta(seconds=LOST_AFTER_S)
-    for record in await ledger.unfinished():
-        if await ledger.copy_result(ctx["redis"], record.job_id, queue_name):
-            settled += 1
-            continue
-        if await jobs.read_job(ctx["redis"], record.job_id, queue_name) is not None:
-            continue  # Redis still has it: queued, running, or queued again after a crash
-        limit = timeout_s(record.function) + STUCK_GRACE_S
-        started = record.start_time or record.enqueue_time
-        if record.status == "in_progress" and started < now() - timedelta(seconds=limit):
-            error = f"stuck: its worker stopped and Redis no longer has it ({limit:.0f} s limit)"
-        elif record.enqueue_time < lost_before:
-            error = "lost: Redis no longer knows this job (flushed, or its result expired)"
-        else:
-            continue
-        await ledger.update(record.job_id, status="failed", error=error, finish_time=now())
-        settled += 1
+    # At most MAINTENANCE_ROW_BUDGET rows a run, oldest first, each run carrying on after
+    # the last row the one before checked: a run ends in time however many rows wait, and
+    # rows that wait legitimately (deferred for days) cannot hide the rest for ever.
+    records = await ledger.unfinished(MAINTENANCE_ROW_BUDGET, after=await resume_after(redis))
+    for start in range(0, len(records), RECONCILE_BATCH):
+        # One Redis round trip per batch of rows, where asking row by row cost ~2.4 ms each.
+        batch = records[start : start + RECONCILE_BATCH]
+        states = await ledger.copy_results(redis, [r.job_id for r in batch], queue_name)
+        gone = [record for record in batch if states[record.job_id] == "gone"]
+        failed = {record.job_id: error for record in gone if (error := why_failed(record))}
+        await asyncio.gather(*[
+            ledger.update(job_id, status="failed", error=error, finish_time=now())
+            for job_id, error in failed.items()
+        ])  # fmt: skip
+        settled += list(states.values()).count("ended") + len(failed)
+    if len(records) < MAINTENANCE_ROW_BUDGET:  # saw them all: the next run starts again
+        await redis.delete(RECONCILE_CURSOR_KEY)
+    else:
+        last = records[-1]
+        await redis.set(RECONCILE_CURSOR_KEY, f"{last.enqueue_time.isoformat()}|{last.job_id}")
     await ledger.flush()
     return settled
+
+
+async def resume_after(redis: ArqRedis) -> tuple[datetime, str] | None:
+    """(enqueue_time, job_id) of the last row the previous run checked; None: from the oldest."""
+    saved = await redis.get(RECONCILE_CURSOR_KEY)
+    if saved is None:
+        return None
+    when, job_id = saved.decode().split("|", 1)
+    return datetime.fromisoformat(when), job_id
+
+
+def why_failed(record: jobs.JobView) -> str | None:
+    """Why a row whose job Redis has no trace of has failed, or None if it may yet appear."""
+    limit = timeout_s(record.function) + STUCK_GRACE_S
+    started = record.start_time or record.enqueue_time
+    if record.status == "in_progress" and started < now() - timedelta(seconds=limit):
+        return f"stuck: its worker stopped and Redis no longer has it ({limit:.0f} s limit)"
+    if record.enqueue_time < now() - timedelta(seconds=LOST_AFTER_S):
+        return "lost: Redis no longer knows this job (flushed, or its result expired)"
+    return None
 
 
 # --8<-- [end:hooks]
@@ -170,8 +209,9 @@ async def maintain_ledger(ctx: dict[str, Any]) -> dict[str, int]:
     # (unique=True gives the run a fixed job id), but a crash can still repeat one.
     settled = await reconcile(ctx)
     cutoff = now() - timedelta(seconds=HISTORY_RETENTION_S)
-    pruned = await ctx["ledger"].prune(finished_before=cutoff)
-    return {"settled": settled, "pruned": pruned}
+    pruned = await ctx["ledger"].prune(finished_before=cutoff, limit=MAINTENANCE_ROW_BUDGET)
+    orphans = await ctx["ledger"].prune_orphans(limit=MAINTENANCE_ROW_BUDGET)
+    return {"settled": settled, "pruned": pruned, "orphaned_attempts_pruned": orphans}
 
 
 MAINTENANCE = cron(

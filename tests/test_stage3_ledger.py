@@ -1,8 +1,10 @@
 """Stage 3+: the job ledger. Every test runs on SQLite and, where one answers, PostgreSQL."""
 
 import asyncio
+import base64
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -134,6 +136,31 @@ def test_reconcile_settles_a_job_that_ended_without_the_hooks(stage, client, dra
     assert (job["status"], job["error"]) == ("failed", "JobExecutionFailed: max 5 retries exceeded")
 
 
+@pytest.mark.parametrize("key", ["arq:result:{}", "arq:job:{}"])
+def test_reconcile_carries_on_past_a_job_whose_data_in_redis_is_not_json(
+    stage, client, drain, raw_redis, key
+):
+    other = over_max_tries(client, raw_redis)
+    drain()  # `other` ends failed in Redis, behind the hooks' backs
+    planted = enqueue(client, "add", {"x": 1, "y": 1})
+    raw_redis.set(key.format(planted), b"\x80\x04 not JSON, so not ours")
+
+    settled = run_reconcile(stage)
+
+    job = client.get(f"/jobs/{other}").json()
+    assert (job["status"], job["error"]) == ("failed", "JobExecutionFailed: max 5 retries exceeded")
+    if key == "arq:result:{}":  # the outcome can never be read: settled, saying why
+        assert settled == 2
+        job = client.get(f"/jobs/{planted}").json()
+        assert job["status"] == "failed"
+        assert "not JSON" in job["error"]
+    else:  # still queued in Redis: the worker fails it ("unable to deserialize") and says so
+        assert settled == 1
+        assert (
+            client.get("/jobs", params={"status": "queued"}).json()["jobs"][0]["job_id"] == planted
+        )
+
+
 def test_reconcile_marks_a_job_that_redis_lost_failed(stage, client, raw_redis, monkeypatch):
     job_id = enqueue(client, "add", {"x": 1, "y": 2})
     raw_redis.flushall()
@@ -212,11 +239,36 @@ def test_the_list_filters_by_status_and_function(client, drain):
     assert ids("") == (added + failed)[::-1]
 
 
+def b64(key: str | bytes) -> str:
+    return base64.urlsafe_b64encode(key if isinstance(key, bytes) else key.encode()).decode()
+
+
+BAD_CURSORS = {
+    "garbage": "garbage",
+    "not-a-cursor": "A" * 40,
+    "latest-time-west": b64("9999-12-31T23:59:59-14:00|x"),  # past year 9999 in UTC
+    "earliest-time-east": b64("0001-01-01T00:00:00+14:00|x"),  # before year 1 in UTC
+    "no-time-zone": b64("2026-01-01T00:00:00|x"),
+    "other-separator": b64("2026-01-01T00:00:00+00:00;x"),
+    "two-separators": b64("2026-01-01T00:00:00+00:00|x|y"),
+    "not-a-time": b64("yesterday|x"),
+    "no-job-id": b64("2026-01-01T00:00:00+00:00|"),
+    "nul-in-job-id": b64("2026-01-01T00:00:00+00:00|\x00"),
+    "job-id-too-long": b64("2026-01-01T00:00:00+00:00|" + "a" * 65),
+    "not-utf8": b64(b"\xff\xfe|\xc3"),
+    "not-ascii": "é" * 8,
+    "huge": b64("2026-01-01T00:00:00+00:00|" + "a" * 10_000),
+}
+
+
 @pytest.mark.parametrize(
     "query",
-    ["status=done", "function=rm", "limit=0", "limit=101", "cursor=garbage", "cursor=" + "A" * 40],
+    ["status=done", "function=rm", "limit=0", "limit=101"]
+    + [f"cursor={cursor}" for cursor in BAD_CURSORS.values()],
+    ids=["status", "function", "limit-0", "limit-101", *BAD_CURSORS],
 )
 def test_a_bad_list_query_is_a_json_422(client, query):
+    enqueue(client, "add", {"x": 1, "y": 2})  # a cursor is only compared once there are rows
     response = client.get(f"/jobs?{query}")
     assert response.status_code == 422, response.text
     assert "detail" in response.json()
@@ -281,6 +333,45 @@ def test_the_jobs_page_shows_status_progress_and_errors(client, drain):
     assert f'id="job-{report}" class="complete"' in page.text
     assert '<progress max="100" value="100">' in page.text
     assert "ZeroDivisionError: float division by zero" in page.text
+
+
+HANG_S = 20  # a request still waiting this long for the lock would wait for ever
+
+
+def hold_lock(url: str, locked: threading.Event, release: threading.Event) -> None:
+    with psycopg.connect(url) as connection:  # one transaction, rolled back at the end
+        connection.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        locked.set()
+        release.wait(HANG_S)  # then a request that hung gets its answer, and the test fails
+
+
+def test_a_locked_postgresql_table_costs_a_503_in_seconds_not_a_hang(
+    client, database, postgres_database
+):
+    if database != "postgresql":
+        pytest.skip("SQLite readers never wait for a writer (WAL); its writers wait 5 s")
+    job_id = enqueue(client, "add", {"x": 1, "y": 2})
+    locked, release = threading.Event(), threading.Event()
+    url = postgres_database.replace("+psycopg", "")
+    locker = threading.Thread(target=hold_lock, args=(url, locked, release))
+    locker.start()
+    try:
+        assert locked.wait(HANG_S)
+        answers = {}
+        for path in (f"/jobs/{job_id}", "/health"):
+            started = time.monotonic()
+            response = client.get(path)
+            answers[path] = (response.status_code, time.monotonic() - started, response.text)
+    finally:
+        release.set()
+        locker.join()
+    assert {path: status for path, (status, *_) in answers.items()} == {
+        f"/jobs/{job_id}": 503,
+        "/health": 503,
+    }, answers
+    assert all(seconds < HANG_S / 2 for _, seconds, _ in answers.values()), answers
+    assert all("database" in text for *_, text in answers.values()), answers
+    assert client.get(f"/jobs/{job_id}").status_code == 200  # and back once the lock is gone
 
 
 def test_the_ledger_is_a_sqlite_file_in_the_data_dir_unless_database_url_says_otherwise(
