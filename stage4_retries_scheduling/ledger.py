@@ -43,7 +43,10 @@ logger = logging.getLogger(__name__)
 
 
 def now() -> datetime:
-    return datetime.now(UTC)
+    # To the millisecond, as ARQ keeps its own times: a row that mixed our microseconds with
+    # ARQ's milliseconds could show a fast job finishing before it started.
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):

@@ -79,7 +79,7 @@ def test_a_finished_job_is_still_answered_after_its_redis_result_expires(client,
     assert job["result"] == 15
     assert job["attempts"] == 1
     assert job["progress"] == 100
-    assert job["enqueue_time"] <= job["start_time"] <= job["finish_time"]
+    assert job["enqueue_time"] <= job["start_time"] <= job["finish_time"], job
 
 
 def test_history_survives_a_redis_flushall_with_results_and_errors(client, drain, raw_redis):
@@ -345,11 +345,11 @@ def hold_lock(url: str, locked: threading.Event, release: threading.Event) -> No
         release.wait(HANG_S)  # then a request that hung gets its answer, and the test fails
 
 
+# PostgreSQL only: SQLite readers never wait for a writer (WAL), and its writers wait 5 s.
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 def test_a_locked_postgresql_table_costs_a_503_in_seconds_not_a_hang(
     client, database, postgres_database
 ):
-    if database != "postgresql":
-        pytest.skip("SQLite readers never wait for a writer (WAL); its writers wait 5 s")
     job_id = enqueue(client, "add", {"x": 1, "y": 2})
     locked, release = threading.Event(), threading.Event()
     url = postgres_database.replace("+psycopg", "")
