@@ -134,8 +134,10 @@ def _literal(text: str) -> str:
 
 
 def clean(output: str) -> str:
-    """Terminal output as text: no carriage returns, no colour codes, no outer blank lines."""
-    output = re.sub(r"\x1b\[[0-9;]*m", "", output.replace("\r", ""))
+    """Terminal output as text: no carriage returns, no colours or links (curl's bold header
+    names and hyperlinked `location`), no outer blank lines."""
+    output = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)", "", output)
+    output = output.replace("\r", "")
     return output.strip("\n")
 
 
