@@ -150,6 +150,7 @@ class Session:
         self.procs = Processes(folder / ".logs")
         self.env = reader_env()
         self.background: list[tuple[str, Proc]] = []
+        self.last_code = 0  # what `$?` says in the next command
         folder.mkdir(parents=True, exist_ok=True)
         for entry in ROOT.iterdir():
             if entry.name not in NOT_LINKED and not (folder / entry.name).exists():
@@ -190,12 +191,13 @@ class Session:
         keep the variables it sets for the next command."""
         env_file = self.folder / ".env-after"
         keep = f"__rc=$?\nset +a\nexport -n __rc\nenv -0 > {shlex.quote(str(env_file))}\n"
-        script = f"set -a\n{command}\n{keep}exit $__rc\n"
+        script = f"set -a\n(exit {self.last_code})\n{command}\n{keep}exit $__rc\n"
         code, output = run_on_terminal(["bash", "-c", script], self.env, self.folder)
         if env_file.exists():
             pairs = env_file.read_bytes().split(b"\0")
             self.env = dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
             env_file.unlink()
+        self.last_code = code
         return code, output
 
     def start(self, step: Step) -> None:

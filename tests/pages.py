@@ -165,7 +165,9 @@ def steps(page: str) -> list[Step]:
 def _block_steps(page: str, number: int, block: Block) -> list[Step]:
     shown = commands(block)
     if block.verb in ("not-run", "same-as"):
-        why = block.argument if block.verb == "not-run" else f"same-as {block.argument}"
+        why = block.argument
+        if block.verb == "same-as":
+            why = f"the same commands are run on {block.argument}"
         return [Step(page, block.line, "skip", strip_comment(shown[0][1]), why=why, block=number)]
     found = [Step(page, block.line, "stop", c["target"], block=number)
              for c in block.clauses if c["verb"] == "stop"]  # fmt: skip
