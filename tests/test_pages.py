@@ -30,6 +30,7 @@ PAGES = [
 # Pages whose declarations another engineer adds: strict, so the marker goes once they do.
 PENDING = {"docs/load-testing.md": "owned by the load-test engineer, who declares its blocks"}
 STEPS = [step for page in PAGES for step in steps(page)]
+JSON = {"content-type": "application/json"}
 
 
 @pytest.mark.parametrize(
@@ -101,3 +102,16 @@ def test_each_command_on_a_page_prints_what_the_page_shows(step, pages):
     if step.kind == "skip":
         pytest.skip(f"not run: `{step.command}`: {step.why}")
     pages.take(step)
+
+
+def test_the_api_docs_say_what_the_api_answers_to_broken_json(client):
+    # The OpenAPI docs (Swagger UI, the reference page) promised 400 for a body that is not
+    # valid JSON; FastAPI answers broken JSON with a 422 and keeps 400 for undecodable bytes.
+    broken = client.post("/tasks/add", content=b'{"x": 5,', headers=JSON)
+    undecodable = client.post("/tasks/add", content=b'{"x": "\xff"}', headers=JSON)
+    documented = client.get("/openapi.json").json()["paths"]["/tasks/add"]["post"]["responses"]
+    assert broken.status_code == 422
+    assert broken.json()["detail"][0]["type"] == "json_invalid"
+    assert undecodable.status_code == 400
+    assert "not valid JSON" not in documented["400"]["description"]
+    assert "UTF-8" in documented["400"]["description"]
