@@ -34,8 +34,10 @@ POLL_DEADLINE_S = 30.0  # a `poll` command: a retried job, a deferred one coming
 START_DEADLINE_S = 60.0  # `make run` on a busy 2-core machine: Valkey, the API, a worker
 STOP_DEADLINE_S = 30.0
 # What a reader's fresh shell would not have: the test run's own settings and make's.
-NOT_INHERITED = {"REDIS_URL", "DATA_DIR", "DATABASE_URL", "FETCH_ALLOWLIST", "VIRTUAL_ENV",
-                 "STAGE", "PORT", "HOST", "WORKERS", "MAKEFLAGS", "MAKELEVEL", "MFLAGS"}  # fmt: skip
+NOT_INHERITED = {
+    *("REDIS_URL", "DATA_DIR", "DATABASE_URL", "FETCH_ALLOWLIST", "VIRTUAL_ENV"),
+    *("STAGE", "PORT", "HOST", "WORKERS", "MAKEFLAGS", "MAKELEVEL", "MFLAGS"),
+}
 NOT_LINKED = {".data", ".git", "site", ".pytest_cache", ".ruff_cache", ".coverage"}
 
 # Values that differ from run to run, and the pattern that matches any of them.
@@ -52,8 +54,8 @@ VARYING = {
                r"[A-Za-z0-9+/=_-]+"),
     "duration": (r"\b\d+m\d+(?:\.\d+)?s\b|\b\d+(?:\.\d+)?s\b", r"\d+(?:m\d+)?(?:\.\d+)?s"),
 }  # fmt: skip
-# In a process's log, also any `name=<number>` (memory use, key counts, tries).
-LOG_ONLY = {"counter": (r"(?<==)\d+(?:\.\d+)?[A-Za-z]*", r"\d+(?:\.\d+)?[A-Za-z]*")}
+# In a process's log, also a measured `name=<number>`: memory use, a delay.
+LOG_ONLY = {"measure": (r"(?<==)\d+\.\d+[A-Za-z]*", r"\d+(?:\.\d+)?[A-Za-z]*")}
 # Ports a command names: after 127.0.0.1: or localhost:, and in these options.
 COMMAND_PORT = re.compile(
     r"(?:(?<=127\.0\.0\.1:)|(?<=localhost:)|(?<=--port )|(?<=PORT=)|(?<=http\.server ))(\d{2,5})\b"
@@ -92,7 +94,8 @@ class Bindings:
     def pattern(self, expected: str, log: bool = False) -> tuple[re.Pattern[str], dict]:
         """A regex for `expected`, and which of its groups bind which page value."""
         kinds = {"id": (ID, None), "port": (PORT, None), **VARYING, **(LOG_ONLY if log else {})}
-        token = re.compile("|".join(f"(?P<{k}>{p})" for k, (p, _) in kinds.items()) + "|…|\\.\\.\\.")
+        alternatives = [f"(?P<{kind}>{pattern})" for kind, (pattern, _) in kinds.items()]
+        token = re.compile("|".join([*alternatives, "…", r"\.\.\."]))
         groups: dict[str, tuple[str, str]] = {}
         lines = []
         for text in expected.splitlines():

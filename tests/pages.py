@@ -20,6 +20,8 @@ Further lines in a declaration name single commands by how they begin:
     not-run make test: why      that command is not run (listed with its reason)
     poll curl http://…/jobs/    run it again until its output matches (a job that is
                                 retried on a random schedule, say), up to POLL_DEADLINE_S
+    start make run              start it in the background; the lines under it are lines
+                                it prints
     stop run                    before the block: Ctrl-C to the background process `run`
 
 The parsing uses Sybil's Markdown lexers (fences inside tabs and admonitions, directives in
@@ -38,7 +40,7 @@ from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer, RawFenced
 ROOT = Path(__file__).resolve().parent.parent
 SHELL_LANGUAGES = {"bash", "console", "sh", "shell"}
 BLOCK_VERBS = {"run", "start", "start-alone", "same-as", "not-run", "log"}
-CLAUSE = re.compile(r"^(?P<verb>not-run|poll|stop)\s+(?P<target>[^:]+?)\s*(?::\s*(?P<why>.+))?$")
+CLAUSE = re.compile(r"^(?P<verb>not-run|poll|start|stop)\s+(?P<target>[^:]+?)\s*(?::\s*(?P<why>.+))?$")
 FENCE_INFO = re.compile(r"(?P<language>[\w-]*)(?P<rest>[^\n]*)$\n", re.MULTILINE)
 
 
@@ -108,7 +110,7 @@ def _declare(block: Block, lexemes: dict) -> None:
             continue
         clause = CLAUSE.match(text.strip())
         if clause is None:
-            block.problems.append(f"cannot read {text.strip()!r} (not-run / poll / stop)")
+            block.problems.append(f"cannot read {text.strip()!r} (not-run/poll/start/stop)")
         elif clause["verb"] == "not-run" and not clause["why"]:
             block.problems.append(f"`not-run {clause['target']}` needs a reason after a colon")
         else:
@@ -181,6 +183,8 @@ def _block_steps(page: str, number: int, block: Block) -> list[Step]:
             if step.command.startswith(clause["target"]):
                 if clause["verb"] == "not-run":
                     step.kind, step.why = "skip", clause["why"]
+                if clause["verb"] == "start":
+                    step.kind = "start"
                 step.poll = step.poll or clause["verb"] == "poll"
         found.append(step)
     return found
