@@ -14,6 +14,7 @@ comment right above it that the site does not show:
     <!-- page: same-as docs/stages/stage2.md -->   the same commands run on that page
     <!-- page: not-run: why --> not run; the reason is listed as a skipped test
     <!-- page: log run -->      (a text block) lines the background process `run` printed
+    <!-- page: not-run: why --> (a text block) output the tests cannot produce, listed
 
 Further lines in a declaration name single commands by how they begin:
 
@@ -40,7 +41,9 @@ from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer, RawFenced
 ROOT = Path(__file__).resolve().parent.parent
 SHELL_LANGUAGES = {"bash", "console", "sh", "shell"}
 BLOCK_VERBS = {"run", "start", "start-alone", "same-as", "not-run", "log"}
-CLAUSE = re.compile(r"^(?P<verb>not-run|poll|start|stop)\s+(?P<target>[^:]+?)\s*(?::\s*(?P<why>.+))?$")
+CLAUSE = re.compile(
+    r"^(?P<verb>not-run|poll|start|stop)\s+(?P<target>[^:]+?)\s*(?::\s*(?P<why>.+))?$"
+)
 FENCE_INFO = re.compile(r"(?P<language>[\w-]*)(?P<rest>[^\n]*)$\n", re.MULTILINE)
 
 
@@ -101,6 +104,10 @@ def _declare(block: Block, lexemes: dict) -> None:
     if verb.endswith(":"):  # `not-run: reason`
         verb = verb[:-1]
     block.verb, block.argument = verb, argument.strip().lstrip(":").strip()
+    body = str(lexemes["source"]).replace("-->", "").split()
+    if verb == "not-run":  # a reason may go on over several lines
+        block.argument = " ".join([block.argument, *body]).strip()
+        return
     if verb not in BLOCK_VERBS:
         block.problems.append(f"unknown declaration {verb!r} (one of {sorted(BLOCK_VERBS)})")
     if verb == "not-run" and not block.argument:
@@ -157,10 +164,11 @@ def steps(page: str) -> list[Step]:
             continue
         if block.verb == "log":
             found.append(Step(page, block.line, "log", block.argument, block.source.strip("\n")))
-            continue
-        if block.language not in SHELL_LANGUAGES:
-            continue
-        found += _block_steps(page, number, block)
+        elif block.language in SHELL_LANGUAGES:
+            found += _block_steps(page, number, block)
+        elif block.verb == "not-run":  # output the tests cannot produce, listed all the same
+            first = block.source.strip().splitlines()[0].strip()
+            found.append(Step(page, block.line, "skip", first[:60], why=block.argument))
     return found
 
 
