@@ -41,9 +41,7 @@ from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer, RawFenced
 ROOT = Path(__file__).resolve().parent.parent
 SHELL_LANGUAGES = {"bash", "console", "sh", "shell"}
 BLOCK_VERBS = {"run", "start", "start-alone", "same-as", "not-run", "log"}
-CLAUSE = re.compile(
-    r"^(?P<verb>not-run|poll|start|stop)\s+(?P<target>[^:]+?)\s*(?::\s*(?P<why>.+))?$"
-)
+CLAUSE = re.compile(r"^(?P<verb>not-run|poll|start|stop)\s+(?P<target>.+?)(?::\s+(?P<why>.+))?$")
 FENCE_INFO = re.compile(r"(?P<language>[\w-]*)(?P<rest>[^\n]*)$\n", re.MULTILINE)
 
 
@@ -213,6 +211,9 @@ def declaration_problems(page: str) -> list[str]:
                     c.startswith(clause["target"]) for c in shown
                 ):
                     problems.append(f"{where}: `{clause['target']}` names no command here")
+                polled = [c for c in shown if c.startswith(clause["target"])]
+                if clause["verb"] == "poll" and any(re.search(r" -[Xd] ", c) for c in polled):
+                    problems.append(f"{where}: `poll` repeats a POST or DELETE: name only GETs")
         if block.verb == "same-as" and not run_elsewhere(block):
             problems.append(f"{where}: no block on {block.argument} runs these commands")
     return problems
