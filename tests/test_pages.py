@@ -6,12 +6,13 @@ tests/pagerun.py. A block that is not run says why, and appears in the summary a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
 
 from tests.pagerun import Session
-from tests.pages import Step, declaration_problems, steps
+from tests.pages import ROOT, Step, declaration_problems, steps
 
 pytestmark = pytest.mark.e2e
 
@@ -115,3 +116,21 @@ def test_the_api_docs_say_what_the_api_answers_to_broken_json(client):
     assert undecodable.status_code == 400
     assert "not valid JSON" not in documented["400"]["description"]
     assert "UTF-8" in documented["400"]["description"]
+
+
+PLACEHOLDERS = re.compile(r"/home/you\b|github\.com/example\b|\bexample\.(?:com|org)/")
+
+
+def test_no_page_shows_a_placeholder_a_reader_would_have_to_replace():
+    found = [
+        f"{path}: {match.group()}"
+        for path in [*PAGES, "mkdocs.yml"]
+        for match in PLACEHOLDERS.finditer((ROOT / path).read_text(encoding="utf-8"))
+    ]
+    assert found == []
+
+
+def test_no_command_on_a_page_depends_on_the_day_it_is_read():
+    # A fixed run_at in a command is in the past some day: compute times from "now".
+    dated = [f"{s.id}: {s.command}" for s in STEPS if re.search(r"\b\d{4}-\d\d-\d\d", s.command)]
+    assert dated == []
