@@ -48,7 +48,7 @@ async def undecodable_job(_: Request, exc: DeserializationError) -> JSONResponse
 
 # What a route with a body can answer besides 202 and 422, for its OpenAPI entry.
 BODY_ERRORS: dict[int | str, dict] = {
-    400: {"description": "The body is not valid JSON"},
+    400: {"description": "The body cannot be decoded: not UTF-8, or a number too long to read"},
     413: {"description": "The body is over the size limit"},
 }
 REDIS_DOWN: dict[int | str, dict] = {503: {"description": "Redis is unavailable"}}
