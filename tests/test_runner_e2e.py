@@ -11,10 +11,13 @@ import sys
 import httpx
 import psutil
 import pytest
+import redis
 
+from devkit.stages import newest_stage
 from devkit.valkey import free_port
 from tests import tools
 from tests.helpers import poll
+from tests.processes import Processes, stage_env
 
 pytestmark = pytest.mark.e2e
 
@@ -38,6 +41,11 @@ def api_up(url: str) -> bool:
         return httpx.get(f"{url}/ping", timeout=0.5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def runner_command(stage, port: int, data_dir) -> list[str]:
+    return [sys.executable, "-m", "devkit.run", "--stage", str(stage.number),
+            "--port", str(port), "--data-dir", str(data_dir)]  # fmt: skip
 
 
 def job_status(url: str, job_id: str) -> str | None:
@@ -123,3 +131,50 @@ def test_the_benchmark_runs_end_to_end_and_prints_every_figure(tmp_path):
     for figure in ("enqueue req/s", "worker jobs/s", "latency p95 ms", "status p99 ms"):
         assert figure in result.stdout
     assert re.search(r"^worker completed\s+50/50$", result.stdout, re.M), result.stdout
+
+
+@pytest.mark.since_stage(newest_stage())
+def test_a_second_runner_on_the_same_data_refuses_in_one_line_and_leaves_the_first_alone(
+    stage, tmp_path
+):
+    # Issue 10 item 10: a second `make run STAGE=4 PORT=...` SIGTERMed the first one's Valkey
+    # (one pid file in .data/stage4/valkey/) and shared its jobs.db.
+    env = stage_env(None, tmp_path / "unused")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with Processes(tmp_path / "logs") as procs:
+        first = procs.runner(stage, port, tmp_path / "data", env)
+        valkey = redis.Redis.from_url(re.search(r"embedded Valkey on (\S+)", first.output())[1])
+
+        second = procs.start("runner", runner_command(stage, free_port(), tmp_path / "data"), env)
+        poll(lambda: not second.running(), START_DEADLINE_S, "the second runner to refuse")
+        lines = second.output().strip().splitlines()
+        assert second.process.returncode != 0
+        assert len(lines) == 1, second.output()
+        assert f"pid {first.pid}" in lines[0] and f":{port}" in lines[0], lines[0]
+
+        assert first.running()
+        assert valkey.ping()
+        job_id = httpx.post(f"{url}/tasks/add", json={"x": 2, "y": 3}).json()["job_id"]
+        assert poll(lambda: job_status(url, job_id), JOB_DEADLINE_S, "the job") == "complete"
+        valkey.close()
+
+
+@pytest.mark.since_stage(newest_stage())
+def test_a_runner_killed_by_sigkill_does_not_block_the_next_one(stage, tmp_path):
+    env = stage_env(None, tmp_path / "unused")
+    with Processes(tmp_path / "logs") as procs:
+        crashed = procs.runner(stage, free_port(), tmp_path / "data", env)
+        orphans = psutil.Process(crashed.pid).children(recursive=True)
+        os.kill(crashed.pid, signal.SIGKILL)  # the runner only: its children are orphaned
+        crashed.process.wait()
+        try:
+            port = free_port()
+            procs.runner(stage, port, tmp_path / "data", env)
+            url = f"http://127.0.0.1:{port}"
+            job_id = httpx.post(f"{url}/tasks/add", json={"x": 2, "y": 3}).json()["job_id"]
+            assert poll(lambda: job_status(url, job_id), JOB_DEADLINE_S, "the job") == "complete"
+        finally:
+            for orphan in orphans:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    orphan.kill()
