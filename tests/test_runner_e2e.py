@@ -5,6 +5,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ from devkit.stages import newest_stage
 from devkit.valkey import free_port
 from tests import tools
 from tests.helpers import poll
-from tests.processes import Processes, stage_env
+from tests.processes import Processes, runner_command, stage_env
 
 pytestmark = pytest.mark.e2e
 
@@ -25,41 +26,22 @@ START_DEADLINE_S = 30.0
 JOB_DEADLINE_S = 15.0
 
 
-def start_runner(tmp_path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    env = {k: v for k, v in (env or os.environ).items() if k != "REDIS_URL"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "devkit.run", "--data-dir", str(tmp_path), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def api_up(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/ping", timeout=0.5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def runner_command(stage, port: int, data_dir) -> list[str]:
-    return [sys.executable, "-m", "devkit.run", "--stage", str(stage.number),
-            "--port", str(port), "--data-dir", str(data_dir)]  # fmt: skip
-
-
 def job_status(url: str, job_id: str) -> str | None:
     job = httpx.get(f"{url}/jobs/{job_id}").json()
     return job["status"] if job["status"] in ("complete", "failed") else None
 
 
+def exited(runner) -> tuple[int, str]:
+    """Wait for a runner that should give up at once: (exit code, output)."""
+    poll(lambda: not runner.running(), START_DEADLINE_S, f"{runner.name} to exit")
+    return runner.exit_code(), runner.output()
+
+
 def test_the_runner_runs_a_job_restarts_a_dead_worker_and_stops_cleanly(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    runner = start_runner(tmp_path, "--stage", "2", "--port", str(port))
-    children: list[psutil.Process] = []
-    try:
-        poll(lambda: api_up(url), START_DEADLINE_S, "the API")
+    with Processes(tmp_path / "logs") as procs:
+        runner = procs.runner(2, port, tmp_path / "data", stage_env(None, tmp_path / "unused"))
         children = psutil.Process(runner.pid).children(recursive=True)
         commands = [child.cmdline() for child in children]
         assert [c for c in commands if "valkey-server" in " ".join(c)]
@@ -78,15 +60,9 @@ def test_the_runner_runs_a_job_restarts_a_dead_worker_and_stops_cleanly(tmp_path
         assert poll(lambda: job_status(url, job_id), JOB_DEADLINE_S, "the job") == "complete"
         children = psutil.Process(runner.pid).children(recursive=True)
 
-        runner.send_signal(signal.SIGINT)
-        output, _ = runner.communicate(timeout=30)
-    finally:
-        if runner.poll() is None:  # the test failed midway: don't leave its processes behind
-            for process in [*children, runner]:
-                with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
-                    process.kill()
-            output, _ = runner.communicate()
-    assert runner.returncode == 0, output
+        runner.process.send_signal(signal.SIGINT)  # as Ctrl-C in its terminal
+        code, output = exited(runner)
+    assert code == 0, output
     assert "restarting it" in output
     stopped = output[output.index("SIGINT") :]
     assert stopped.index("shutdown on SIGTERM") < stopped.index("Finished server process")
@@ -95,27 +71,23 @@ def test_the_runner_runs_a_job_restarts_a_dead_worker_and_stops_cleanly(tmp_path
 
 
 def test_a_port_in_use_is_a_one_line_error(tmp_path):
-    with __import__("socket").socket() as sock:
+    with socket.socket() as sock, Processes(tmp_path / "logs") as procs:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        runner = start_runner(tmp_path, "--stage", "2", "--port", str(port))
-        output, _ = runner.communicate(timeout=30)
-    assert runner.returncode == 1
+        command = runner_command(2, port, tmp_path / "data")
+        code, output = exited(procs.start("runner", command, stage_env(None, tmp_path)))
+    assert code == 1
     assert f"error: port {port} on 127.0.0.1 is already in use" in output
     assert "Traceback" not in output
 
 
 def test_a_redis_url_that_does_not_answer_is_a_one_line_error(tmp_path):
-    env = {**os.environ}
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "devkit.run", "--stage", "2", "--port", str(free_port()),
-         "--data-dir", str(tmp_path)],
-        env={**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    output, _ = runner.communicate(timeout=30)
-    assert runner.returncode == 1
+    env = stage_env(f"redis://127.0.0.1:{free_port()}/0", tmp_path)
+    with Processes(tmp_path / "logs") as procs:
+        command = runner_command(2, free_port(), tmp_path / "data")
+        code, output = exited(procs.start("runner", command, env))
+    assert code == 1
     assert "does not answer" in output
     assert "Traceback" not in output
 
@@ -147,10 +119,10 @@ def test_a_second_runner_on_the_same_data_refuses_in_one_line_and_leaves_the_fir
         valkey = redis.Redis.from_url(re.search(r"embedded Valkey on (\S+)", first.output())[1])
 
         second = procs.start("runner", runner_command(stage, free_port(), tmp_path / "data"), env)
-        poll(lambda: not second.running(), START_DEADLINE_S, "the second runner to refuse")
-        lines = second.output().strip().splitlines()
-        assert second.process.returncode != 0
-        assert len(lines) == 1, second.output()
+        code, output = exited(second)
+        lines = output.strip().splitlines()
+        assert code != 0
+        assert len(lines) == 1, output
         assert f"pid {first.pid}" in lines[0] and f":{port}" in lines[0], lines[0]
 
         assert first.running()
