@@ -8,8 +8,8 @@ JOB_TIMEOUT_S so recovery takes seconds, and the default (30 s) bounds it at 40 
 SIGTERM (a deploy, Ctrl-C) is orderly: ARQ cancels the running jobs and puts them straight
 back in the queue, where the next worker finds them at once.
 
-Each scenario runs on stage 2 (no ledger) and on the newest stage (a ledger, as from stage
-3): whether there is a ledger to keep right is all that differs between the stages here.
+Both run on stage 2 (no ledger) and on the newest stage (a ledger, as from stage 3):
+whether there is a ledger to keep right is all that differs between the stages here.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ from devkit.stages import newest_stage
 from tests.helpers import enqueue, finished, poll
 from tests.processes import SCALE, Processes, stage_env
 
-pytestmark = [pytest.mark.since_stage(2), pytest.mark.e2e]
-WITHOUT_LEDGER = pytest.mark.until_stage(2)
-WITH_LEDGER = pytest.mark.since_stage(newest_stage())
+pytestmark = [pytest.mark.stages(2, newest_stage()), pytest.mark.e2e]
 
 JOB_TIMEOUT_S = 2  # the timeout the workers run with here; a `wait` job takes JOB_S
 ARQ_IN_PROGRESS_EXTRA_S = 10  # ARQ's fixed margin on top of the longest job timeout
@@ -61,21 +59,9 @@ def assert_all_complete(client, ids: list[str], seconds: float) -> dict[str, dic
     return jobs
 
 
-@WITHOUT_LEDGER
 def test_a_sigkilled_worker_loses_no_job_and_a_new_worker_finishes_them_within_seconds(
     stage, client, raw_redis, redis_url, tmp_path
 ):
-    sigkill_a_worker_mid_run(stage, client, raw_redis, redis_url, tmp_path)
-
-
-@WITH_LEDGER
-def test_with_a_ledger_a_sigkilled_worker_loses_no_job_and_each_try_is_counted(
-    stage, client, raw_redis, redis_url, tmp_path
-):
-    sigkill_a_worker_mid_run(stage, client, raw_redis, redis_url, tmp_path)
-
-
-def sigkill_a_worker_mid_run(stage, client, raw_redis, redis_url, tmp_path) -> None:
     env = stage_env(redis_url, tmp_path / "data", JOB_TIMEOUT_S=str(JOB_TIMEOUT_S))
     ids = [enqueue(client, "wait", {"seconds": JOB_S}) for _ in range(JOBS)]
     with Processes(tmp_path / "logs") as procs:
@@ -118,21 +104,9 @@ def sigkill_a_worker_mid_run(stage, client, raw_redis, redis_url, tmp_path) -> N
     )
 
 
-@WITHOUT_LEDGER
-def test_a_sigterm_puts_running_jobs_back_and_no_job_is_lost_or_run_more_than_twice(
-    stage, client, raw_redis, redis_url, tmp_path
-):
-    sigterm_a_worker_mid_run(stage, client, raw_redis, redis_url, tmp_path)
-
-
-@WITH_LEDGER
 def test_a_sigterm_puts_running_jobs_back_and_no_job_is_lost_or_recorded_twice(
     stage, client, raw_redis, redis_url, tmp_path
 ):
-    sigterm_a_worker_mid_run(stage, client, raw_redis, redis_url, tmp_path)
-
-
-def sigterm_a_worker_mid_run(stage, client, raw_redis, redis_url, tmp_path) -> None:
     env = stage_env(redis_url, tmp_path / "data", JOB_TIMEOUT_S=str(JOB_TIMEOUT_S))
     ids = [enqueue(client, "wait", {"seconds": 0.5}) for _ in range(30)]
     with Processes(tmp_path / "logs") as procs:
