@@ -75,7 +75,7 @@ def stage_env(
     without its REDIS_URL and DATA_DIR, then these. Never the machine's Redis by accident."""
     env = {k: v for k, v in (os.environ if base is None else base).items()
            if k not in ("REDIS_URL", "DATA_DIR")}  # fmt: skip
-    env |= {"PYTHONUNBUFFERED": "1", "DATA_DIR": str(data_dir), **extra}
+    env |= {"DATA_DIR": str(data_dir), **extra}
     if redis_url:
         env["REDIS_URL"] = redis_url
     return env
@@ -99,7 +99,8 @@ class Process:
         log: Path | None = None,
         on_line: Callable[[str], None] | None = None,
     ):
-        self.name, self.command, self.env = name, command, dict(env)
+        # Unbuffered: readiness is read from the output, which must not wait in a buffer.
+        self.name, self.command, self.env = name, command, {**env, "PYTHONUNBUFFERED": "1"}
         self.log, self.on_line = log, on_line
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = -1  # start() counts the first start too
