@@ -105,47 +105,43 @@ def test_the_benchmark_runs_end_to_end_and_prints_every_figure(tmp_path):
     assert re.search(r"^worker completed\s+50/50$", result.stdout, re.M), result.stdout
 
 
+def a_job_completes(url: str) -> bool:
+    job_id = httpx.post(f"{url}/tasks/add", json={"x": 2, "y": 3}).json()["job_id"]
+    return poll(lambda: job_status(url, job_id), JOB_DEADLINE_S, "the job") == "complete"
+
+
 @pytest.mark.since_stage(newest_stage())
-def test_a_second_runner_on_the_same_data_refuses_in_one_line_and_leaves_the_first_alone(
+def test_a_second_runner_on_the_same_data_refuses_in_one_line_until_the_first_is_gone(
     stage, tmp_path
 ):
     # Issue 10 item 10: a second `make run STAGE=4 PORT=...` SIGTERMed the first one's Valkey
     # (one pid file in .data/stage4/valkey/) and shared its jobs.db.
-    env = stage_env(None, tmp_path / "unused")
+    env, data = stage_env(None, tmp_path / "unused"), tmp_path / "data"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with Processes(tmp_path / "logs") as procs:
-        first = procs.runner(stage, port, tmp_path / "data", env)
+        first = procs.runner(stage, port, data, env)
         valkey = redis.Redis.from_url(re.search(r"embedded Valkey on (\S+)", first.output())[1])
 
-        second = procs.start("runner", runner_command(stage, free_port(), tmp_path / "data"), env)
-        code, output = exited(second)
+        code, output = exited(procs.start("runner", runner_command(stage, free_port(), data), env))
         lines = output.strip().splitlines()
         assert code != 0
         assert len(lines) == 1, output
         assert f"pid {first.pid}" in lines[0] and f":{port}" in lines[0], lines[0]
-
+        # ... and the first one carries on as if nothing happened.
         assert first.running()
         assert valkey.ping()
-        job_id = httpx.post(f"{url}/tasks/add", json={"x": 2, "y": 3}).json()["job_id"]
-        assert poll(lambda: job_status(url, job_id), JOB_DEADLINE_S, "the job") == "complete"
         valkey.close()
+        assert a_job_completes(url)
 
-
-@pytest.mark.since_stage(newest_stage())
-def test_a_runner_killed_by_sigkill_does_not_block_the_next_one(stage, tmp_path):
-    env = stage_env(None, tmp_path / "unused")
-    with Processes(tmp_path / "logs") as procs:
-        crashed = procs.runner(stage, free_port(), tmp_path / "data", env)
-        orphans = psutil.Process(crashed.pid).children(recursive=True)
-        os.kill(crashed.pid, signal.SIGKILL)  # the runner only: its children are orphaned
-        crashed.process.wait()
+        # A runner that crashed (SIGKILL: no clean-up, its lock file stays) blocks nobody.
+        orphans = psutil.Process(first.pid).children(recursive=True)
+        os.kill(first.pid, signal.SIGKILL)  # the runner only: its children are orphaned
+        first.process.wait()
         try:
             port = free_port()
-            procs.runner(stage, port, tmp_path / "data", env)
-            url = f"http://127.0.0.1:{port}"
-            job_id = httpx.post(f"{url}/tasks/add", json={"x": 2, "y": 3}).json()["job_id"]
-            assert poll(lambda: job_status(url, job_id), JOB_DEADLINE_S, "the job") == "complete"
+            procs.runner(stage, port, data, env)
+            assert a_job_completes(f"http://127.0.0.1:{port}")
         finally:
             for orphan in orphans:
                 with contextlib.suppress(psutil.NoSuchProcess):
