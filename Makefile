@@ -68,8 +68,16 @@ loadtest: $(BIN)/.installed  ## compare the stages under load (DURATION=60 VARIA
 docs: $(BIN)/.installed  ## serve the tutorial site on http://127.0.0.1:8001
 	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
-lock: $(BIN)/.installed  ## re-resolve and re-pin constraints.txt
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^pip==' > constraints.txt
+# A throwaway venv resolves pyproject.toml's ranges afresh, without the old pins (freezing
+# .venv would only re-pin what the pins installed). Review the diff and run the tests.
+LOCK_VENV := .data/lock-venv
+lock:  ## re-resolve the newest versions pyproject.toml allows and re-pin constraints.txt
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -v '^pip==' > constraints.txt
+	rm -rf $(LOCK_VENV)
+	git diff --stat constraints.txt || true
 
 clean:  ## remove the virtual environment, caches and the data folder
 	rm -rf $(VENV) .data .pytest_cache .ruff_cache .coverage site

@@ -27,22 +27,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import redis
 
-from devkit.stages import STAGES, stage_package
-from devkit.valkey import EmbeddedValkey, free_port
+from devkit import harness
+from devkit.stages import STAGES
 
 LATENCY_JOBS = 50
 LATENCY_SPACING_S = 0.05
 ENQUEUE_CONCURRENCY = 10
 STATUS_CONCURRENCY = 50
 STATUS_IDS = 1000
-READY_TIMEOUT_S = 30
 TARGETS = {  # issue #2 and #3, on the 2-core reference machine
     "enqueue req/s": (">=", 2000),
     "worker jobs/s": (">=", 1500),
@@ -58,41 +56,13 @@ class Result:
     figures: dict[str, float | str] = field(default_factory=dict)
 
 
-@contextmanager
-def stage_processes(stage: int, workdir: Path):
-    """Valkey + uvicorn for one stage; yields (base_url, env)."""
-    valkey = EmbeddedValkey(workdir / "valkey", persist=False)
-    valkey.start()
-    port = free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": valkey.url,
-        "DATA_DIR": str(workdir / "data"),
-        "LOG_LEVEL": "WARNING",
-        "PYTHONUNBUFFERED": "1",
-    }
-    api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", f"{stage_package(stage)}.main:app",
-         "--port", str(port), "--no-access-log", "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=(workdir / "api.log").open("w"),
+def stage_processes(stage: int, workdir: Path) -> harness.StageProcesses:
+    """Valkey + uvicorn for one stage, no worker yet (each phase starts its own)."""
+    return harness.StageProcesses(
+        stage, workdir, workers=0,
+        api_args=("--no-access-log", "--log-level", "warning"),
+        env={**os.environ, "LOG_LEVEL": "WARNING"},
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if api.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"stage {stage} API did not start; see {workdir / 'api.log'}")
-            time.sleep(0.1)
-        yield url, env
-    finally:
-        api.terminate()
-        api.wait(10)
-        valkey.stop()
 
 
 def run_wrk(url: str, path: str, concurrency: int, seconds: int, script: Path) -> dict:
@@ -159,26 +129,25 @@ def span_seconds(jobs: list[dict], start: str, end: str) -> list[float]:
 
 def bench_stage(stage: int, args: argparse.Namespace, scripts: Path) -> Result:
     result = Result(stage)
-    package = stage_package(stage)
     with (
         tempfile.TemporaryDirectory(prefix=f"bench-stage{stage}-") as tmp,
-        stage_processes(stage, Path(tmp)) as (url, env),
+        stage_processes(stage, Path(tmp)) as stack,
     ):
+        url = stack.url
         # 1. enqueue rate (no worker: jobs pile up in Redis, which is what we measure)
         say(stage, f"enqueue: POST /tasks/add, c={ENQUEUE_CONCURRENCY}, {args.duration} s")
         enqueue = run_wrk(url, "/tasks/add", ENQUEUE_CONCURRENCY, args.duration,
                           scripts / "post_add.lua")  # fmt: skip
         result.figures |= {f"enqueue {k}": v for k, v in enqueue.items()}
-        redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+        redis.Redis.from_url(stack.redis_url).flushdb()
 
         # 2. worker throughput: queue N jobs, then one burst worker drains them
         say(stage, f"worker: queueing {args.jobs} add jobs, then one burst worker")
         ids = asyncio.run(submit(url, args.jobs))
         started = time.monotonic()
-        subprocess.run(
-            [sys.executable, "-m", "arq", f"{package}.worker.WorkerSettings", "--burst"],
-            env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        burst = stack.start_worker("--burst")
+        if burst.process.wait() != 0:
+            raise SystemExit(f"stage {stage}: the burst worker failed; see {burst.log}")
         wall = time.monotonic() - started
         jobs = asyncio.run(read_jobs(url, ids))
         done = [job for job in jobs if job["status"] == "complete"]
@@ -193,12 +162,8 @@ def bench_stage(stage: int, args: argparse.Namespace, scripts: Path) -> Result:
 
         # 3. enqueue -> complete latency with a running worker
         say(stage, f"latency: {LATENCY_JOBS} jobs one at a time to a running worker")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "arq", f"{package}.worker.WorkerSettings"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        worker = stack.start_worker()  # returns once it polls, before the clock matters
         try:
-            time.sleep(1.0)  # let the worker start polling before the clock matters
             ids = []
             for _ in range(LATENCY_JOBS):
                 ids.append(asyncio.run(submit(url, 1, 1))[0])
@@ -212,8 +177,7 @@ def bench_stage(stage: int, args: argparse.Namespace, scripts: Path) -> Result:
                     raise SystemExit(f"stage {stage}: latency jobs did not complete")
                 time.sleep(0.2)
         finally:
-            worker.terminate()
-            worker.wait(10)
+            worker.stop()
         latencies = sorted(s * 1000 for s in span_seconds(jobs, "enqueue_time", "finish_time"))
         result.figures |= {
             "latency p50 ms": statistics.median(latencies),

@@ -15,20 +15,17 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import redis
 
-from devkit.stages import STAGES, newest_stage, stage_package
-from devkit.valkey import EmbeddedValkey, port_in_use
+from devkit import harness
+from devkit.stages import STAGES, newest_stage
+from devkit.valkey import port_in_use
 
-READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 RESTART_BACKOFF_S = (0.5, 1, 2, 5)  # then every 5 s, for as long as it keeps exiting
 COLOURS = {"runner": "1", "valkey": "31", "api": "32", "worker": "36"}
 
@@ -43,47 +40,6 @@ def say(name: str, line: str) -> None:
     print(f"{prefix} {line}", flush=True)
 
 
-class Child:
-    """A supervised process whose output is printed with a name prefix."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str]):
-        self.name, self.command, self.env = name, command, env
-        self.process: subprocess.Popen[str] | None = None
-        self.restarts = 0
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.command,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            process_group=0,  # a terminal Ctrl-C reaches only us; we stop children in order
-        )
-        threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
-
-    def _pump(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            say(self.name, line.rstrip())
-
-    def exited(self) -> int | None:
-        return None if self.process is None else self.process.poll()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            say("runner", f"{self.name} did not stop within {STOP_TIMEOUT_S:.0f} s; killing it")
-            self.process.kill()
-            self.process.wait()
-
-
 def check_redis(url: str) -> None:
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping()
@@ -91,19 +47,6 @@ def check_redis(url: str) -> None:
         raise Fatal(
             f"REDIS_URL={url} does not answer ({exc}). Unset it to use embedded Valkey."
         ) from None
-
-
-def wait_until_ready(api: Child, url: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if api.exited() is not None:
-            raise Fatal(f"the API exited with code {api.exited()} during start-up (see above)")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise Fatal(f"the API did not answer on {url} within {READY_TIMEOUT_S:.0f} s")
 
 
 def banner(stage: int, url: str, redis_url: str | None) -> None:
@@ -143,65 +86,65 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, stop: threading.Event) -> None:
-    package = stage_package(args.stage)
-    has_worker = (Path(package) / "worker.py").exists()
+    stack = harness.StageProcesses(
+        args.stage, args.data_dir / f"stage{args.stage}", workers=args.workers,
+        host=args.host, port=args.port, redis_url=os.environ.get("REDIS_URL"), persist=True,
+        env=os.environ, on_line=say,
+    )  # fmt: skip
+    claim(stack)  # first: a second run on another port must still not touch the first
     if port_in_use(args.host, args.port):
         raise Fatal(f"port {args.port} on {args.host} is already in use: stop what listens there, "
                     f"or choose another with `make run PORT={args.port + 1}`")  # fmt: skip
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "DATA_DIR": str(args.data_dir / f"stage{args.stage}"),
-    }
-    valkey, redis_url = None, None
-    children: list[Child] = []
     try:
-        if has_worker:
-            redis_url = os.environ.get("REDIS_URL")
-            if redis_url:
-                check_redis(redis_url)
-                say("runner", f"using your Redis at {redis_url}")
-            else:
-                valkey = EmbeddedValkey(args.data_dir / f"stage{args.stage}" / "valkey")
-                valkey.start()
-                redis_url = valkey.url
-                say("valkey", f"embedded Valkey on {redis_url} (loopback only), "
-                              f"append-only data in {valkey.data_dir}")  # fmt: skip
-            env["REDIS_URL"] = redis_url
-        python = sys.executable
-        api = Child("api", [python, "-m", "uvicorn", f"{package}.main:app",
-                            "--host", args.host, "--port", str(args.port)], env)  # fmt: skip
-        workers = [
-            Child(
-                f"worker-{n}" if args.workers > 1 else "worker",
-                [python, "-m", "arq", f"{package}.worker.WorkerSettings"],
-                env,
-            )
-            for n in range(1, args.workers + 1)
-            if has_worker
-        ]
-        children = [api, *workers]
-        for child in children:
-            child.start()
-        url = f"http://{args.host}:{args.port}"
-        wait_until_ready(api, url)
-        banner(args.stage, url, redis_url)
-        supervise(api, workers, stop)
+        if stack.has_worker:
+            start_redis(stack)
+        stack.start_api(wait=False)
+        for _ in range(args.workers if stack.has_worker else 0):
+            stack.start_worker()
+        wait_for_api(stack)
+        banner(args.stage, stack.url, stack.redis_url)
+        supervise(stack.api, stack.workers, stop)
     finally:
-        for child in reversed(children):  # workers first, then the API
-            child.stop()
-        if valkey is not None:
-            valkey.stop()
+        stack.stop()  # workers first, then the API, then Valkey
         say("runner", "stopped; no process left behind")
 
 
-def supervise(api: Child, workers: list[Child], stop: threading.Event) -> None:
+def claim(stack: harness.StageProcesses) -> None:
+    """One run per stage and data folder: a second would stop the first one's Valkey."""
+    try:
+        stack.claim()
+    except harness.AlreadyRunning as exc:
+        raise Fatal(f"stage {stack.stage} is already running from {exc.data_dir} ({exc.owner}): "
+                    "stop it, or give a second one its own folder: python -m devkit.run "
+                    f"--stage {stack.stage} --port {stack.port} --data-dir .data/second"
+                    ) from None  # fmt: skip
+
+
+def wait_for_api(stack: harness.StageProcesses) -> None:
+    try:
+        harness.wait_until(lambda: harness.api_answers(stack.url), f"the API on {stack.url}",
+                           watch=[stack.api])  # fmt: skip
+    except harness.NotReady as exc:
+        raise Fatal(f"{exc} (see above)") from None
+
+
+def start_redis(stack: harness.StageProcesses) -> None:
+    if stack.redis_url:
+        check_redis(stack.redis_url)
+        say("runner", f"using your Redis at {stack.redis_url}")
+        return
+    valkey = stack.start_valkey()
+    say("valkey", f"embedded Valkey on {valkey.url} (loopback only), "
+                  f"append-only data in {valkey.data_dir}")  # fmt: skip
+
+
+def supervise(api: harness.Process, workers: list[harness.Process], stop: threading.Event) -> None:
     next_start: dict[str, float] = {}
     while not stop.wait(0.2):
-        if api.exited() is not None:
-            raise Fatal(f"the API exited with code {api.exited()}")
+        if api.exit_code() is not None:
+            raise Fatal(f"the API exited with code {api.exit_code()}")
         for worker in workers:
-            code = worker.exited()
+            code = worker.exit_code()
             if code is None:
                 continue
             now = time.monotonic()
@@ -212,7 +155,6 @@ def supervise(api: Child, workers: list[Child], stop: threading.Event) -> None:
                 next_start[worker.name] = now + delay
             elif now >= next_start[worker.name]:
                 del next_start[worker.name]
-                worker.restarts += 1
                 worker.start()
 
 

@@ -3,6 +3,8 @@
 - `stage`: parametrized over the stage packages. `@pytest.mark.since_stage(n)` limits a test to
   stage n and later, `@pytest.mark.until_stage(n)` to stage n and earlier (a limitation a later
   stage removes). Stages outside the range are not generated at all, rather than skipped.
+  `@pytest.mark.stages(2, 4)` picks the stages themselves, where a costly test's behaviour
+  differs only between some of them.
 - Redis is real: one throwaway embedded Valkey per session (or REDIS_URL when set), flushed
   before each test.
 - `drain()` runs the stage's own WorkerSettings as an in-process burst worker: it returns when
@@ -55,7 +57,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     until = metafunc.definition.get_closest_marker("until_stage")
     low = since.args[0] if since else min(STAGES)
     high = until.args[0] if until else max(STAGES)
-    numbers = [n for n in sorted(STAGES) if low <= n <= high]
+    only = metafunc.definition.get_closest_marker("stages")
+    numbers = [n for n in sorted(STAGES) if low <= n <= high and (not only or n in only.args)]
     metafunc.parametrize(
         "stage", [Stage(n, STAGES[n]) for n in numbers], ids=[f"stage{n}" for n in numbers]
     )

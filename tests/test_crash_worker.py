@@ -7,6 +7,9 @@ worker runs them again. That is why the job timeout is a setting: these tests lo
 JOB_TIMEOUT_S so recovery takes seconds, and the default (30 s) bounds it at 40 s.
 SIGTERM (a deploy, Ctrl-C) is orderly: ARQ cancels the running jobs and puts them straight
 back in the queue, where the next worker finds them at once.
+
+Both run on stage 2 (no ledger) and on the newest stage (a ledger, as from stage 3):
+whether there is a ledger to keep right is all that differs between the stages here.
 """
 
 from __future__ import annotations
@@ -16,16 +19,21 @@ import time
 
 import pytest
 
+from devkit.stages import newest_stage
 from tests.helpers import enqueue, finished, poll
 from tests.processes import SCALE, Processes, stage_env
 
-pytestmark = [pytest.mark.since_stage(2), pytest.mark.e2e]
+pytestmark = [pytest.mark.stages(2, newest_stage()), pytest.mark.e2e]
 
 JOB_TIMEOUT_S = 2  # the timeout the workers run with here; a `wait` job takes JOB_S
 ARQ_IN_PROGRESS_EXTRA_S = 10  # ARQ's fixed margin on top of the longest job timeout
 JOBS = {"smoke": 200, "full": 1000}[SCALE]
 JOB_S = 0.3
 COMPLETE_DEADLINE_S = JOB_TIMEOUT_S + ARQ_IN_PROGRESS_EXTRA_S + 40
+# Recovery waits for the in-progress mark; the slack covers a new worker's start and the
+# re-run on a busy laptop, and still tells "the mark expired" from "stuck for a day".
+RECOVERY_SLACK_S = 20
+STOP_BOUND_S = 10  # a SIGTERMed worker with 0.5 s jobs stops well within this (a hang doesn't)
 
 
 def in_progress(raw_redis) -> set[str]:
@@ -88,7 +96,7 @@ def test_a_sigkilled_worker_loses_no_job_and_a_new_worker_finishes_them_within_s
     assert set(ran) == set(ids)
     # The in-progress mark kept every other worker off them until it expired, and no longer.
     bound_s = JOB_TIMEOUT_S + ARQ_IN_PROGRESS_EXTRA_S
-    assert recovery_s < bound_s + 8, f"recovery took {recovery_s:.1f} s (bound {bound_s} s)"
+    assert recovery_s < bound_s + RECOVERY_SLACK_S, f"recovery took {recovery_s:.1f} s"
     print(
         f"\n{stage}: SIGKILL with {len(running)} of {len(ids)} jobs running: lost 0, "
         f"{len(interrupted)} re-run, recovery {recovery_s:.1f} s "
@@ -139,7 +147,7 @@ def test_a_sigterm_puts_running_jobs_back_and_no_job_is_lost_or_recorded_twice(
         rows = client.get("/jobs", params={"limit": 100}).json()["jobs"]
         assert sorted(row["job_id"] for row in rows) == sorted(ids)
         assert {row["status"] for row in rows} == {"complete"}
-    assert stopped_s < 5, f"the worker took {stopped_s:.1f} s to stop"
+    assert stopped_s < STOP_BOUND_S, f"the worker took {stopped_s:.1f} s to stop"
     print(
         f"\n{stage}: SIGTERM stopped the worker in {stopped_s:.2f} s; {len(left)} jobs "
         f"left or put back ({len(stuck)} claimed but not started, so kept marked in progress); "

@@ -9,8 +9,9 @@ from devkit.valkey import EmbeddedValkey
 
 pytestmark = pytest.mark.since_stage(2)
 
-# A guard against hanging, not a benchmark: the API's Redis timeout is 1 s.
-HANG_GUARD_S = 3.0
+# A guard against hanging, not a benchmark: the API's Redis timeout is 1 s, and a laptop
+# with both cores busy may take a few more.
+HANG_GUARD_S = 5.0
 
 
 def test_redis_down_gives_a_fast_503_then_the_api_recovers_without_a_restart(

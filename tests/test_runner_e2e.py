@@ -5,16 +5,20 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
 import httpx
 import psutil
 import pytest
+import redis
 
+from devkit.stages import newest_stage
 from devkit.valkey import free_port
 from tests import tools
 from tests.helpers import poll
+from tests.processes import Processes, runner_command, stage_env
 
 pytestmark = pytest.mark.e2e
 
@@ -22,36 +26,22 @@ START_DEADLINE_S = 30.0
 JOB_DEADLINE_S = 15.0
 
 
-def start_runner(tmp_path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    env = {k: v for k, v in (env or os.environ).items() if k != "REDIS_URL"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "devkit.run", "--data-dir", str(tmp_path), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def api_up(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/ping", timeout=0.5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def job_status(url: str, job_id: str) -> str | None:
     job = httpx.get(f"{url}/jobs/{job_id}").json()
     return job["status"] if job["status"] in ("complete", "failed") else None
 
 
+def exited(runner) -> tuple[int, str]:
+    """Wait for a runner that should give up at once: (exit code, output)."""
+    poll(lambda: not runner.running(), START_DEADLINE_S, f"{runner.name} to exit")
+    return runner.exit_code(), runner.output()
+
+
 def test_the_runner_runs_a_job_restarts_a_dead_worker_and_stops_cleanly(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    runner = start_runner(tmp_path, "--stage", "2", "--port", str(port))
-    children: list[psutil.Process] = []
-    try:
-        poll(lambda: api_up(url), START_DEADLINE_S, "the API")
+    with Processes(tmp_path / "logs") as procs:
+        runner = procs.runner(2, port, tmp_path / "data", stage_env(None, tmp_path / "unused"))
         children = psutil.Process(runner.pid).children(recursive=True)
         commands = [child.cmdline() for child in children]
         assert [c for c in commands if "valkey-server" in " ".join(c)]
@@ -70,15 +60,9 @@ def test_the_runner_runs_a_job_restarts_a_dead_worker_and_stops_cleanly(tmp_path
         assert poll(lambda: job_status(url, job_id), JOB_DEADLINE_S, "the job") == "complete"
         children = psutil.Process(runner.pid).children(recursive=True)
 
-        runner.send_signal(signal.SIGINT)
-        output, _ = runner.communicate(timeout=30)
-    finally:
-        if runner.poll() is None:  # the test failed midway: don't leave its processes behind
-            for process in [*children, runner]:
-                with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
-                    process.kill()
-            output, _ = runner.communicate()
-    assert runner.returncode == 0, output
+        runner.process.send_signal(signal.SIGINT)  # as Ctrl-C in its terminal
+        code, output = exited(runner)
+    assert code == 0, output
     assert "restarting it" in output
     stopped = output[output.index("SIGINT") :]
     assert stopped.index("shutdown on SIGTERM") < stopped.index("Finished server process")
@@ -87,27 +71,23 @@ def test_the_runner_runs_a_job_restarts_a_dead_worker_and_stops_cleanly(tmp_path
 
 
 def test_a_port_in_use_is_a_one_line_error(tmp_path):
-    with __import__("socket").socket() as sock:
+    with socket.socket() as sock, Processes(tmp_path / "logs") as procs:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        runner = start_runner(tmp_path, "--stage", "2", "--port", str(port))
-        output, _ = runner.communicate(timeout=30)
-    assert runner.returncode == 1
+        command = runner_command(2, port, tmp_path / "data")
+        code, output = exited(procs.start("runner", command, stage_env(None, tmp_path)))
+    assert code == 1
     assert f"error: port {port} on 127.0.0.1 is already in use" in output
     assert "Traceback" not in output
 
 
 def test_a_redis_url_that_does_not_answer_is_a_one_line_error(tmp_path):
-    env = {**os.environ}
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "devkit.run", "--stage", "2", "--port", str(free_port()),
-         "--data-dir", str(tmp_path)],
-        env={**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    output, _ = runner.communicate(timeout=30)
-    assert runner.returncode == 1
+    env = stage_env(f"redis://127.0.0.1:{free_port()}/0", tmp_path)
+    with Processes(tmp_path / "logs") as procs:
+        command = runner_command(2, free_port(), tmp_path / "data")
+        code, output = exited(procs.start("runner", command, env))
+    assert code == 1
     assert "does not answer" in output
     assert "Traceback" not in output
 
@@ -123,3 +103,46 @@ def test_the_benchmark_runs_end_to_end_and_prints_every_figure(tmp_path):
     for figure in ("enqueue req/s", "worker jobs/s", "latency p95 ms", "status p99 ms"):
         assert figure in result.stdout
     assert re.search(r"^worker completed\s+50/50$", result.stdout, re.M), result.stdout
+
+
+def a_job_completes(url: str) -> bool:
+    job_id = httpx.post(f"{url}/tasks/add", json={"x": 2, "y": 3}).json()["job_id"]
+    return poll(lambda: job_status(url, job_id), JOB_DEADLINE_S, "the job") == "complete"
+
+
+@pytest.mark.since_stage(newest_stage())
+def test_a_second_runner_on_the_same_data_refuses_in_one_line_until_the_first_is_gone(
+    stage, tmp_path
+):
+    # Issue 10 item 10: a second `make run STAGE=4 PORT=...` SIGTERMed the first one's Valkey
+    # (one pid file in .data/stage4/valkey/) and shared its jobs.db.
+    env, data = stage_env(None, tmp_path / "unused"), tmp_path / "data"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with Processes(tmp_path / "logs") as procs:
+        first = procs.runner(stage, port, data, env)
+        valkey = redis.Redis.from_url(re.search(r"embedded Valkey on (\S+)", first.output())[1])
+
+        code, output = exited(procs.start("runner", runner_command(stage, free_port(), data), env))
+        lines = output.strip().splitlines()
+        assert code != 0
+        assert len(lines) == 1, output
+        assert f"pid {first.pid}" in lines[0] and f":{port}" in lines[0], lines[0]
+        # ... and the first one carries on as if nothing happened.
+        assert first.running()
+        assert valkey.ping()
+        valkey.close()
+        assert a_job_completes(url)
+
+        # A runner that crashed (SIGKILL: no clean-up, its lock file stays) blocks nobody.
+        orphans = psutil.Process(first.pid).children(recursive=True)
+        os.kill(first.pid, signal.SIGKILL)  # the runner only: its children are orphaned
+        first.process.wait()
+        try:
+            port = free_port()
+            procs.runner(stage, port, data, env)
+            assert a_job_completes(f"http://127.0.0.1:{port}")
+        finally:
+            for orphan in orphans:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    orphan.kill()
