@@ -93,8 +93,9 @@ def run(args: argparse.Namespace, stop: threading.Event) -> None:
     )  # fmt: skip
     claim(stack)  # first: a second run on another port must still not touch the first
     if port_in_use(args.host, args.port):
+        other = 8080 if args.port != 8080 else 8081  # not 8001: `make docs` serves there
         raise Fatal(f"port {args.port} on {args.host} is already in use: stop what listens there, "
-                    f"or choose another with `make run PORT={args.port + 1}`")  # fmt: skip
+                    f"or choose another with `make run PORT={other}`")  # fmt: skip
     try:
         if stack.has_worker:
             start_redis(stack)

@@ -2,7 +2,7 @@
 
 Real `arq` worker processes and real signals. SIGKILL (a crash, the OOM killer) gives the
 worker no chance to say anything: its running jobs stay marked "in progress" until that
-mark expires, after the worker's longest job timeout + 10 s (ARQ_NOTES A7), and then any
+mark expires, after the worker's longest job timeout + 10 s, and then any
 worker runs them again. That is why the job timeout is a setting: these tests lower it to
 JOB_TIMEOUT_S so recovery takes seconds, and the default (30 s) bounds it at 40 s.
 SIGTERM (a deploy, Ctrl-C) is orderly: ARQ cancels the running jobs and puts them straight

@@ -1,4 +1,4 @@
-"""Every shell block on the docs pages is run against a real running stage (issue 12).
+"""Every shell block on the docs pages is run against a real running stage.
 
 How a block declares how it is run is in tests/pages.py; how a page is followed, in
 tests/pagerun.py. A block that is not run says why, and appears in the summary as a skip.

@@ -114,7 +114,7 @@ def a_job_completes(url: str) -> bool:
 def test_a_second_runner_on_the_same_data_refuses_in_one_line_until_the_first_is_gone(
     stage, tmp_path
 ):
-    # Issue 10 item 10: a second `make run STAGE=4 PORT=...` SIGTERMed the first one's Valkey
+    # A second `make run STAGE=4 PORT=...` used to SIGTERM the first one's Valkey
     # (one pid file in .data/stage4/valkey/) and shared its jobs.db.
     env, data = stage_env(None, tmp_path / "unused"), tmp_path / "data"
     port = free_port()

@@ -109,7 +109,7 @@ def test_the_row_is_written_before_the_job_is_enqueued(client, raw_redis):
 
 def over_max_tries(client, raw_redis) -> str:
     # ARQ counts tries in arq:retry:<id>; past max_tries (ARQ's default: 5) the next pickup
-    # fails the job without running it and without calling any job hook (ARQ_NOTES A5).
+    # fails the job without running it and without calling any job hook.
     job_id = enqueue(client, "add", {"x": 1, "y": 2})
     raw_redis.set(f"arq:retry:{job_id}", 5)
     return job_id
