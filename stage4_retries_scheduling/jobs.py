@@ -107,8 +107,6 @@ async def read_job(redis: ArqRedis, job_id: str, queue_name: str) -> JobView | N
     )
     if isinstance(info, JobResult):
         view = view.model_copy(update=outcome(info))
-        if info.job_try == 1 and not ended_between_tries(view):
-            view.start_time = info.start_time  # Redis knows only the last try's start
     return view
 
 
@@ -118,20 +116,23 @@ def outcome(info: JobResult) -> dict[str, Any]:
     # ended with CancelledError was cancelled: aborted while running, or by cancel_job.
     error = None if info.success else _error_text(info.result)
     failed = "cancelled" if error and error.startswith("CancelledError") else "failed"
-    # No start_time: ARQ's is the last try's, and a job's start_time is its first try's
-    # (the worker records that one, worker.job_started).
-    return {
+    ended = {
         "status": "complete" if info.success else failed,
         "result": info.result if info.success else None,
         "error": error,
         "finish_time": info.finish_time,
         "attempts": info.job_try,
     }
+    # ARQ keeps only the last try's start. After one try that is the job's start_time; after
+    # several, the job's start_time is the first try's, which the worker recorded.
+    if info.job_try == 1 and not cancelled_between_tries(ended["status"], error):
+        ended["start_time"] = info.start_time
+    return ended
 
 
-def ended_between_tries(view: JobView) -> bool:
+def cancelled_between_tries(status: str, error: str | None) -> bool:
     """Cancelled by DELETE while no try was running: before the first, or between two."""
-    return view.status == "cancelled" and (view.error or "").endswith((NOT_RUN, BETWEEN_TRIES))
+    return status == "cancelled" and (error or "").endswith((NOT_RUN, BETWEEN_TRIES))
 
 
 # --8<-- [end:read_job]
@@ -146,7 +147,8 @@ def with_attempt_log(view: JobView, log: list[Attempt]) -> JobView:
     lands, the try is derived from the job itself. (Waiting for the worker's commit instead
     would make every GET of a just-finished job wait up to a batch, and a lost write forever.)
     """
-    if view.status not in FINAL or not view.attempts or ended_between_tries(view):
+    between_tries = cancelled_between_tries(view.status, view.error)
+    if view.status not in FINAL or not view.attempts or between_tries:
         return view.model_copy(update={"attempt_log": log})
     if any(attempt.attempt == view.attempts for attempt in log):
         return view.model_copy(update={"attempt_log": log})

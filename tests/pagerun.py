@@ -25,9 +25,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from devkit import harness
 from tests.helpers import poll
 from tests.pages import ROOT, Step
-from tests.processes import Proc, Processes, free_port, started_polling
+from tests.processes import Proc, Processes, free_port
 
 COMMAND_TIMEOUT_S = 120.0  # one foreground command; `make lint` on a busy machine is the slowest
 POLL_DEADLINE_S = 30.0  # a `poll` command: a retried job, a deferred one coming due
@@ -306,7 +307,7 @@ def ready(name: str, command: str, proc: Proc) -> bool:
     if name == "run":
         return "Press Ctrl-C to stop." in proc.output()
     if name == "arq":
-        return started_polling(proc)
+        return harness.worker_polls(proc)
     ports = re.findall(r"(?:--port |:|http\.server )(\d{2,5})\b", command) or ["8000"]
     return all(listening(int(port)) for port in ports)
 

@@ -84,3 +84,17 @@ def test_a_finished_job_shows_its_final_attempt_before_the_worker_has_recorded_i
         (1, "failed", failed["error"])
     ]
     assert failed["attempt_log"][0]["finish_time"] == failed["finish_time"]
+
+
+def test_a_job_the_worker_has_not_recorded_yet_still_gets_its_start_time(client, drain, raw_redis):
+    job_id = enqueue(client, "add", {"x": 1, "y": 2})
+    # The worker writes its rows a little behind: here none of them has landed when GET
+    # records the result from Redis. (A start row landing after that skips a finished row.)
+    drain(on_job_start=None, after_job_end=None)
+    done = job(client, job_id)
+    assert done["status"] == "complete"
+    assert done["start_time"] is not None
+    raw_redis.delete(f"arq:result:{job_id}")  # from now on the ledger alone answers
+    again = job(client, job_id)
+    assert again["start_time"] == done["start_time"]
+    assert again["enqueue_time"] <= again["start_time"] <= again["finish_time"], again
