@@ -23,7 +23,9 @@ async def pinned_get(
     client: httpx.AsyncClient, url: str, allowlist: list[IPNetwork], headers: dict[str, str]
 ) -> AsyncIterator[httpx.Response]:
     """GET `url` (streamed) from an address the guard has just checked, and no other."""
-    address = await check_url(url, allowlist)  # the only DNS lookup
+    # The only DNS lookup. One address: a real client would fall back to the other checked
+    # addresses when it cannot connect to this one.
+    address = await check_url(url, allowlist)
     request = client.build_request("GET", url, headers=headers)  # Host: from the name
     hostname = request.url.raw_host.decode("ascii")
     request.url = request.url.copy_with(host=str(address))  # connect here, no lookup

@@ -63,12 +63,12 @@ def _why_internal(ip: IPAddress) -> str | None:
         form, ipv4 = carried
         if why := _why_internal(ipv4):  # 2002:7f00:1:: is 127.0.0.1 by way of 6to4
             return f"a {form} address for {ipv4}: {why}"
-        if form in ("IPv4-mapped", "NAT64"):  # translated to a public IPv4 address: fine
+        if form != "Teredo":  # it reaches a public IPv4 address, whatever Python's table says
             return None
     if ip in CLOUD_METADATA:
         return "a cloud-metadata address"
     # Most specific first: Python counts loopback and link-local as "private" too. Teredo
-    # and the old IPv4-compatible ::a.b.c.d are never global in Python's table: refused.
+    # (2001::/32) and the old IPv4-compatible ::a.b.c.d are never global there: refused.
     for kind in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
         if getattr(ip, f"is_{kind}"):
             return f"a {kind.replace('_', '-')} address"

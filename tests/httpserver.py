@@ -7,12 +7,13 @@ for the test to set `event` before answering, to put the answer at an exact poin
 request's arrival time is recorded in `server.hits[path]`, and its headers in
 `server.request_headers[path]`. `ScriptedServer(host="127.0.0.2", port=p)` listens
 elsewhere on loopback (Linux answers on all of 127.0.0.0/8), for instance beside another
-server on the same port p.
+server on the same port p; with `tls=<a server SSLContext>` it speaks HTTPS.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections import defaultdict
@@ -33,7 +34,9 @@ class Reply:
 
 
 class ScriptedServer:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.scripts: dict[str, list[Reply]] = {}
         self.hits: dict[str, list[float]] = defaultdict(list)
         self.request_headers: dict[str, list[dict[str, str]]] = defaultdict(list)
@@ -64,10 +67,13 @@ class ScriptedServer:
 
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.scheme = "https" if tls else "http"
         self.host, self.port = host, self.httpd.server_address[1]
 
     def url(self, path: str) -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        return f"{self.scheme}://{self.host}:{self.port}{path}"
 
     def script(self, path: str, *replies: Reply) -> str:
         with self.lock:

@@ -7,7 +7,10 @@ other name to the real one.
 
 import hashlib
 import os
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -246,6 +249,45 @@ def test_a_pinned_fetch_still_sends_the_host_name(twin_env, fake_dns, client, dr
     drain()
     assert client.get(f"/jobs/{job_id}").json()["status"] == "complete"
     assert safe.request_headers["/page"][0]["Host"] == f"named.test:{safe.port}"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for the name tls.test only: (certificate, key) files."""
+    if not shutil.which("openssl"):
+        pytest.skip("needs the openssl command to make a certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=tls.test", "-addext", "subjectAltName=DNS:tls.test",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.parametrize(("name", "matches"), [("tls.test", True), ("other.test", False)])
+def test_a_pinned_https_fetch_verifies_the_certificate_against_the_host_name(
+    twin_env, fake_dns, certificate, monkeypatch, client, drain, name, matches
+):
+    context, server_names = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), []
+    context.load_cert_chain(*certificate)
+    context.sni_callback = lambda _socket, server_name, _context: server_names.append(server_name)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))  # httpx trusts it (and only it)
+    fake_dns(name, "127.0.0.2")
+    with ScriptedServer(host="127.0.0.2", tls=context) as server:
+        server.script("/page", Reply(200, body=b"over tls"))
+        job_id = enqueue(client, "fetch", {"url": f"https://{name}:{server.port}/page"})
+        drain()
+    job = client.get(f"/jobs/{job_id}").json()
+    assert server_names and set(server_names) == {name}  # SNI: the name, not 127.0.0.2
+    if matches:
+        assert job["status"] == "complete", job
+        assert job["result"]["sha256"] == sha256(b"over tls")
+    else:  # verified against the name it asked for, so the certificate for tls.test fails
+        assert job["status"] == "failed", job
+        assert "Hostname mismatch" in job["error"] and "other.test" in job["error"]
 
 
 # --- slow DNS: bounded in time, and on threads of its own ------------------------------
