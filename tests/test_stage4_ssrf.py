@@ -30,14 +30,11 @@ def sha256(data: bytes) -> str:
 
 
 @pytest.fixture
-def server():
+def server(stage, settings_env, monkeypatch):
+    """A local HTTP server, its loopback address let through the guard (fast retries too)."""
+    fetch_settings(monkeypatch, stage, allowlist=["127.0.0.1/32"])
     with ScriptedServer() as scripted:
         yield scripted
-
-
-@pytest.fixture
-def fetch_env(stage, settings_env, monkeypatch):
-    fetch_settings(monkeypatch, stage, allowlist=["127.0.0.1/32"])
 
 
 @pytest.fixture
@@ -106,7 +103,7 @@ def test_6to4_and_nat64_addresses_of_a_public_ipv4_address_are_accepted(settings
         "",
     ],
 )
-def test_malformed_urls_are_a_422_not_a_500(fetch_env, client, raw_redis, url):
+def test_malformed_urls_are_a_422_not_a_500(server, client, raw_redis, url):
     response = client.post("/tasks/fetch", json={"url": url})
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == ["body", "url"]
@@ -128,7 +125,7 @@ def test_malformed_urls_are_a_422_not_a_500(fetch_env, client, raw_redis, url):
     ],
 )
 def test_urls_with_whitespace_or_control_characters_are_refused_up_front(
-    fetch_env, client, raw_redis, url
+    server, client, raw_redis, url
 ):
     response = client.post("/tasks/fetch", json={"url": url})
     assert response.status_code == 422, response.text
@@ -136,7 +133,7 @@ def test_urls_with_whitespace_or_control_characters_are_refused_up_front(
     assert raw_redis.zcard("arq:queue") == 0
 
 
-def test_a_redirect_to_a_private_address_is_refused_by_the_worker(fetch_env, client, drain, server):
+def test_a_redirect_to_a_private_address_is_refused_by_the_worker(server, client, drain):
     url = server.script("/go", Reply(302, headers={"Location": "http://169.254.169.254/"}))
     job_id = enqueue(client, "fetch", {"url": url})
     drain()
@@ -148,9 +145,7 @@ def test_a_redirect_to_a_private_address_is_refused_by_the_worker(fetch_env, cli
 @pytest.mark.parametrize(
     "location", ["http://[::1", "http://[1.1.1.1]/", "http://127.0.0.1:99999/", "/a\tb"]
 )
-def test_a_malformed_redirect_is_a_final_failure_not_retried(
-    fetch_env, client, drain, server, location
-):
+def test_a_malformed_redirect_is_a_final_failure_not_retried(server, client, drain, location):
     url = server.script("/go", Reply(302, headers={"Location": location}))
     job_id = enqueue(client, "fetch", {"url": url})
     drain()
@@ -324,9 +319,7 @@ def test_slow_dns_gets_a_422_in_time_and_does_not_stall_other_requests(
         assert took < 8, f"the lookup was bounded at about 2 s, yet took {took:.1f} s"
 
 
-def test_a_lookup_that_times_out_in_the_worker_is_retried(
-    fetch_env, fake_dns, client, drain, server
-):
+def test_a_lookup_that_times_out_in_the_worker_is_retried(server, fake_dns, client, drain):
     server.script("/page", Reply(200, body=b"ok"))
     fake_dns("flaky.test", "127.0.0.1", SLOW, "127.0.0.1")  # the API's, then the worker's
     job_id = enqueue(client, "fetch", {"url": f"http://flaky.test:{server.port}/page"})
