@@ -62,7 +62,7 @@ def _why_internal(ip: IPAddress) -> str | None:
     if carried := _carried_ipv4(ip):
         form, ipv4 = carried
         if why := _why_internal(ipv4):  # 2002:7f00:1:: is 127.0.0.1 by way of 6to4
-            return f"a {form} address for {ipv4}: {why}"
+            return f"the {form} form of {ipv4}, {why}"
         if form != "Teredo":  # it reaches a public IPv4 address, whatever Python's table says
             return None
     if ip in CLOUD_METADATA:

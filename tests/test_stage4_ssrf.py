@@ -48,7 +48,7 @@ def twin_env(stage, settings_env, monkeypatch):
         ("http://127.0.0.1:9/", "loopback"),
         ("http://localhost:9/", "loopback"),  # a name that resolves to loopback
         ("http://[::1]:9/", "loopback"),
-        ("http://[::ffff:127.0.0.1]:9/", "loopback"),
+        ("http://[::ffff:127.0.0.1]:9/", "the IPv4-mapped form of 127.0.0.1, a loopback"),
         ("http://10.1.2.3/", "private"),
         ("http://192.168.0.1/", "private"),
         ("http://169.254.169.254/latest/meta-data/", "cloud-metadata"),
@@ -58,12 +58,12 @@ def twin_env(stage, settings_env, monkeypatch):
         ("http://0.0.0.0/", "unspecified"),
         ("http://224.0.0.1/", "multicast"),
         # IPv6 forms that carry an IPv4 address: judged by the address they carry.
-        ("http://[2002:7f00:1::]/", "6to4 address for 127.0.0.1: a loopback"),
-        ("http://[2002:a00:1::]/", "6to4 address for 10.0.0.1: a private"),
-        ("http://[2002:a9fe:a9fe::]/", "6to4 address for 169.254.169.254: a cloud-metadata"),
-        ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", "Teredo address for 127.0.0.1"),
-        ("http://[64:ff9b::7f00:1]/", "NAT64 address for 127.0.0.1: a loopback"),
-        ("http://[64:ff9b::a9fe:a9fe]/", "NAT64 address for 169.254.169.254"),
+        ("http://[2002:7f00:1::]/", "the 6to4 form of 127.0.0.1, a loopback"),
+        ("http://[2002:a00:1::]/", "the 6to4 form of 10.0.0.1, a private"),
+        ("http://[2002:a9fe:a9fe::]/", "6to4 form of 169.254.169.254, a cloud-metadata"),
+        ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", "the Teredo form of 127.0.0.1"),
+        ("http://[64:ff9b::7f00:1]/", "the NAT64 form of 127.0.0.1, a loopback"),
+        ("http://[64:ff9b::a9fe:a9fe]/", "NAT64 form of 169.254.169.254"),
         ("http://[::7f00:1]/", "reserved"),  # IPv4-compatible, deprecated since 2006
         ("file:///etc/passwd", "only http and https"),
         ("ftp://example.org/", "only http and https"),
