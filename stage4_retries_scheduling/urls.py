@@ -120,13 +120,14 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
         ) from None
     except (socket.gaierror, UnicodeError) as exc:
         raise UnsafeURL(f"cannot resolve {host!r}: {exc}") from None
-    return [ipaddress.ip_address(sockaddr[0].split("%")[0]) for *_, sockaddr in infos]
+    found = [ipaddress.ip_address(sockaddr[0].split("%")[0]) for *_, sockaddr in infos]
+    return list(dict.fromkeys(found))  # once each, in the resolver's order of preference
 
 
 # --8<-- [start:check_url]
-async def check_url(url: str, allowlist: list[IPNetwork]) -> IPAddress:
+async def check_url(url: str, allowlist: list[IPNetwork]) -> list[IPAddress]:
     """Raise UnsafeURL unless `url` is http(s) and every address its host resolves to is
-    public (or in the allowlist); return one of those addresses to connect to."""
+    public (or in the allowlist); return those addresses, the only ones to connect to."""
     parsed = parse_url(url)
     host = parsed.raw_host.decode("ascii")  # IDNA-encoded, as DNS wants it
     addresses = await resolve(host, parsed.port or DEFAULT_PORTS[parsed.scheme])
@@ -137,7 +138,7 @@ async def check_url(url: str, allowlist: list[IPNetwork]) -> IPAddress:
             continue
         if why := _why_internal(ip):
             raise UnsafeURL(f"{host} resolves to {ip}, {why}")
-    return addresses[0]
+    return addresses
 
 
 # --8<-- [end:check_url]

@@ -39,7 +39,8 @@ def server(stage, settings_env, monkeypatch):
 
 @pytest.fixture
 def twin_env(stage, settings_env, monkeypatch):
-    fetch_settings(monkeypatch, stage, allowlist=["127.0.0.2/32"])  # not 127.0.0.1
+    # Not 127.0.0.1. Nothing listens on 127.0.0.3: an address that cannot be reached.
+    fetch_settings(monkeypatch, stage, allowlist=["127.0.0.2/32", "127.0.0.3/32"])
 
 
 @pytest.mark.parametrize(
@@ -182,7 +183,8 @@ SLOW_DNS_S = 15  # the guard must give up long before this
 
 class FakeDNS:
     """A DNS server (an attacker's, or a broken one) for one made-up name: each lookup of it
-    takes the next answer, and the last one repeats. With a zero TTL, every lookup asks."""
+    takes the next answer ("127.0.0.2", "127.0.0.3,127.0.0.2" or SLOW), and the last one
+    repeats. With a zero TTL, every lookup asks."""
 
     def __init__(self, name: str, *answers: str):
         self.name, self.answers, self.lookups = name, list(answers), 0
@@ -196,7 +198,9 @@ class FakeDNS:
         if answer == SLOW:
             self.release.wait(SLOW_DNS_S)
             raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        return REAL_GETADDRINFO(answer, port, *args, **kwargs)
+        # "a,b": a name with two addresses, in that order of preference
+        addresses = answer.split(",")
+        return [info for a in addresses for info in REAL_GETADDRINFO(a, port, *args, **kwargs)]
 
 
 @pytest.fixture
@@ -244,6 +248,19 @@ def test_a_pinned_fetch_still_sends_the_host_name(twin_env, fake_dns, client, dr
     drain()
     assert client.get(f"/jobs/{job_id}").json()["status"] == "complete"
     assert safe.request_headers["/page"][0]["Host"] == f"named.test:{safe.port}"
+
+
+def test_a_name_whose_first_address_is_unreachable_is_fetched_from_the_next(
+    twin_env, fake_dns, client, drain, twin_servers
+):
+    safe, _ = twin_servers
+    fake_dns("two.test", "127.0.0.3,127.0.0.2")
+    job_id = enqueue(client, "fetch", {"url": f"http://two.test:{safe.port}/page"})
+    drain()
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "complete", job
+    assert job["attempts"] == 1
+    assert job["result"]["sha256"] == sha256(b"safe")
 
 
 @pytest.fixture(scope="module")
