@@ -6,11 +6,13 @@ never were.) So this task decides, per failure, whether another try can help:
 
 - connection errors, timeouts, 5xx and 429: yes, after a backoff delay;
 - any other 4xx: no, asking again gets the same answer;
-- an unsafe URL (SSRF guard) or an oversized response: no.
+- a DNS lookup that timed out: yes;
+- an unsafe or malformed URL (SSRF guard), a malformed redirect or an oversized response: no.
 """
 
 import hashlib
 import random
+import zlib
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -18,7 +20,8 @@ from typing import Any
 import httpx
 from arq import Retry
 
-from .urls import UnsafeURL, check_url
+from .pinned import pinned_get
+from .urls import LookupTimedOut, UnsafeURL, parse_url
 
 
 class FetchFailed(Exception):
@@ -39,35 +42,83 @@ def backoff_delay(attempt: int, base_s: float, cap_s: float) -> float:
 
 
 def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After is either delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    if value.strip().isdigit():
+    """Retry-After is either delta-seconds or an HTTP date; anything else is ignored."""
+    value = (value or "").strip()
+    # isascii(): str.isdigit() also accepts "²" (which float() refuses) and other scripts.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
+# --8<-- [start:read_capped]
+# Bodies are asked for unencoded, and gzip/deflate are decoded here if a server sends them
+# anyway. httpx's own decoding expands a whole network read at once, and 64 KiB of gzip
+# can hold 64 MiB of zeros: a cap checked after decoding comes too late.
+IDENTITY = {"Accept-Encoding": "identity"}
+WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+async def read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    """The decoded body, or FetchFailed as soon as it passes `max_bytes`."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", *WBITS):
+        raise FetchFailed(f"Content-Encoding {encoding!r} is not supported")
+    decoder = zlib.decompressobj(WBITS[encoding]) if encoding in WBITS else None
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        try:  # max_length: never more output than we may still keep, whatever the ratio
+            body += decoder.decompress(chunk, max_bytes + 1 - len(body)) if decoder else chunk
+        except zlib.error as exc:
+            raise FetchFailed(f"cannot decode the {encoding} body: {exc}") from None
+        if len(body) > max_bytes:
+            raise FetchFailed(f"response is over {max_bytes} bytes")
+    return bytes(body)
+
+
+# --8<-- [end:read_capped]
+
+
+def next_hop(url: str, location: str) -> str:
+    """Where a redirect points; a malformed Location is final (asking again won't fix it)."""
+    try:
+        return str(parse_url(str(httpx.URL(url).join(location))))
+    except (httpx.InvalidURL, UnsafeURL) as exc:
+        raise FetchFailed(f"bad redirect Location {location!r}: {exc}") from None
+
+
+async def refuse_bad_redirects(response: httpx.Response) -> None:
+    # A response hook, as httpx reads Location even when it does not follow redirects, and
+    # calls a malformed one a protocol error: a retry, for an answer that won't change.
+    if response.is_redirect and "location" in response.headers:
+        next_hop(str(response.url), response.headers["location"])
+
+
+def make_client(settings: Any) -> httpx.AsyncClient:
+    """The worker's one HTTP client, shared by every fetch job."""
+    return httpx.AsyncClient(
+        timeout=settings.fetch_timeout_s,
+        follow_redirects=False,  # followed by hand, so each hop is checked: get_checked()
+        # No keep-alive: requests go to checked IPs (pinned.py), so one pooled connection
+        # would serve every name on that IP, all behind the first name's TLS check.
+        limits=httpx.Limits(max_keepalive_connections=0),
+        event_hooks={"response": [refuse_bad_redirects]},
+    )
+
+
 async def get_checked(client: httpx.AsyncClient, url: str, settings: Any) -> dict[str, Any]:
-    """GET `url`, re-checking the SSRF guard on every redirect hop, with a size cap."""
-    allowlist = settings.fetch_allowlist_networks
+    """GET `url` from checked addresses only, following redirects by hand, with a size cap."""
     for _ in range(settings.fetch_max_redirects + 1):
-        # Checked again here, not just in the API: DNS can change between the two. (A real
-        # application would also pin the checked address for the connection itself, to close
-        # the remaining window; httpx resolves the name once more when it connects.)
-        await check_url(url, allowlist)
-        async with client.stream("GET", url) as response:
-            if response.is_redirect and "location" in response.headers:
-                url = str(response.url.join(response.headers["location"]))
+        # Every hop is resolved, checked and connected to by address (pinned.py): a check
+        # followed by httpx's own lookup would leave DNS free to change in between.
+        async with pinned_get(client, url, settings.fetch_allowlist_networks, IDENTITY) as got:
+            if got.is_redirect and "location" in got.headers:
+                url = next_hop(url, got.headers["location"])
                 continue
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > settings.fetch_max_bytes:
-                    raise FetchFailed(f"response is over {settings.fetch_max_bytes} bytes")
-            return {"response": response, "body": bytes(body), "url": url}
+            body = await read_capped(got, settings.fetch_max_bytes)
+            return {"response": got, "body": body, "url": url}
     raise FetchFailed(f"more than {settings.fetch_max_redirects} redirects")
 
 
@@ -78,6 +129,8 @@ async def fetch(ctx: dict[str, Any], url: str) -> dict[str, Any]:
     retry_after = None
     try:
         got = await get_checked(ctx["http"], url, settings)
+    except LookupTimedOut as exc:  # slow DNS: worth another try
+        reason = str(exc)
     except UnsafeURL as exc:
         raise FetchFailed(f"refused: {exc}") from None
     except httpx.TransportError as exc:  # connect errors, timeouts, broken connections

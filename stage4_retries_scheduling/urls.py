@@ -8,14 +8,27 @@ credentials, and admin ports on 127.0.0.1 or 10.x trust whoever reaches them.
 import asyncio
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# A DNS lookup that takes longer than this fails: a 422 in the API, a retry in the worker.
+LOOKUP_TIMEOUT_S = 2.0
+# Threads for DNS lookups, apart from asyncio's default executor (see resolve()).
+LOOKUP_THREADS = 4
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
 
 class UnsafeURL(ValueError):
     """The URL is not allowed; the message says why."""
+
+
+class LookupTimedOut(UnsafeURL):
+    """The name did not resolve in time: maybe the URL is fine and DNS is slow."""
 
 
 def parse_allowlist(entries: list[str]) -> list[IPNetwork]:
@@ -27,47 +40,105 @@ def parse_allowlist(entries: list[str]) -> list[IPNetwork]:
 CLOUD_METADATA = {
     ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
 }
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: IPv6 clients reaching IPv4 hosts
 
 
-def _why_internal(ip: IPAddress) -> str | None:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
-    if ip in CLOUD_METADATA:
-        return "cloud-metadata"
-    # Most specific first: Python counts loopback and link-local as "private" too.
-    for kind in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
-        if getattr(ip, f"is_{kind}"):
-            return kind.replace("_", "-")
-    if not ip.is_global:  # e.g. 100.64.0.0/10 (carrier-grade NAT, and some clouds' metadata)
-        return "non-global"
+def _carried_ipv4(ip: IPAddress) -> tuple[str, ipaddress.IPv4Address] | None:
+    """IPv6 forms with an IPv4 address inside, which is where the packets really go."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return None
+    if ip.ipv4_mapped:
+        return "IPv4-mapped", ip.ipv4_mapped
+    if ip.sixtofour:
+        return "6to4", ip.sixtofour
+    if ip.teredo:
+        return "Teredo", ip.teredo[1]  # (server, client): the client is the destination
+    if ip in NAT64:
+        return "NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
     return None
 
 
-# --8<-- [start:check_url]
-async def check_url(url: str, allowlist: list[IPNetwork]) -> None:
-    """Raise UnsafeURL unless `url` is http(s) and every address its host resolves to is public
-    (or in the allowlist)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise UnsafeURL(f"only http and https URLs are fetched, not {parts.scheme or 'none'!r}")
+def _why_internal(ip: IPAddress) -> str | None:
+    if carried := _carried_ipv4(ip):
+        form, ipv4 = carried
+        if why := _why_internal(ipv4):  # 2002:7f00:1:: is 127.0.0.1 by way of 6to4
+            return f"the {form} form of {ipv4}, {why}"
+        if form != "Teredo":  # it reaches a public IPv4 address, whatever Python's table says
+            return None
+    if ip in CLOUD_METADATA:
+        return "a cloud-metadata address"
+    # Most specific first: Python counts loopback and link-local as "private" too. Teredo
+    # (2001::/32) and the old IPv4-compatible ::a.b.c.d are never global there: refused.
+    for kind in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
+        if getattr(ip, f"is_{kind}"):
+            return f"a {kind.replace('_', '-')} address"
+    if not ip.is_global:  # e.g. 100.64.0.0/10 (carrier-grade NAT, and some clouds' metadata)
+        return "a non-global address"
+    return None
+
+
+# --8<-- [start:parse_url]
+def parse_url(url: str) -> httpx.URL:
+    """The URL as httpx will read it, or UnsafeURL if it is malformed or not http(s). No DNS."""
+    # Whitespace and control characters are refused, not cleaned: parsers disagree on
+    # what "http://a\tb/" means, and an SSRF guard must read a URL as the client does.
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise UnsafeURL("the URL contains whitespace or a control character")
     try:
-        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise UnsafeURL(f"bad port: {exc}") from None
-    if not host:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise UnsafeURL(f"malformed URL: {exc}") from None
+    if parsed.scheme not in DEFAULT_PORTS:
+        raise UnsafeURL(f"only http and https URLs are fetched, not {parsed.scheme or 'none'!r}")
+    if not parsed.host:
         raise UnsafeURL("the URL has no host")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise UnsafeURL(f"bad port: {parsed.port}")
+    return parsed
+
+
+# --8<-- [end:parse_url]
+
+# getaddrinfo blocks, so lookups run in threads: their own few, not asyncio's default
+# executor (min(32, CPUs + 4) threads, shared with every asyncio.to_thread). There, six
+# slow lookups were enough to stall every other request behind them. A real application
+# would use an async resolver with its own timeouts and a cache (aiodns, or a local one).
+_lookup_threads = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="dns")
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """The guard's one DNS lookup: every address of `host`, within LOOKUP_TIMEOUT_S."""
+    lookup = partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await asyncio.wait_for(
+            asyncio.get_running_loop().run_in_executor(_lookup_threads, lookup),
+            LOOKUP_TIMEOUT_S,
+        )
+    except TimeoutError:  # the thread carries on, but nobody waits for it
+        raise LookupTimedOut(
+            f"could not resolve {host!r} in time ({LOOKUP_TIMEOUT_S:g} s)"
+        ) from None
     except (socket.gaierror, UnicodeError) as exc:
         raise UnsafeURL(f"cannot resolve {host!r}: {exc}") from None
+    found = [ipaddress.ip_address(sockaddr[0].split("%")[0]) for *_, sockaddr in infos]
+    return list(dict.fromkeys(found))  # once each, in the resolver's order of preference
+
+
+# --8<-- [start:check_url]
+async def check_url(url: str, allowlist: list[IPNetwork]) -> list[IPAddress]:
+    """Raise UnsafeURL unless `url` is http(s) and every address its host resolves to is
+    public (or in the allowlist); return those addresses, the only ones to connect to."""
+    parsed = parse_url(url)
+    host = parsed.raw_host.decode("ascii")  # IDNA-encoded, as DNS wants it
+    addresses = await resolve(host, parsed.port or DEFAULT_PORTS[parsed.scheme])
     # Check every address, not just the first: a name may resolve to one public and one
-    # private address, and the client may connect to either.
-    for *_, sockaddr in infos:
-        ip = ipaddress.ip_address(sockaddr[0].split("%")[0])
+    # private address, and a client that connects by name may pick either.
+    for ip in addresses:
         if any(ip in network for network in allowlist):
             continue
         if why := _why_internal(ip):
-            raise UnsafeURL(f"{host} resolves to {ip}, a {why} address")
+            raise UnsafeURL(f"{host} resolves to {ip}, {why}")
+    return addresses
 
 
 # --8<-- [end:check_url]

@@ -13,13 +13,13 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 from arq.connections import ArqRedis, RedisSettings
 from arq.cron import cron
 from arq.worker import Function, func
 
 from . import jobs
 from .config import get_settings
+from .fetch import make_client
 from .ledger import Ledger, now
 from .tasks import REPORT_TIMEOUT_S, TASKS
 
@@ -94,9 +94,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     # those writes are lost, but Redis still has the results and reconcile() copies them.
     ctx["ledger"] = Ledger(settings.database_url, wait=False)
     await asyncio.to_thread(ctx["ledger"].create_schema)
-    # One HTTP client per worker process, shared by every fetch job: connection pooling
-    # and one place for limits. Redirects are followed by hand, so each hop is checked.
-    ctx["http"] = httpx.AsyncClient(timeout=settings.fetch_timeout_s, follow_redirects=False)
+    # One HTTP client per worker process, shared by every fetch job: one place for limits.
+    ctx["http"] = make_client(settings)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

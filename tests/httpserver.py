@@ -4,16 +4,22 @@
 
 Each request to a path takes the next reply; the last one repeats. `Reply(hold=event)` waits
 for the test to set `event` before answering, to put the answer at an exact point. Every
-request's arrival time is recorded in `server.hits[path]`.
+request's arrival time is recorded in `server.hits[path]`, and its headers in
+`server.request_headers[path]`. `ScriptedServer(host="127.0.0.2", port=p)` listens
+elsewhere on loopback (Linux answers on all of 127.0.0.0/8), for instance beside another
+server on the same port p; with `tls=<a server SSLContext>` it speaks HTTPS.
 """
 
 from __future__ import annotations
 
+import json
+import ssl
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 HOLD_MAX_S = 30.0  # a held reply is sent after this even if the test never releases it
 
@@ -28,9 +34,12 @@ class Reply:
 
 
 class ScriptedServer:
-    def __init__(self) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.scripts: dict[str, list[Reply]] = {}
         self.hits: dict[str, list[float]] = defaultdict(list)
+        self.request_headers: dict[str, list[dict[str, str]]] = defaultdict(list)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         server = self
@@ -39,6 +48,7 @@ class ScriptedServer:
             def do_GET(self) -> None:
                 with server.lock:
                     server.hits[self.path].append(time.monotonic())
+                    server.request_headers[self.path].append(dict(self.headers))
                     replies = server.scripts.get(self.path, [Reply(404)])
                     reply = replies.pop(0) if len(replies) > 1 else replies[0]
                 if reply.delay_s:
@@ -55,12 +65,15 @@ class ScriptedServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.scheme = "https" if tls else "http"
+        self.host, self.port = host, self.httpd.server_address[1]
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://{self.host}:{self.port}{path}"
 
     def script(self, path: str, *replies: Reply) -> str:
         with self.lock:
@@ -75,3 +88,14 @@ class ScriptedServer:
         self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def fetch_settings(monkeypatch: Any, stage: Any, allowlist: list[str]) -> None:
+    """Settings for fetch tests: fast backoff, short timeouts, `allowlist` let through the
+    SSRF guard (our local servers are loopback, which it refuses otherwise)."""
+    monkeypatch.setenv("FETCH_ALLOWLIST", json.dumps(allowlist))
+    monkeypatch.setenv("FETCH_BASE_DELAY_S", "0.01")
+    monkeypatch.setenv("FETCH_MAX_DELAY_S", "0.05")
+    monkeypatch.setenv("FETCH_TIMEOUT_S", "0.2")
+    monkeypatch.setenv("FETCH_MAX_TRIES", "3")
+    stage.module("config").get_settings.cache_clear()
