@@ -28,10 +28,14 @@ DONE_LINE = re.compile(r"\btasks: (\w+)\(.*\) done\b")
 
 
 class Stack:
-    """A stage's processes. `data_dir` is a private folder (Valkey's files, DATA_DIR, logs)."""
+    """A stage's processes. `data_dir` is a private folder (Valkey's files, DATA_DIR, logs).
 
-    def __init__(self, stage: int, data_dir: Path):
+    `workers` ARQ worker processes from stage 2 (each runs up to the stage's MAX_JOBS at once).
+    """
+
+    def __init__(self, stage: int, data_dir: Path, workers: int = 1):
         self.stage = stage
+        self.workers = workers
         self.package = STAGES[stage]
         self.data_dir = data_dir
         self.has_worker = (ROOT / self.package / "worker.py").exists()
@@ -39,7 +43,7 @@ class Stack:
         self.url = f"http://{HOST}:{self.port}"
         self.valkey: EmbeddedValkey | None = None
         self.api: subprocess.Popen[bytes] | None = None
-        self.worker: subprocess.Popen[bytes] | None = None
+        self.worker_processes: list[subprocess.Popen[bytes]] = []
         self.api_logs: list[Path] = []
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "DATA_DIR": str(data_dir / "data")}
         self.env.pop("REDIS_URL", None)  # never the machine's Redis: our own Valkey below
@@ -54,12 +58,13 @@ class Stack:
                 self.valkey.start()
                 self.env["REDIS_URL"] = self.valkey.url
             self.start_api()
-            if self.has_worker:
-                log = self.data_dir / "worker.log"
-                self.worker = self._spawn(
+            for number in range(1, self.workers + 1) if self.has_worker else []:
+                log = self.data_dir / ("worker.log" if number == 1 else f"worker-{number}.log")
+                self.worker_processes.append(self._spawn(
                     [sys.executable, "-m", "arq", f"{self.package}.worker.WorkerSettings"], log
-                )
-                self._wait_for(lambda: "Starting worker" in log.read_text(), "the ARQ worker")
+                ))  # fmt: skip
+                ready = lambda log=log: "Starting worker" in log.read_text()  # noqa: E731
+                self._wait_for(ready, "the ARQ worker")
         except BaseException:
             self.stop()
             raise
@@ -80,7 +85,7 @@ class Stack:
             self.api.wait()
 
     def stop(self) -> None:
-        for process in (self.worker, self.api):
+        for process in (*self.worker_processes, self.api):
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
@@ -88,7 +93,7 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-        self.worker = self.api = None
+        self.worker_processes, self.api = [], None
         if self.valkey is not None:
             self.valkey.stop()
             self.valkey = None
@@ -115,7 +120,7 @@ class Stack:
     def _wait_for(self, check, what: str) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not check():
-            for process in (self.api, self.worker):
+            for process in (self.api, *self.worker_processes):
                 if process is not None and process.poll() is not None:
                     raise RuntimeError(f"{what}: a process exited; see the logs in {self.data_dir}")
             if time.monotonic() > deadline:
@@ -125,8 +130,8 @@ class Stack:
     # -- what the stage says ----------------------------------------------------------------
 
     def pids(self) -> list[int]:
-        """The stage's own processes: API, worker, Valkey."""
-        processes = [self.api, self.worker, self.valkey.process if self.valkey else None]
+        """The stage's own processes: API, workers, Valkey."""
+        processes = [self.api, *self.worker_processes, self.valkey.process if self.valkey else None]
         return [process.pid for process in processes if process is not None]
 
     def healthy(self) -> bool:
