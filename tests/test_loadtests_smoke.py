@@ -7,11 +7,38 @@ computed from its steps, never the figures: two seconds prove nothing about spee
 """
 
 import json
+import threading
+import time
 
 import psutil
 import pytest
 
 from loadtests import compare, knee, report
+
+THREADS = 4
+CRUNCH_MS = 100
+
+
+def test_a_crunch_does_its_cpu_time_of_work_even_when_threads_share_the_gil(stage):
+    """The load's unit of work is fixed: `crunch(ms)` burns `ms` of its own thread's CPU time.
+    Timed by the wall clock instead, jobs running side by side (a worker's MAX_JOBS threads,
+    stage 1's thread pool) would each do a fraction of the work and still "finish" on time,
+    and a worker would seem to keep up with any rate."""
+    burn_cpu = stage.module("tasks").burn_cpu
+    used: list[float] = []
+
+    def crunch() -> None:
+        started = time.thread_time()
+        burn_cpu(CRUNCH_MS)
+        used.append(time.thread_time() - started)
+
+    threads = [threading.Thread(target=crunch) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(used) == THREADS
+    assert min(used) >= CRUNCH_MS / 1000, f"CPU seconds per crunch: {used}"
 
 
 def step(variant, load, rate, p95, growth=None, queued=False):
@@ -62,6 +89,17 @@ def test_the_knee_is_the_first_step_past_each_bar_and_the_answer_names_it():
     assert "`stage2`) keeps `/ping` flat" in answer
     assert "keeps up to **2/s** and falls behind at 3/s" in answer
     assert "1 worker up to 2/s, 2 workers up to 3/s" in answer
+
+
+def test_two_runs_whose_knees_are_more_than_one_step_apart_are_flagged():
+    rates = [0.5, 1, 2, 3, 4]
+    assert knee.steps_apart(1, 2, rates) == 1
+    assert knee.steps_apart(0.5, None, rates) == 5  # None: past the last rate tried
+    first, second = made_up_results(), made_up_results()
+    assert not any("<--" in line for line in knee.compare_runs(first, second))
+    second["knees"]["stage2"]["cpu"]["falls_behind"] = 1  # was 3: two steps earlier
+    flagged = [line for line in knee.compare_runs(first, second) if "<--" in line]
+    assert len(flagged) == 1 and flagged[0].startswith("stage2 ") and "falls_behind" in flagged[0]
 
 
 @pytest.mark.e2e
