@@ -17,7 +17,8 @@ headless Locust process per step, each --step-seconds long:
 The prober runs at --prober-rate throughout. After each step the runner waits (up to
 DRAIN_LIMIT_S) for the accepted work to finish, so the next step starts from an empty queue;
 if it does not finish, the stage is started afresh. Once a variant's prober is past both bars
-of `knee.py`, its higher rates of that load are skipped: they would only break it further.
+of `knee.py` in two steps in a row, its higher rates of that load are skipped: they would only
+break it further.
 
 It writes Locust's CSV and HTML per step, results.json (every step, and the knees),
 summary.md and two charts into the results folder; --publish also copies summary.md and the
@@ -46,6 +47,7 @@ CHARTS = {"prober_latency.png": charts.prober_chart, "queue_wait.png": charts.qu
 CPU_RATES = "0.25,0.5,1,2,3,4,6,8"
 IO_RATES = "2,4,8,16,32,64,128"
 TWO_WORKERS = "stage2-w2"  # the worker-count comparison: the first queued stage, two workers
+BROKEN_STEPS = 2  # steps in a row past both bars of knee.py, after which higher rates are skipped
 VARIANT_NAME = re.compile(r"stage(\d+)(?:-w(\d+))?$")
 
 
@@ -110,12 +112,14 @@ class Runner:
         done = [steps.run_step(self.args, self.variant, stack, "idle", 0.0)]
         idle_p95 = done[0].prober.get("p95", 0.0)
         for load, rates in self.plan():
+            in_a_row = 0
             for rate in rates:
                 step = steps.run_step(self.args, self.variant, stack, load, rate)
                 done.append(step)
                 if not step.drained:  # its backlog would spill into the next step
                     stack = self.fresh_stack()
-                if knee.broken(asdict(step), idle_p95) and not self.args.all_steps:
+                in_a_row = in_a_row + 1 if knee.broken(asdict(step), idle_p95) else 0
+                if in_a_row == BROKEN_STEPS and not self.args.all_steps:
                     if rate < max(rates):
                         steps.say(f"{self.variant.name}: broken at {rate:g}/s; skip the rest")
                     break

@@ -7,7 +7,8 @@ them on made-up steps as well as on a real run.
   variant's own idle p95, and separately the first over PROBER_LIMIT_MS. A relative and an
   absolute bar: 10x of 3 ms is still fast, and 100 ms on a slow laptop may be its idle.
 - The workers' knee (stage 2+): the first step whose jobs' turnaround keeps growing across the
-  step (FALLS_BEHIND, in seconds of extra turnaround per second): arrivals outpace the workers.
+  step (FALLS_BEHIND, in seconds of extra turnaround per second), or that left more work than
+  the workers could finish within the runner's drain limit: arrivals outpace the workers.
   Turnaround (enqueue to finish) rather than queue wait alone, because a worker starts up to
   MAX_JOBS jobs at once: CPU jobs then slow each other down inside the worker before any of
   them has to wait in the queue.
@@ -37,8 +38,13 @@ def p95(step: dict[str, Any]) -> float:
 
 
 def broken(step: dict[str, Any], idle_p95: float) -> bool:
-    """Past both bars: more load would only break it further (the runner skips the rest)."""
+    """Past both bars: more load would only break it further (after two such steps in a row
+    the runner skips the rest; one could be a hiccup)."""
     return p95(step) > PROBER_TIMES_IDLE * idle_p95 and p95(step) > PROBER_LIMIT_MS
+
+
+def falls_behind(step: dict[str, Any]) -> bool:
+    return (step.get("growth") or 0.0) > FALLS_BEHIND or not step.get("drained", True)
 
 
 def load_knee(loaded: list[dict[str, Any]], idle_p95: float | None) -> dict[str, Any]:
@@ -47,7 +53,7 @@ def load_knee(loaded: list[dict[str, Any]], idle_p95: float | None) -> dict[str,
     times_idle = first_rate(
         loaded, lambda s: idle_p95 is not None and p95(s) > PROBER_TIMES_IDLE * idle_p95
     )
-    behind = first_rate(loaded, lambda s: (s.get("growth") or 0.0) > FALLS_BEHIND)
+    behind = first_rate(loaded, falls_behind)
     return {
         "rates": sorted(rate(step) for step in loaded),
         "over_times_idle": times_idle,
@@ -74,3 +80,46 @@ def keeps_up_to(knee: dict[str, Any]) -> float | None:
     """The highest rate tried below the workers' knee (all of them if there is none)."""
     below = [r for r in knee["rates"] if knee["falls_behind"] is None or r < knee["falls_behind"]]
     return max(below, default=None)
+
+
+# -- comparing two runs ----------------------------------------------------------------------
+# A reference run is made twice; a knee that moves by more than one step between the two is
+# noise to explain before publishing.  python -m loadtests.knee A/results.json B/results.json
+
+KNEES = ("over_times_idle", "over_limit", "falls_behind")
+
+
+def steps_apart(a: float | None, b: float | None, rates: list[float]) -> int:
+    """How many steps of `rates` lie between two knees; None counts as past the last rate."""
+    position = {None: len(rates), **{r: i for i, r in enumerate(rates)}}
+    return abs(position.get(a, len(rates)) - position.get(b, len(rates)))
+
+
+def compare_runs(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
+    lines, settings = [], first["settings"]
+    for variant, loads in first["knees"].items():
+        for load in LOADS:
+            a, b = loads.get(load), second["knees"].get(variant, {}).get(load)
+            if a is None or b is None:
+                continue
+            for name in KNEES:
+                apart = steps_apart(a[name], b[name], settings[f"{load}_rates"])
+                flag = "  <-- more than one step apart" if apart > 1 else ""
+                lines.append(f"{variant:14} {load:3} {name:16} {a[name]!s:>6} {b[name]!s:>6}{flag}")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    import json
+    from pathlib import Path
+
+    first, second = (json.loads(Path(path).read_text()) for path in argv)
+    lines = compare_runs(first, second)
+    print(f"{'variant':14} {'load':3} {'knee':16} {'run 1':>6} {'run 2':>6}", *lines, sep="\n")
+    return 1 if any("<--" in line for line in lines) else 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

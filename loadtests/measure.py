@@ -164,10 +164,13 @@ def job_times(jobs: list[dict[str, Any]]) -> dict[str, Any]:
              is not None]  # fmt: skip
     timed = [(job, t) for job in jobs if (t := _seconds(job, "enqueue_time", "finish_time"))
              is not None]  # fmt: skip
+    finished = [(job, t) for job, t in timed if job.get("finish_time")]
     return {
         "queue_wait_ms": percentiles(waits),
         "turnaround_ms": percentiles([t * 1000 for _, t in timed]),
-        "growth": growth(timed),
+        # Finished jobs only: the lower bounds of jobs observed all at once would shrink with
+        # their enqueue time and hide the growth.
+        "growth": growth(finished),
     }
 
 

@@ -133,9 +133,13 @@ def capacity_sentence(load: str, results: dict[str, Any]) -> str | None:
         parts = []
         for v in sorted(variants, key=lambda v: v["workers"]):
             k = results["knees"][v["name"]][load]
-            keeps = knee.keeps_up_to(k)
-            parts.append(f"{v['workers']} worker{'s' if v['workers'] > 1 else ''} "
-                         f"{'up to ' + _rate(keeps) if keeps else 'at no rate tried'}")  # fmt: skip
+            keeps, workers = knee.keeps_up_to(k), f"{v['workers']} worker{'s' * (v['workers'] > 1)}"
+            if k["falls_behind"] is None:
+                parts.append(f"{workers} at every rate tried (up to {_rate(keeps)})")
+            elif keeps is None:
+                parts.append(f"{workers} at no rate tried")
+            else:
+                parts.append(f"{workers} up to {_rate(keeps)}")
         return (
             "A queue keeps the API responsive; it does not create capacity, workers do. "
             f"Stage {stage} keeps up with {task_words(load, results['settings'])} with "

@@ -93,7 +93,8 @@ def run_step(args: argparse.Namespace, variant: Variant, stack: Stack, load: str
              rate: float) -> Step:  # fmt: skip
     prefix = args.out / variant.name / step_name(load, rate)
     shutil.rmtree(f"{prefix}-records", ignore_errors=True)
-    step = Step(variant.name, load, rate, stack.has_worker, load_before=os.getloadavg()[0])
+    step = Step(variant.name, load, rate, stack.has_worker)
+    step.load_before = round(os.getloadavg()[0], 2)
     mark = stack.log_mark()
     meter = measure.CpuMeter(stack.pids())
     say(f"{variant.name}: {step_name(load, rate)} for {args.step_seconds:g} s")
