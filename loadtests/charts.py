@@ -2,8 +2,8 @@
 
 - prober_latency.png: `GET /ping` p95 against the offered rate, one line per variant, one
   panel per load (log scales: the stages differ by orders of magnitude);
-- queue_wait.png: the jobs' queue wait and turnaround (p95) against the offered rate for the
-  stage 2+ variants, so one worker and two sit side by side.
+- queue_wait.png: the jobs' queue wait and turnaround (p95) against the offered rate, for one
+  worker and for two (see workers_compared).
 """
 
 from __future__ import annotations
@@ -50,9 +50,14 @@ def _panels(plt, results: dict[str, Any]):
 
 
 def _axes(plt, ax) -> None:
+    from matplotlib.ticker import LogLocator, NullFormatter
+
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 10, 20, 50, 100: readable ms
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda y, _: f"{y:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("offered tasks per second (log scale)")
     ax.grid(which="both", alpha=0.3)
     ax.legend(fontsize=7)
@@ -82,11 +87,22 @@ def prober_chart(results: dict[str, Any], path: Path) -> None:
     _save(plt, fig, path)
 
 
+def workers_compared(variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stage run with more than one worker count (stage2 and stage2-w2 by default), so the
+    chart shows what a second worker buys; else every queued variant."""
+    queued = [v for v in variants if v["stage"] > 1]
+    for stage in sorted({v["stage"] for v in queued}):
+        same = [v for v in queued if v["stage"] == stage]
+        if len({v["workers"] for v in same}) > 1:
+            return same
+    return queued
+
+
 def queue_chart(results: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     fig, panels = _panels(plt, results)
     style = _style(results["variants"])
-    queued = [v for v in results["variants"] if v["stage"] > 1]
+    queued = workers_compared(results["variants"])
     for load, ax in panels:
         for variant in queued:
             colour, _ = style[variant["name"]]

@@ -76,21 +76,19 @@ def subject(variant: dict[str, Any]) -> str:
     return f"Stage {variant['stage']} with {workers} (`{variant['name']}`)"
 
 
-def prober_clause(k: dict[str, Any], idle_p95: float, tried: list[float]) -> str:
-    times, limit = k["over_times_idle"], k["over_limit"]
-    if times is None and limit is None:
-        return f"keeps `/ping` flat at every rate tried, up to {_rate(max(k['rates']))}"
-    breaks = min(r for r in (times, limit) if r is not None)
-    parts = [
-        f"past {knee.PROBER_TIMES_IDLE}x its idle {_ms(idle_p95)} ms at {_rate(times)}"
-        if times is not None
-        else f"never {knee.PROBER_TIMES_IDLE}x its idle {_ms(idle_p95)} ms",
-        f"past {knee.PROBER_LIMIT_MS:g} ms at {_rate(limit)}"
-        if limit is not None
-        else f"never past {knee.PROBER_LIMIT_MS:g} ms",
-    ]
-    lowest = " (the lowest rate tried)" if breaks == min(tried) else ""
-    return f"breaks at **{_rate(breaks)}**{lowest}: `/ping`'s p95 is {' and '.join(parts)}"
+def prober_clause(k: dict[str, Any], idle_p95: float, tried: list[float], task: str) -> str:
+    bars = {"over_times_idle": f"{knee.PROBER_TIMES_IDLE}x its idle {_ms(idle_p95)} ms",
+            "over_limit": f"{knee.PROBER_LIMIT_MS:g} ms"}  # fmt: skip
+    crossed = sorted(((k[key], bar) for key, bar in bars.items() if k[key] is not None),
+                     key=lambda pair: pair[0])  # fmt: skip
+    highest = _rate(max(k["rates"]))
+    if not crossed:
+        return f"keeps `/ping` flat with {task} at every rate tried, up to {highest}"
+    lowest = " (the lowest rate tried)" if crossed[0][0] == min(tried) else ""
+    passes = " and ".join(f"{bar} at {_rate(rate)}" for rate, bar in crossed)
+    never = [f" (never {bar} up to {highest})" for key, bar in bars.items() if k[key] is None]
+    return (f"breaks at **{_rate(crossed[0][0])}** of {task}{lowest}: `/ping`'s p95 passes "
+            f"{passes}{''.join(never)}")  # fmt: skip
 
 
 def queue_clause(k: dict[str, Any], workers: int) -> str:
@@ -109,8 +107,8 @@ def sentence(variant: dict[str, Any], load: str, results: dict[str, Any]) -> str
         return None
     k, settings = knees[load], results["settings"]
     tried = settings[f"{load}_rates"]
-    text = f"{subject(variant)} {prober_clause(k, knees['idle_p95'], tried)}"
-    text += f" of {task_words(load, settings)}"
+    task = task_words(load, settings)
+    text = f"{subject(variant)} {prober_clause(k, knees['idle_p95'], tried, task)}"
     if k["queued"]:
         text += f"; {queue_clause(k, variant['workers'])}"
     if max(k["rates"]) < max(tried):

@@ -85,7 +85,8 @@ def test_the_knee_is_the_first_step_past_each_bar_and_the_answer_names_it():
     assert knee.broken(results["steps"][1], 4.0) and not knee.broken(results["steps"][4], 4.0)
 
     answer = "\n".join(report.answer(results))
-    assert "`stage1-async`) breaks at **2/s**" in answer
+    assert "`stage1-async`) breaks at **2/s** of 200 ms CPU tasks:" in answer
+    assert "passes 10x its idle 4.0 ms at 2/s and 100 ms at 4/s" in answer
     assert "(rates above 4/s" not in answer  # every CPU rate was tried
     assert "does not break in this range" in answer  # in-process async I/O held
     assert "`stage2`) keeps `/ping` flat" in answer
