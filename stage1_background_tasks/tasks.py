@@ -46,10 +46,12 @@ class WaitArgs(Args):
 
 
 def burn_cpu(ms: int) -> int:
-    """Pure-Python busy work for about `ms` milliseconds; holds the GIL throughout."""
-    deadline = time.perf_counter() + ms / 1000
+    """Pure-Python busy work for about `ms` milliseconds of CPU; holds the GIL throughout."""
+    # This thread's CPU time, not the wall clock: crunches that share the GIL in threads
+    # each still do their full amount of work, as real CPU-bound jobs would.
+    deadline = time.thread_time() + ms / 1000
     loops = 0
-    while time.perf_counter() < deadline:
+    while time.thread_time() < deadline:
         sum(i * i for i in range(1_000))
         loops += 1
     return loops
