@@ -157,3 +157,25 @@ def test_an_enqueue_that_timed_out_before_its_transaction_leaves_a_failed_row(
     assert row["status"] == "failed"
     assert row["error"].startswith("not enqueued: Redis is unavailable")
     assert job(client, row["job_id"])["status"] == "failed"
+
+
+@pytest.mark.since_stage(4)
+def test_a_retry_with_the_same_idempotency_key_after_a_lost_enqueue_reply_makes_no_second_job(
+    proxy: SlowRepliesProxy, client: TestClient, raw_redis: Any
+) -> None:
+    # The first request's job reached Redis (it will run), but its reply was lost: a 503.
+    # The client does what the key is for, and retries with it. It must get that job back
+    # (or a 409), never a second job that runs the same work again.
+    headers = {"Idempotency-Key": "lost-reply-1"}
+    proxy.hold_reply_to = b"EXEC"
+    try:
+        first = client.post("/tasks/add", json={"x": 1, "y": 2}, headers=headers)
+    finally:
+        proxy.hold_reply_to = None
+    assert first.status_code == 503, first.text
+    [queued] = [member.decode() for member in raw_redis.zrange("arq:queue", 0, -1)]
+    retry = client.post("/tasks/add", json={"x": 1, "y": 2}, headers=headers)
+    assert retry.status_code in (202, 409), retry.text
+    if retry.status_code == 202:
+        assert retry.json()["job_id"] == queued
+    assert raw_redis.zcard("arq:queue") == 1
