@@ -18,6 +18,8 @@ from tests.helpers import job
 API_REDIS_TIMEOUT_S = 0.3  # the API's REDIS_TIMEOUT_S in this test
 REPLY_DELAY_S = 1.0  # how long the proxy holds back a transaction's reply: past the timeout
 
+CANCEL_DEADLINE_S = 15.0  # how long a DELETE may take against a stalled Redis
+
 Sock = socket.socket
 
 
@@ -38,6 +40,8 @@ class SlowRepliesProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.hold_reply_to: bytes | None = None
+        # Or: let this command's reply through, and hold back every reply after it.
+        self.hold_replies_after: bytes | None = None
         self.sockets: list[socket.socket] = [self.listener]
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -56,9 +60,15 @@ class SlowRepliesProxy:
     def _commands(
         self, client: socket.socket, server: socket.socket, held: threading.Event
     ) -> None:
+        armed = False  # this connection sent hold_replies_after: hold what follows it
         while data := _recv(client):
             if self.hold_reply_to and b"\r\n%s\r\n" % self.hold_reply_to in data:
                 held.set()  # before forwarding: the reply cannot overtake it
+            if armed:
+                held.set()
+            armed = (
+                bool(self.hold_replies_after) and b"\r\n%s\r\n" % self.hold_replies_after in data
+            )
             server.sendall(data)
         server.close()
 
@@ -157,3 +167,45 @@ def test_an_enqueue_that_timed_out_before_its_transaction_leaves_a_failed_row(
     assert row["status"] == "failed"
     assert row["error"].startswith("not enqueued: Redis is unavailable")
     assert job(client, row["job_id"])["status"] == "failed"
+
+
+@pytest.mark.since_stage(4)
+def test_a_retry_with_the_same_idempotency_key_after_a_lost_enqueue_reply_makes_no_second_job(
+    proxy: SlowRepliesProxy, client: TestClient, raw_redis: Any
+) -> None:
+    # The first request's job reached Redis (it will run), but its reply was lost: a 503.
+    # The client does what the key is for, and retries with it. It must get that job back
+    # (or a 409), never a second job that runs the same work again.
+    headers = {"Idempotency-Key": "lost-reply-1"}
+    proxy.hold_reply_to = b"EXEC"
+    try:
+        first = client.post("/tasks/add", json={"x": 1, "y": 2}, headers=headers)
+    finally:
+        proxy.hold_reply_to = None
+    assert first.status_code == 503, first.text
+    [queued] = [member.decode() for member in raw_redis.zrange("arq:queue", 0, -1)]
+    retry = client.post("/tasks/add", json={"x": 1, "y": 2}, headers=headers)
+    assert retry.status_code in (202, 409), retry.text
+    if retry.status_code == 202:
+        assert retry.json()["job_id"] == queued
+    assert raw_redis.zcard("arq:queue") == 1
+
+
+@pytest.mark.since_stage(4)
+def test_a_cancel_whose_redis_stops_answering_after_watch_is_a_503_not_a_hang(
+    proxy: SlowRepliesProxy, client: TestClient, raw_redis: Any
+) -> None:
+    # cancel.py retries its transaction on every WatchError. redis-py also raises WatchError
+    # when a command after WATCH times out, so a Redis that answers WATCH and then stalls
+    # kept the DELETE looping, one timeout after another, for as long as it stalled.
+    job_id = client.post("/tasks/add", params={"delay_seconds": 60}, json={"x": 1, "y": 2})
+    job_id = job_id.json()["job_id"]
+    proxy.hold_replies_after = b"WATCH"
+    answer: list[Any] = []
+    deleting = threading.Thread(target=lambda: answer.append(client.delete(f"/jobs/{job_id}")))
+    deleting.start()
+    deleting.join(CANCEL_DEADLINE_S)  # generous: "a 503 within about a second"
+    proxy.hold_replies_after = None  # Redis answers again: a looping DELETE now ends
+    deleting.join(CANCEL_DEADLINE_S)
+    [response] = answer
+    assert response.status_code == 503, response.text

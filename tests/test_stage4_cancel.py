@@ -136,3 +136,15 @@ def test_racing_deletes_answer_truly_and_redis_and_the_ledger_agree(
     assert raw_redis.zcard("arq:abort") == 0  # no entry left to kill a later job
     outcomes = {response.status_code for response in answers.values()}
     assert outcomes == {200, 409}, f"the race never went both ways: {outcomes}"
+
+
+def test_cancelling_a_job_redis_has_lost_does_not_answer_still_running(client, raw_redis):
+    # The row is open but Redis no longer has the job (a flush, a restart without its data):
+    # no worker runs it or ever will. DELETE answered 202 "still running: cancellation
+    # requested", about a job nothing runs, and left the row "deferred" for reconcile to call
+    # "lost" minutes later.
+    job_id = enqueue(client, "add", ADD, delay_seconds=60)
+    raw_redis.flushdb()
+    response = client.delete(f"/jobs/{job_id}")
+    assert response.status_code != 202, response.text
+    assert client.get(f"/jobs/{job_id}").json()["status"] in ("cancelled", "failed")
