@@ -18,6 +18,8 @@ from arq.constants import (
 )
 from arq.jobs import deserialize_job_raw, serialize_result
 from arq.utils import timestamp_ms
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 from .jobs import BETWEEN_TRIES, NOT_RUN, deserialize, serialize
@@ -25,6 +27,10 @@ from .jobs import BETWEEN_TRIES, NOT_RUN, deserialize, serialize
 # How often cancel_and_wait looks again while a worker stops a running job. The worker
 # checks the abort set on every poll (worker.POLL_DELAY_S), so a few polls' worth.
 CANCEL_POLL_S = 0.05
+# How many times one cancel looks again when the job changed under its transaction.
+CANCEL_ROUNDS = 10
+# The error a job gets when DELETE finds it on record but nowhere in Redis.
+LOST_IN_REDIS = "CancelledError: cancelled; Redis no longer had this job"
 
 Cancelled = Literal["removed", "aborting", "finished"]
 
@@ -37,7 +43,7 @@ async def cancel(redis: ArqRedis, job_id: str, queue_name: str, keep_result_s: i
     in_progress, result = in_progress_key_prefix + job_id, result_key_prefix + job_id
     job_key, tries = job_key_prefix + job_id, retry_key_prefix + job_id
     async with redis.pipeline(transaction=True) as pipe:
-        while True:
+        for _ in range(CANCEL_ROUNDS):
             try:
                 # WATCH what the worker changes when it claims (in-progress), retries or
                 # finishes (in-progress, result, job): if any of it changes before EXEC,
@@ -47,31 +53,38 @@ async def cancel(redis: ArqRedis, job_id: str, queue_name: str, keep_result_s: i
                 running, done = await pipe.exists(in_progress), await pipe.exists(result)
                 raw, score = await pipe.get(job_key), await pipe.zscore(queue_name, job_id)
                 attempts = int(await pipe.get(tries) or 0)
-                if done or not raw or (score is None and not running):
-                    return "finished"  # or Redis no longer has it: nothing left to stop
-                pipe.multi()
-                if running:
-                    # Only the worker can stop a running job: ARQ's abort set, which it reads
-                    # on every poll. ARQ removes the entry when the job finishes, and keeps it
-                    # when the try ends in a retry, so the next try is stopped before it runs.
-                    pipe.zadd(abort_jobs_ss, {job_id: timestamp_ms()})
-                else:
-                    why = BETWEEN_TRIES if attempts else NOT_RUN
-                    pipe.zrem(queue_name, job_id)
-                    pipe.zrem(abort_jobs_ss, job_id)
-                    pipe.delete(job_key, tries)
-                    pipe.set(result, _cancelled_result(raw, job_id, attempts, why, queue_name),
-                             ex=keep_result_s)  # fmt: skip
-                    # A worker may have read this id from the queue before our ZREM and be
-                    # about to claim it: it WATCHes the in-progress key, so writing that key
-                    # (and deleting it again) makes its claim fail. Left alone, it would run
-                    # the job, find no job key and store "job expired" over our result.
-                    pipe.set(in_progress, b"cancelled")
-                    pipe.delete(in_progress)
+            except WatchError as exc:
+                # Here, before EXEC, redis-py's WatchError means the connection was lost
+                # while keys were WATCHed: Redis is down or stuck, a 503, not a retry.
+                raise RedisConnectionError(f"cancel: {exc}") from exc
+            if done or not raw or (score is None and not running):
+                return "finished"  # or Redis no longer has it: nothing left to stop
+            pipe.multi()
+            if running:
+                # Only the worker can stop a running job: ARQ's abort set, which it reads
+                # on every poll. ARQ removes the entry when the job finishes, and keeps it
+                # when the try ends in a retry, so the next try is stopped before it runs.
+                pipe.zadd(abort_jobs_ss, {job_id: timestamp_ms()})
+            else:
+                why = BETWEEN_TRIES if attempts else NOT_RUN
+                pipe.zrem(queue_name, job_id)
+                pipe.zrem(abort_jobs_ss, job_id)
+                pipe.delete(job_key, tries)
+                pipe.set(result, _cancelled_result(raw, job_id, attempts, why, queue_name),
+                         ex=keep_result_s)  # fmt: skip
+                # A worker may have read this id from the queue before our ZREM and be
+                # about to claim it: it WATCHes the in-progress key, so writing that key
+                # (and deleting it again) makes its claim fail. Left alone, it would run
+                # the job, find no job key and store "job expired" over our result.
+                pipe.set(in_progress, b"cancelled")
+                pipe.delete(in_progress)
+            try:
                 await pipe.execute()
-                return "aborting" if running else "removed"
             except WatchError:
-                continue
+                continue  # a worker claimed, retried or finished the job meanwhile: look again
+            return "aborting" if running else "removed"
+    # A job changes state a handful of times in its life; this many rounds in a row is not one.
+    raise RedisTimeoutError(f"cancel: job {job_id} kept changing under {CANCEL_ROUNDS} attempts")
 
 
 def _cancelled_result(raw: bytes, job_id: str, attempts: int, why: str, queue: str) -> bytes:

@@ -95,6 +95,10 @@ def get_redis(request: Request) -> ArqRedis:
 Redis = Annotated[ArqRedis, Depends(get_redis)]
 
 
+class EnqueueUnconfirmed(errors.RedisTimeoutError):
+    """The enqueue was sent but not confirmed: Redis may hold the job (a 503 all the same)."""
+
+
 # --8<-- [start:submit]
 async def create_job(
     redis: ArqRedis, ledger: Ledger, name: str, job_id: str, kwargs: dict, when: datetime | None
@@ -119,7 +123,7 @@ async def create_job(
         # reconcile() marks it lost if it never arrived.
         error = "not confirmed: Redis did not answer the enqueue in time"
         await ledger.update(job_id, error=error)
-        raise errors.RedisTimeoutError(error)
+        raise EnqueueUnconfirmed(error)
 
 
 def accepted(response: Response, job_id: str) -> Enqueued:
@@ -163,9 +167,13 @@ def add_task_route(app: FastAPI, name: str) -> None:
                 return accepted(response, earlier)
         try:
             await create_job(redis, ledger, name, job_id, kwargs, when)
+        except EnqueueUnconfirmed:
+            if claim is not None:  # Redis may hold the job: a retry replays it, not a second
+                await claim.confirm(redis, settings.idempotency_ttl_s)
+            raise
         except Exception:
             if claim is not None:
-                await claim.release(redis)  # no job we know of: a retry may use the key
+                await claim.release(redis)  # no job was made: a retry may use the key
             raise
         if claim is not None:
             await claim.confirm(redis, settings.idempotency_ttl_s)
@@ -299,12 +307,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Cancel a queued, deferred or running job."""
         view = await job_state(job_id, redis, ledger)  # 404 for an unknown job
         if view.status not in jobs.FINAL:
-            await cancel.cancel_and_wait(
+            how = await cancel.cancel_and_wait(
                 redis, job_id, settings.queue_name, KEEP_RESULT_S, CANCEL_WAIT_S
             )
             # Redis now has its result (unless it is still stopping); job_state copies that
             # into the ledger, so the two agree however the race went.
             view = await job_state(job_id, redis, ledger)
+            if how == "finished" and view.status not in jobs.FINAL:
+                # On record, but Redis has no trace of it (flushed, or restarted without its
+                # data): nothing will run it, so the ledger records the cancel itself.
+                await ledger.update(job_id, status="cancelled", finish_time=now(),
+                                    error=cancel.LOST_IN_REDIS)  # fmt: skip
+                view = await job_state(job_id, redis, ledger)
         if view.status == "cancelled":
             return jobs.with_attempt_log(view, await ledger.attempts(job_id))
         if view.status in jobs.FINAL:
