@@ -86,8 +86,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, stop: threading.Event) -> None:
+    # Absolute: the processes run from the repository root, the reader's shell may not.
+    data_dir = args.data_dir.resolve() / f"stage{args.stage}"
     stack = harness.StageProcesses(
-        args.stage, args.data_dir / f"stage{args.stage}", workers=args.workers,
+        args.stage, data_dir, workers=args.workers,
         host=args.host, port=args.port, redis_url=os.environ.get("REDIS_URL"), persist=True,
         env=os.environ, on_line=say,
     )  # fmt: skip

@@ -63,8 +63,8 @@ def _error_text(result: Any) -> str:
     return str(result)  # e.g. ARQ's own 'unable to serialize result'
 
 
-# --8<-- [start:read_job]
-async def read_job(redis: ArqRedis, job_id: str, queue_name: str) -> JobView | None:
+# --8<-- [start:read_from_redis]
+async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobView | None:
     """The job's state, or None once Redis has forgotten it (unknown, or result expired)."""
     # A hand-built Job assumes pickle and the default queue unless told otherwise.
     job = Job(job_id, redis, _queue_name=queue_name, _deserializer=deserialize)
@@ -102,4 +102,4 @@ def outcome(info: JobResult) -> dict[str, Any]:
     }
 
 
-# --8<-- [end:read_job]
+# --8<-- [end:read_from_redis]

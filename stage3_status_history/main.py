@@ -20,23 +20,23 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 from arq.connections import ArqRedis
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Response
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
 from redis.asyncio import ConnectionPool
-from redis.exceptions import WatchError
 
 from . import docs_ui, errors, history, jobs
-from .config import Settings, get_settings
-from .history import LedgerDep
-from .ledger import JobRecord, Ledger, now
-from .tasks import TASKS
+from .config import get_settings
+from .deps import LedgerDep, RedisDep, SettingsDep
+from .jobstore import create_job, read_ledger_and_redis
+from .ledger import Ledger
+from .tasks import TASKS, Args
 
 EVENTS_POLL_S = 0.2  # how often an event stream looks for a change in the job
 EVENTS_MAX_S = 600  # a stream ends after this even if the job has not
@@ -55,7 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # and leaks connections under load.) We build it ourselves rather than with arq's
     # create_pool so that every command has a timeout: a Redis that is down or stuck must
     # cost a request about a second and a 503, not a hang.
-    settings: Settings = app.state.settings
+    settings = get_settings()
     pool = ConnectionPool.from_url(
         settings.redis_url,
         socket_connect_timeout=settings.redis_timeout_s,
@@ -80,155 +80,127 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 # --8<-- [end:lifespan]
 
 
-def get_redis(request: Request) -> ArqRedis:
-    return request.app.state.redis
+logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
+# FastAPI's own /docs and /redoc load from a CDN; docs_ui serves them from local files.
+app = FastAPI(title=get_settings().app_name, lifespan=lifespan, docs_url=None, redoc_url=None)
+errors.install(app, get_settings().max_body_bytes)
+docs_ui.install(app)
 
 
-Redis = Annotated[ArqRedis, Depends(get_redis)]
+@app.get("/ping", tags=["health"])
+async def ping() -> dict[str, str]:
+    """Liveness: answers without touching anything else."""
+    return {"ping": "pong"}
 
 
-# --8<-- [start:create_job]
-async def create_job(redis: ArqRedis, ledger: Ledger, name: str, job_id: str, kwargs: dict) -> None:
-    """The row comes first, then the job goes to Redis, so a job Redis loses is still on
-    record. (Enqueue first, and a crash in between leaves a job no one can look up.)"""
-    await ledger.add(JobRecord(job_id=job_id, function=name, args=kwargs, status="queued",
-                               enqueue_time=now()))  # fmt: skip
+# --8<-- [start:health]
+@app.get("/health", tags=["health"], responses={503: {"description": "Redis or DB down"}})
+async def health(redis: RedisDep, ledger: LedgerDep) -> JSONResponse:
+    """Readiness: can we reach Redis and the database?"""
     try:
-        job = await redis.enqueue_job(name, _job_id=job_id, **kwargs)
-    except (errors.RedisConnectionError, errors.RedisTimeoutError, WatchError) as exc:
-        # Redis failed before the transaction was sent (redis-py calls a connection lost
-        # during WATCH a WatchError), so it stored nothing: the job has failed.
-        error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
-        await ledger.update(job_id, status="failed", error=error, finish_time=now())
-        raise errors.RedisConnectionError(error) from exc  # errors.redis_unavailable: 503
-    if job is None:
-        # The connection died with the transaction in flight (ARQ reports that as None, "id
-        # taken"; ours is a fresh uuid). Redis may have stored it, and then a worker runs it.
-        # So the row stays open, not "failed": the worker records how it ends if it runs,
-        # reconcile() marks it lost if it never arrived.
-        error = "not confirmed: Redis did not answer the enqueue in time"
-        await ledger.update(job_id, error=error)
-        raise errors.RedisTimeoutError(error)
+        await redis.ping()
+    except (OSError, errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
+        return JSONResponse(
+            status_code=503, content={"status": "unavailable", "down": {"redis": repr(exc)}}
+        )
+    try:
+        await ledger.ping()
+    except errors.DatabaseUnavailable as exc:
+        return JSONResponse(
+            status_code=503, content={"status": "unavailable", "down": {"database": repr(exc)}}
+        )
+    return JSONResponse({"status": "ok"})
 
 
-# --8<-- [end:create_job]
+# --8<-- [end:health]
 
 
-def add_task_route(app: FastAPI, name: str) -> None:
-    model, function = TASKS[name]
-
-    # --8<-- [start:submit]
-    async def submit(args: model, redis: Redis, ledger: LedgerDep, response: Response) -> Enqueued:  # type: ignore[valid-type]
+# --8<-- [start:submit]
+def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueued]]:
+    async def submit(
+        args: model,  # type: ignore[valid-type]
+        redis: RedisDep,
+        ledger: LedgerDep,
+        response: Response,
+    ) -> Enqueued:
         job_id = uuid.uuid4().hex
         await create_job(redis, ledger, name, job_id, args.model_dump())
         response.headers["Location"] = f"/jobs/{job_id}"
         return Enqueued(job_id=job_id, status_url=f"/jobs/{job_id}")
 
-    # --8<-- [end:submit]
+    return submit
 
-    app.add_api_route(
+
+# --8<-- [end:submit]
+
+
+# One route per task, made in a loop rather than written out: each route gets its task's own
+# body model, so FastAPI validates the arguments and /docs shows them, and a task added to
+# TASKS gets its route. By hand it would be the same ten lines once per task.
+for name, (model, function) in TASKS.items():
+    app.post(
         f"/tasks/{name}",
-        submit,
-        methods=["POST"],
         status_code=202,
         summary=f"Enqueue {name}",
         description=(function.__doc__ or "").strip(),
         tags=["tasks"],
         responses={**errors.BODY_ERRORS, **errors.REDIS_DOWN},
-    )
+    )(submit_route(name, model))
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
-    # FastAPI's own /docs and /redoc load from a CDN; docs_ui serves them from local files.
-    app = FastAPI(title=settings.app_name, lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.settings = settings
-    errors.install(app, settings.max_body_bytes)
-    docs_ui.install(app)
-
-    @app.get("/ping", tags=["health"])
-    async def ping() -> dict[str, str]:
-        """Liveness: answers without touching anything else."""
-        return {"ping": "pong"}
-
-    # --8<-- [start:health]
-    @app.get("/health", tags=["health"], responses={503: {"description": "Redis or DB down"}})
-    async def health(redis: Redis, ledger: LedgerDep) -> JSONResponse:
-        """Readiness: can we reach Redis and the database?"""
-        try:
-            await redis.ping()
-        except (OSError, errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
-            return JSONResponse(
-                status_code=503, content={"status": "unavailable", "down": {"redis": repr(exc)}}
-            )
-        try:
-            await ledger.ping()
-        except errors.DatabaseUnavailable as exc:
-            return JSONResponse(
-                status_code=503, content={"status": "unavailable", "down": {"database": repr(exc)}}
-            )
-        return JSONResponse({"status": "ok"})
-
-    # --8<-- [end:health]
-
-    for name in TASKS:
-        add_task_route(app, name)
-
-    # --8<-- [start:get_job]
-    @app.get(
-        "/jobs/{job_id}",
-        tags=["jobs"],
-        responses={
-            404: {"description": "Unknown job"},
-            502: {"description": "The job's data in Redis is not JSON"},
-            **errors.REDIS_DOWN,
-        },
-    )
-    async def get_job(
-        job_id: Annotated[str, Path(max_length=64)], redis: Redis, ledger: LedgerDep
-    ) -> jobs.JobView:
-        """A job's status and progress, and its result or error once it has finished."""
-        record = await ledger.get(job_id)
-        if record is not None and record.status in jobs.FINAL:
-            return record  # finished: the ledger remembers after Redis has forgotten
-        # Unfinished as far as the ledger knows. If Redis holds a result, record it now:
-        # ARQ skips the worker's hooks for some endings (max tries, expired).
-        if record is not None and await ledger.copy_result(redis, job_id, settings.queue_name):
-            return await ledger.get(job_id)  # type: ignore[return-value]
-        view = await jobs.read_job(redis, job_id, settings.queue_name)
-        if record is None or (view is not None and view.status in jobs.FINAL):
-            if view is None:
-                raise HTTPException(404, f"No job {job_id!r}")
-            return view  # not on record (enqueued by something else), or it just ended
-        if view is not None:  # None: Redis lost it; reconcile() marks it failed in time
-            record.status, record.attempts = view.status, view.attempts  # where it is now
-        return record  # the story so far
-
-    # --8<-- [end:get_job]
-
-    # --8<-- [start:events]
-    @app.get("/jobs/{job_id}/events", response_class=EventSourceResponse, tags=["jobs"],
-             responses={404: {"description": "Unknown job"}})  # fmt: skip
-    async def job_events(
-        job: Annotated[jobs.JobView, Depends(get_job)], redis: Redis, ledger: LedgerDep
-    ) -> AsyncIterator[jobs.JobView]:
-        """Server-Sent Events: the job's state each time it changes, until it has finished."""
-        # Polling the ledger is simple and works across processes; a real application with
-        # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY).
-        deadline = time.monotonic() + EVENTS_MAX_S
-        yield job
-        while job.status not in jobs.FINAL and time.monotonic() < deadline:
-            await asyncio.sleep(EVENTS_POLL_S)
-            latest = await get_job(job.job_id, redis, ledger)
-            if latest != job:
-                job = latest
-                yield job
-
-    # --8<-- [end:events]
-
-    app.include_router(history.router)
-    return app
+# --8<-- [start:get_job]
+@app.get(
+    "/jobs/{job_id}",
+    tags=["jobs"],
+    responses={
+        404: {"description": "Unknown job"},
+        502: {"description": "The job's data in Redis is not JSON"},
+        **errors.REDIS_DOWN,
+    },
+)
+async def get_job(
+    job_id: Annotated[str, Path(max_length=64)],
+    redis: RedisDep,
+    ledger: LedgerDep,
+    settings: SettingsDep,
+) -> jobs.JobView:
+    """A job's status and progress, and its result or error once it has finished."""
+    view = await read_ledger_and_redis(redis, ledger, job_id, settings.queue_name)
+    if view is None:
+        raise HTTPException(404, f"No job {job_id!r}")
+    return view
 
 
-app = create_app()
+# --8<-- [end:get_job]
+
+
+# --8<-- [start:events]
+@app.get(
+    "/jobs/{job_id}/events",
+    response_class=EventSourceResponse,
+    tags=["jobs"],
+    responses={404: {"description": "Unknown job"}},
+)
+async def job_events(
+    job: Annotated[jobs.JobView, Depends(get_job)],
+    redis: RedisDep,
+    ledger: LedgerDep,
+    settings: SettingsDep,
+) -> AsyncIterator[jobs.JobView]:
+    """Server-Sent Events: the job's state each time it changes, until it has finished."""
+    # Polling the ledger is simple and works across processes; a real application with
+    # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY).
+    deadline = time.monotonic() + EVENTS_MAX_S
+    yield job
+    while job.status not in jobs.FINAL and time.monotonic() < deadline:
+        await asyncio.sleep(EVENTS_POLL_S)
+        latest = await get_job(job.job_id, redis, ledger, settings)
+        if latest != job:
+            job = latest
+            yield job
+
+
+# --8<-- [end:events]
+
+
+app.include_router(history.router)  # GET /jobs and GET /, the job history: history.py

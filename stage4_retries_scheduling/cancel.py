@@ -22,7 +22,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
-from .jobs import BETWEEN_TRIES, NOT_RUN, deserialize, serialize
+from .jobs import BETWEEN_TRIES, FINAL, KEEP_RESULT_S, NOT_RUN, JobView, deserialize, serialize
+from .jobstore import read_ledger_and_redis
+from .ledger import Ledger, now
 
 # How often cancel_and_wait looks again while a worker stops a running job. The worker
 # checks the abort set on every poll (worker.POLL_DELAY_S), so a few polls' worth.
@@ -109,6 +111,25 @@ async def cancel_and_wait(
         # takes it off at once instead of letting the worker abort it at its retry time.
         await asyncio.sleep(CANCEL_POLL_S)
     return how
+
+
+async def cancel_job(
+    redis: ArqRedis, ledger: Ledger, job_id: str, queue_name: str, wait_s: float
+) -> JobView | None:
+    """Cancel the job unless it has ended; returns it as it is now (None: an unknown job)."""
+    view = await read_ledger_and_redis(redis, ledger, job_id, queue_name)
+    if view is None or view.status in FINAL:
+        return view
+    how = await cancel_and_wait(redis, job_id, queue_name, KEEP_RESULT_S, wait_s)
+    # Redis now has its result (unless it is still stopping); reading copies that into the
+    # ledger, so the two agree however the race went.
+    view = await read_ledger_and_redis(redis, ledger, job_id, queue_name)
+    if how == "finished" and view is not None and view.status not in FINAL:
+        # On record, but Redis has no trace of it (flushed, or restarted without its data):
+        # nothing will run it, so the ledger records the cancel itself.
+        await ledger.update(job_id, status="cancelled", finish_time=now(), error=LOST_IN_REDIS)
+        view = await read_ledger_and_redis(redis, ledger, job_id, queue_name)
+    return view
 
 
 # --8<-- [end:cancel]

@@ -5,26 +5,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
+from .deps import LedgerDep
 from .jobs import JobView, Status
-from .ledger import Ledger
 from .tasks import TASKS
 
 PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
 MAX_CURSOR, MAX_JOB_ID = 200, 64  # characters; a real cursor is about 90
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(tags=["jobs"])
-
-
-def get_ledger(request: Request) -> Ledger:
-    return request.app.state.ledger
-
-
-LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 
 
 class JobPage(BaseModel):

@@ -10,6 +10,10 @@ from arq.constants import retry_key_prefix
 from arq.jobs import Job, JobResult, JobStatus
 from pydantic import BaseModel, Field
 
+# How long a result stays in Redis (the worker's keep_result, and a cancel's result). After
+# that GET /jobs/{id} answers from the ledger: Redis is a queue, not a record.
+KEEP_RESULT_S = 3600
+
 # --8<-- [start:serializer]
 # ARQ pickles jobs and results by default, and unpickling runs code: anyone who can write
 # to Redis could then run commands in the worker and in this API. JSON carries only data.
@@ -84,8 +88,8 @@ def _error_text(result: Any) -> str:
     return str(result)  # e.g. ARQ's own 'unable to serialize result'
 
 
-# --8<-- [start:read_job]
-async def read_job(redis: ArqRedis, job_id: str, queue_name: str) -> JobView | None:
+# --8<-- [start:read_from_redis]
+async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobView | None:
     """The job's state, or None once Redis has forgotten it (unknown, or result expired)."""
     # A hand-built Job assumes pickle and the default queue unless told otherwise.
     job = Job(job_id, redis, _queue_name=queue_name, _deserializer=deserialize)
@@ -135,7 +139,7 @@ def cancelled_between_tries(status: str, error: str | None) -> bool:
     return status == "cancelled" and (error or "").endswith((NOT_RUN, BETWEEN_TRIES))
 
 
-# --8<-- [end:read_job]
+# --8<-- [end:read_from_redis]
 
 
 # --8<-- [start:attempt_log]

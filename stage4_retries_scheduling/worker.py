@@ -20,6 +20,7 @@ from arq.worker import Function, func
 from . import jobs
 from .config import get_settings
 from .fetch import make_client
+from .jobs import KEEP_RESULT_S
 from .ledger import Ledger, now
 from .tasks import REPORT_TIMEOUT_S, TASKS
 
@@ -29,9 +30,6 @@ from .tasks import REPORT_TIMEOUT_S, TASKS
 # longest timeout on this worker + 10 s. ARQ's default of 300 s would mean 5 minutes.
 # 30 s by default (config.py); JOB_TIMEOUT_S in the environment changes it.
 JOB_TIMEOUT_S = get_settings().job_timeout_s
-# How long a result stays in Redis. After that GET /jobs/{id} answers from the ledger:
-# Redis is a queue, not a record.
-KEEP_RESULT_S = 3600
 # An unfinished row that Redis has not heard of for this long was lost with Redis's data.
 LOST_AFTER_S = 300
 # How often an idle worker asks Redis for new jobs. ARQ's 0.5 s default adds ~250 ms of

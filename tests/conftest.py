@@ -96,7 +96,7 @@ def settings_env(
 
 @pytest.fixture
 def app(stage: Stage, settings_env: None) -> Any:
-    return stage.module("main").create_app()
+    return stage.module("main").app
 
 
 @pytest.fixture

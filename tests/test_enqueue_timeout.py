@@ -106,7 +106,7 @@ def client(
     monkeypatch.setenv("REDIS_URL", urlunsplit(real._replace(netloc=f"127.0.0.1:{proxy.port}")))
     monkeypatch.setenv("REDIS_TIMEOUT_S", str(API_REDIS_TIMEOUT_S))
     stage.module("config").get_settings.cache_clear()
-    with TestClient(stage.module("main").create_app()) as test_client:
+    with TestClient(stage.module("main").app) as test_client:
         yield test_client
 
 

@@ -126,7 +126,7 @@ def test_a_job_that_finishes_between_two_redis_reads_is_not_reported_unknown(
     async def read():
         redis = ArqRedis.from_url(redis_url)
         try:
-            return await jobs.read_job(redis, job_id, "arq:queue")
+            return await jobs.read_from_redis(redis, job_id, "arq:queue")
         finally:
             await redis.aclose()
 

@@ -22,7 +22,7 @@ def test_redis_down_gives_a_fast_503_then_the_api_recovers_without_a_restart(
     monkeypatch.setenv("REDIS_URL", server.url)
     stage.module("config").get_settings.cache_clear()
     try:
-        with TestClient(stage.module("main").create_app()) as client:
+        with TestClient(stage.module("main").app) as client:
             assert client.post("/tasks/add", json={"x": 1, "y": 2}).status_code == 202
 
             server.stop()

@@ -63,7 +63,7 @@ def test_every_stage_runs_its_jobs_on_each_server_the_faq_names(
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
     stage.module("config").get_settings.cache_clear()
     try:
-        with TestClient(stage.module("main").create_app()) as client:
+        with TestClient(stage.module("main").app) as client:
             added = enqueue(client, "add", {"x": 5, "y": 10})
             divided = enqueue(client, "divide", {"x": 1, "y": 0})
             asyncio.run(run_burst_worker(stage, url))

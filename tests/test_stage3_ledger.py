@@ -177,7 +177,7 @@ def test_a_job_redis_refused_is_recorded_failed_not_left_queued(stage, tmp_path,
     server.start()
     monkeypatch.setenv("REDIS_URL", server.url)
     stage.module("config").get_settings.cache_clear()
-    with TestClient(stage.module("main").create_app()) as client:
+    with TestClient(stage.module("main").app) as client:
         server.stop()
         assert client.post("/tasks/add", json={"x": 1, "y": 2}).status_code == 503
         [job] = client.get("/jobs").json()["jobs"]

@@ -1,0 +1,61 @@
+"""A job across its two stores: written to the ledger before Redis, read from the ledger
+before Redis. Nothing here knows about HTTP; main.py's routes call these two functions."""
+
+from arq.connections import ArqRedis
+from redis.exceptions import WatchError
+
+from . import errors
+from .jobs import FINAL, JobView, read_from_redis
+from .ledger import JobRecord, Ledger, now
+
+
+# --8<-- [start:create_job]
+async def create_job(redis: ArqRedis, ledger: Ledger, name: str, job_id: str, kwargs: dict) -> None:
+    """The row comes first, then the job goes to Redis, so a job Redis loses is still on
+    record. (Enqueue first, and a crash in between leaves a job no one can look up.)"""
+    record = JobRecord(
+        job_id=job_id, function=name, args=kwargs, status="queued", enqueue_time=now()
+    )
+    await ledger.add(record)
+    try:
+        job = await redis.enqueue_job(name, _job_id=job_id, **kwargs)
+    except (errors.RedisConnectionError, errors.RedisTimeoutError, WatchError) as exc:
+        # Redis failed before the transaction was sent (redis-py calls a connection lost
+        # during WATCH a WatchError), so it stored nothing: the job has failed.
+        error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
+        await ledger.update(job_id, status="failed", error=error, finish_time=now())
+        raise errors.RedisConnectionError(error) from exc  # errors.redis_unavailable: 503
+    if job is None:
+        # The connection died with the transaction in flight (ARQ reports that as None, "id
+        # taken"; ours is a fresh uuid). Redis may have stored it, and then a worker runs it.
+        # So the row stays open, not "failed": the worker records how it ends if it runs,
+        # reconcile() marks it lost if it never arrived.
+        error = "not confirmed: Redis did not answer the enqueue in time"
+        await ledger.update(job_id, error=error)
+        raise errors.RedisTimeoutError(error)
+
+
+# --8<-- [end:create_job]
+
+
+# --8<-- [start:read_job]
+async def read_ledger_and_redis(
+    redis: ArqRedis, ledger: Ledger, job_id: str, queue_name: str
+) -> JobView | None:
+    """The ledger's story plus Redis's live status; None if neither knows the job."""
+    record = await ledger.get(job_id)
+    if record is not None and record.status in FINAL:
+        return record  # finished: the ledger remembers after Redis has forgotten
+    # Unfinished as far as the ledger knows. If Redis holds a result, record it now:
+    # ARQ skips the worker's hooks for some endings (max tries, expired).
+    if record is not None and await ledger.copy_result(redis, job_id, queue_name):
+        return await ledger.get(job_id)
+    view = await read_from_redis(redis, job_id, queue_name)
+    if record is None or (view is not None and view.status in FINAL):
+        return view  # not on record (enqueued by something else), or it just ended
+    if view is not None:  # None: Redis lost it; reconcile() marks it failed in time
+        record.status, record.attempts = view.status, view.attempts  # where it is now
+    return record  # the story so far
+
+
+# --8<-- [end:read_job]
