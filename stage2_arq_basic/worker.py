@@ -10,7 +10,7 @@ from . import jobs
 from .config import get_settings
 from .tasks import TASKS
 
-# --8<-- [start:settings]
+# --8<-- [start:constants]
 # A job running longer than this is cancelled and fails. It also bounds crash recovery: ARQ
 # re-runs a dead worker's job only once its "in progress" key expires, this timeout + 10 s
 # after the start (ARQ's default, 300 s, would mean 5 minutes). JOB_TIMEOUT_S sets it.
@@ -26,8 +26,10 @@ MAX_JOBS = 10
 # How often the worker writes its health-check key (`arq --check` reads it). ARQ's default
 # of an hour lets a dead worker look healthy for an hour.
 HEALTH_CHECK_INTERVAL_S = 10
+# --8<-- [end:constants]
 
 
+# --8<-- [start:settings]
 class WorkerSettings:
     # ARQ reads these attributes from this class's own __dict__, so a subclass would lose
     # them: a second worker configuration copies the ones it needs instead.
