@@ -61,5 +61,5 @@ class LimitBodySize:
 
 
 def install(app: FastAPI, max_body_bytes: int) -> None:
-    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.exception_handler(RequestValidationError)(validation_error)
     app.add_middleware(LimitBodySize, max_bytes=max_body_bytes)

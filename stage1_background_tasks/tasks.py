@@ -7,7 +7,8 @@ Its result has nowhere to go but the log.
 import asyncio
 import logging
 import time
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,7 +47,7 @@ class WaitArgs(Args):
 
 
 def burn_cpu(ms: int) -> int:
-    """Pure-Python busy work for about `ms` milliseconds of CPU; holds the GIL throughout."""
+    """Pure-Python busy work for about `ms` milliseconds of CPU, never releasing the GIL itself."""
     # This thread's CPU time, not the wall clock: crunches that share the GIL in threads
     # each still do their full amount of work, as real CPU-bound jobs would.
     deadline = time.thread_time() + ms / 1000
@@ -105,7 +106,7 @@ async def wait(seconds: float) -> float:
 
 
 # name -> (argument model, function). The API makes one POST /tasks/<name> route per entry.
-TASKS = {
+TASKS: dict[str, tuple[type[Args], Callable[..., Any]]] = {
     "add": (AddArgs, add),
     "divide": (DivideArgs, divide),
     "crunch": (CrunchArgs, crunch),

@@ -6,11 +6,11 @@ The API only enqueues a job by name; the worker process imports this module and 
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# --8<-- [start:limits]
 MAX_INT = 10**12  # keeps sums exact and JSON numbers small
 MAX_CRUNCH_MS = 5_000
 MAX_WAIT_S = 20.0
@@ -43,11 +43,8 @@ class WaitArgs(Args):
     seconds: float = Field(1.0, ge=0, le=MAX_WAIT_S, description="How long to sleep")
 
 
-# --8<-- [end:limits]
-
-
 def burn_cpu(ms: int) -> int:
-    """Pure-Python busy work for about `ms` milliseconds of CPU; holds the GIL throughout."""
+    """Pure-Python busy work for about `ms` milliseconds of CPU, never releasing the GIL itself."""
     # This thread's CPU time, not the wall clock: crunches that share the GIL in threads
     # each still do their full amount of work, as real CPU-bound jobs would.
     deadline = time.thread_time() + ms / 1000
@@ -95,13 +92,13 @@ async def crunch(ctx: dict[str, Any], ms: int) -> int:
 
 async def wait(ctx: dict[str, Any], seconds: float) -> float:
     """Sleep for `seconds` (I/O-like work)."""
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(seconds)  # I/O-like: awaits, so the loop serves others meanwhile
     return seconds
 
 
-# name -> (argument model, function). The API makes one POST /tasks/<name> route per entry;
-# the worker registers the functions.
-TASKS = {
+# name -> (argument model, function). The API makes one POST /tasks/<name> route per entry.
+# The worker registers the functions.
+TASKS: dict[str, tuple[type[Args], Callable[..., Any]]] = {
     "add": (AddArgs, add),
     "divide": (DivideArgs, divide),
     "crunch": (CrunchArgs, crunch),

@@ -1,7 +1,6 @@
 """The ARQ worker: a separate process that takes jobs from Redis and runs them.
 
-`make run STAGE=2` starts it with the API. Run it by hand (with REDIS_URL pointing at the
-same Redis as the API):
+`make run STAGE=2` starts it with the API; by hand, with REDIS_URL set to the API's Redis:
     arq stage2_arq_basic.worker.WorkerSettings
 """
 
@@ -12,10 +11,9 @@ from .config import get_settings
 from .tasks import TASKS
 
 # --8<-- [start:constants]
-# A job running longer than this is cancelled and fails. It also bounds crash recovery:
-# ARQ re-runs a job whose worker died only once its "in progress" key expires, after the
-# longest timeout on this worker + 10 s. ARQ's default of 300 s would mean 5 minutes.
-# 30 s by default (config.py); JOB_TIMEOUT_S in the environment changes it.
+# A job running longer than this is cancelled and fails. It also bounds crash recovery: ARQ
+# re-runs a dead worker's job only once its "in progress" key expires, this timeout + 10 s
+# after the start (ARQ's default, 300 s, would mean 5 minutes). JOB_TIMEOUT_S sets it.
 JOB_TIMEOUT_S = get_settings().job_timeout_s
 # How long a result stays in Redis. After that GET /jobs/{id} answers 404: Redis is a
 # queue, not a record (stage 3 keeps the history in a database).
@@ -33,8 +31,8 @@ HEALTH_CHECK_INTERVAL_S = 10
 
 # --8<-- [start:settings]
 class WorkerSettings:
-    # ARQ reads these attributes from this class's own __dict__: subclassing it would lose
-    # them, so a variant copies what it needs.
+    # ARQ reads these attributes from this class's own __dict__, so a subclass would lose
+    # them: a second worker configuration copies the ones it needs instead.
     functions = [function for _, function in TASKS.values()]
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
     queue_name = get_settings().queue_name

@@ -1,9 +1,9 @@
 """Stage 2+: status requests at concurrency 50 against a real uvicorn: no error, no stall.
 
-The reference project's API stopped answering under ~16 concurrent status requests (a
-blocking database session inside async code). Here 50 clients ask for job statuses, and
-for the job list where a stage has one, REQUESTS times each; every answer must be a 200 (or
-the 404 an unknown id deserves) and none may take longer than STALL_S.
+The reference project's API (fastapi-arq, see README.md) stopped answering under ~16
+concurrent status requests (a blocking database session inside async code). Here 50 clients
+ask for job statuses, and for the job list where a stage has one, REQUESTS times each; every
+answer must be a 200 (or the 404 an unknown id deserves) and none may take longer than STALL_S.
 
 This asserts behaviour, not speed: a slow or busy machine answers later, not less. How
 many requests a second the API serves is measured by `make bench`.

@@ -1,4 +1,4 @@
-"""The HTTP contract every stage keeps (DESIGN.md): health routes, task routes, bad input."""
+"""The HTTP contract every stage keeps: health routes, task routes, bad input."""
 
 import json
 

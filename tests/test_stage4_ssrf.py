@@ -229,7 +229,7 @@ def test_a_name_that_rebinds_after_the_check_cannot_move_the_connection(
         url, honest = safe.script("/hop", Reply(302, headers={"Location": page})), 1
     else:  # the API checks it, then the worker
         url, honest = page, 2
-    # Public (here: allow-listed) for the checks, then loopback: the audit's attack.
+    # Public (here: allow-listed) for the checks, then loopback: a DNS rebinding attack.
     dns = fake_dns("rebind.test", *["127.0.0.2"] * honest, "127.0.0.1")
     job_id = enqueue(client, "fetch", {"url": url})
     drain()

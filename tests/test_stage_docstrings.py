@@ -24,7 +24,7 @@ def run_instructions(package: str) -> dict[str, str]:
 
 def test_every_run_command_in_a_stage_names_that_stage_and_make_run(stage):
     found = run_instructions(stage.package)
-    assert "main.py" in found  # STYLE.md: main.py opens with the commands that run the stage
+    assert "main.py" in found  # main.py opens with the commands that run the stage
     others = [package for package in STAGES.values() if package != stage.package]
     for name, doc in found.items():
         assert f"make run STAGE={stage.number}" in doc, name
