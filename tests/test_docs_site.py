@@ -104,11 +104,18 @@ def test_the_stage2_chapter_shows_the_stage_code_and_its_sequence_diagram(
 ) -> None:
     dom = dump_dom(chromium, f"{site}/stages/stage2/", wait_ms=5000)
     code = code_text(dom)
-    stage_code = (ROOT / "stage2_arq_basic" / "jobs.py").read_text()
-    known_line = "def serialize(data: dict[str, Any]) -> bytes:"
-    assert known_line in stage_code, "the test's known line moved; pick another"
-    assert known_line in code
-    assert "job = await redis.enqueue_job(name, **args.model_dump())" in code
+    stage_code = {
+        name: (ROOT / "stage2_arq_basic" / name).read_text() for name in ("jobs.py", "main.py")
+    }
+    known_lines = {
+        "jobs.py": "def serialize(data: dict[str, Any]) -> bytes:",
+        "main.py": "job = await redis.enqueue_job(name, **dict(args))",
+    }
+    for name, known_line in known_lines.items():
+        assert known_line in stage_code[name], (
+            f"the test's known line in {name} moved; pick another"
+        )
+        assert known_line in code
     assert "+++ stage2_arq_basic/worker.py" in code, "the generated stage diff is missing"
     assert not SNIPPET_ERRORS.search(html.unescape(dom)), "an include failed or was left as is"
     diagrams = rendered_diagrams(dom)
