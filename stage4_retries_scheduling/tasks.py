@@ -7,12 +7,13 @@ import asyncio
 import math
 import threading
 import time
+from functools import partial
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .config import get_settings
 from .fetch import fetch
+from .timeouts import in_stoppable_thread, timeout_s
 
 # --8<-- [start:limits]
 MAX_INT = 10**12  # keeps sums exact and JSON numbers small
@@ -20,16 +21,13 @@ MAX_CRUNCH_MS = 5_000
 MAX_WAIT_S = 20.0
 MAX_STEPS = 100
 MAX_STEP_S = 2.0
-# report's own job timeout; worker.TASK_TIMEOUTS_S reads it here, and so does the API
-# (which must not import the worker), to refuse a report that could never finish in time.
-REPORT_TIMEOUT_S = 25
 # A report may fill this share of its timeout; the rest is headroom for the progress
 # writes and a busy worker.
 REPORT_TIMEOUT_SHARE = 0.8
 
 
 def report_timeout_s() -> float:
-    return min(REPORT_TIMEOUT_S, get_settings().job_timeout_s)  # as worker.timeout_s
+    return timeout_s("report")  # its own timeout, the one the worker gives it
 
 
 def report_max_s() -> float:
@@ -89,6 +87,22 @@ class ReportArgs(Args):
 # --8<-- [end:limits]
 
 
+# --8<-- [start:burn_cpu]
+def burn_cpu(ms: int, stop: threading.Event) -> int:
+    """Pure-Python busy work for about `ms` milliseconds of CPU, or until `stop` is set."""
+    # This thread's CPU time, not the wall clock: crunches that share the GIL in threads
+    # each still do their full amount of work, as real CPU-bound jobs would.
+    deadline = time.thread_time() + ms / 1000
+    loops = 0
+    while time.thread_time() < deadline and not stop.is_set():
+        sum(i * i for i in range(1_000))  # a slice of well under a millisecond
+        loops += 1
+    return loops
+
+
+# --8<-- [end:burn_cpu]
+
+
 # --8<-- [start:jobs]
 # ARQ calls every job as `await f(ctx, **kwargs)`: `ctx` holds the worker's Redis pool and
 # the job's id and try number. Jobs must be `async def`; ARQ refuses plain functions.
@@ -113,36 +127,13 @@ async def divide(ctx: dict[str, Any], x: float, y: float) -> float:
 
 
 # --8<-- [start:crunch]
-def burn_cpu(ms: int, stop: threading.Event) -> int:
-    """Pure-Python busy work for about `ms` milliseconds of CPU, or until `stop` is set."""
-    # This thread's CPU time, not the wall clock: crunches that share the GIL in threads
-    # each still do their full amount of work, as real CPU-bound jobs would.
-    deadline = time.thread_time() + ms / 1000
-    loops = 0
-    while time.thread_time() < deadline and not stop.is_set():
-        sum(i * i for i in range(1_000))  # a slice of well under a millisecond
-        loops += 1
-    return loops
-
-
 async def crunch(ctx: dict[str, Any], ms: int) -> int:
     """Burn about `ms` milliseconds of CPU in the worker process."""
     # The API process is not involved any more, so its event loop stays free whatever this
     # costs. Inside the worker we still hand the CPU work to a thread: the worker's own loop
     # keeps polling, heart-beating and timing out jobs while the thread runs.
-    stop = threading.Event()
-    work = asyncio.get_running_loop().run_in_executor(None, burn_cpu, ms, stop)
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        # Cancelled (DELETE, its timeout, a shutdown). Python cannot kill a thread, and
-        # cancelling the await alone would leave this one burning CPU for seconds after the
-        # job "ended", its slot already given to the next job. So the loop checks `stop`
-        # between slices, and the job ends only once its thread has. (The alternative, a
-        # process per job, can be killed, at the price of a process start per job.)
-        stop.set()
-        await asyncio.wait([work])
-        raise
+    # A thread that stops when the job is cancelled, though: timeouts.py says why.
+    return await in_stoppable_thread(partial(burn_cpu, ms))
 
 
 # --8<-- [end:crunch]

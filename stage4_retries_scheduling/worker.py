@@ -22,7 +22,8 @@ from .config import get_settings
 from .fetch import make_client
 from .jobs import KEEP_RESULT_S
 from .ledger import Ledger, now
-from .tasks import REPORT_TIMEOUT_S, TASKS
+from .tasks import TASKS
+from .timeouts import JOB_COMPLETION_WAIT_S, timeout_s
 
 # --8<-- [start:constants]
 # A job running longer than this is cancelled and fails. It also bounds crash recovery:
@@ -40,19 +41,6 @@ MAX_JOBS = 10
 # How often the worker writes its health-check key (`arq --check` reads it). ARQ's default
 # of an hour lets a dead worker look healthy for an hour.
 HEALTH_CHECK_INTERVAL_S = 10
-# Per task: how long one run may take, capped at JOB_TIMEOUT_S. A timed-out job fails and
-# is not retried (ARQ's rule, and ours): a task that times out is stuck or too big, and
-# running it again costs the same. fetch bounds each HTTP request itself and retries those
-# timeouts on its own terms, so its job timeout only catches a hung task. The cap matters:
-# ARQ holds a dead worker's jobs for the LONGEST timeout of any task + 10 s, so one slow
-# task's timeout would delay crash recovery for every job.
-TASK_TIMEOUTS_S = {
-    **{"add": 5, "divide": 5, "crunch": 10, "wait": 25, "fetch": 25},
-    "report": REPORT_TIMEOUT_S,  # in tasks.py: the API refuses a report too long for it
-}
-# Graceful shutdown (SIGTERM, a deploy): stop taking jobs, give running ones this long to
-# finish, then cancel them back into the queue. Below the runner's 10 s before SIGKILL.
-JOB_COMPLETION_WAIT_S = 8
 # Cron: ledger maintenance every few minutes; history is kept this long after a job ends.
 MAINTENANCE_EVERY_MIN = 5
 MAINTENANCE_KEEP_RESULT_S = 3600
@@ -70,20 +58,21 @@ RECONCILE_CURSOR_KEY = "ledger:reconcile-after"
 # --8<-- [end:constants]
 
 
-# --8<-- [start:timeouts]
-def timeout_s(name: str) -> float:
-    return min(TASK_TIMEOUTS_S.get(name, JOB_TIMEOUT_S), JOB_TIMEOUT_S)
-
-
-# --8<-- [start:hooks]
+# --8<-- [start:task_functions]
 def task_functions() -> list[Function]:
+    """Each task with its own timeout (timeouts.py)."""
     # ARQ's own cap on tries (max_tries, 5 by default) must not cut fetch's retries short.
     tries = {"fetch": get_settings().fetch_max_tries}
     return [
         func(f, name=name, timeout=timeout_s(name), max_tries=tries.get(name))
         for name, (_, f) in TASKS.items()
     ]
-    # --8<-- [end:timeouts]
+
+
+# --8<-- [end:task_functions]
+
+
+# --8<-- [start:hooks]
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -237,7 +226,7 @@ class WorkerSettings:
     poll_delay = POLL_DELAY_S
     max_jobs = MAX_JOBS
     health_check_interval = HEALTH_CHECK_INTERVAL_S
-    job_completion_wait = JOB_COMPLETION_WAIT_S
+    job_completion_wait = JOB_COMPLETION_WAIT_S  # graceful shutdown: timeouts.py
     allow_abort_jobs = True  # DELETE /jobs/{id} of a running job
     on_startup = startup
     on_shutdown = shutdown
