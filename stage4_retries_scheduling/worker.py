@@ -10,14 +10,13 @@ same Redis as the API):
 """
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from arq.connections import ArqRedis, RedisSettings
-from arq.cron import cron
+from arq.connections import RedisSettings
 from arq.worker import Function, func
 
-from . import jobs
+from . import jobs, maintenance
 from .config import get_settings
 from .fetch import make_client
 from .jobs import KEEP_RESULT_S
@@ -41,20 +40,8 @@ MAX_JOBS = 10
 # How often the worker writes its health-check key (`arq --check` reads it). ARQ's default
 # of an hour lets a dead worker look healthy for an hour.
 HEALTH_CHECK_INTERVAL_S = 10
-# Cron: ledger maintenance every few minutes; history is kept this long after a job ends.
-MAINTENANCE_EVERY_MIN = 5
-MAINTENANCE_KEEP_RESULT_S = 3600
-HISTORY_RETENTION_S = 30 * 24 * 3600
-# An in_progress row past its task's timeout + this, that no worker holds, is stuck.
-STUCK_GRACE_S = 15
-# Each maintenance run checks at most this many unfinished rows, and prunes at most this
-# many jobs and as many orphaned attempts, so it ends well inside its timeout however far
-# behind it is (about 1 s on 2 busy cores; see the chapter). The next run carries on.
-MAINTENANCE_ROW_BUDGET = 5_000
 # reconcile() looks this many unfinished rows up in Redis at a time, in one round trip.
 RECONCILE_BATCH = 500
-# Where in the unfinished rows the last run stopped (Redis: every worker's runs share it).
-RECONCILE_CURSOR_KEY = "ledger:reconcile-after"
 # --8<-- [end:constants]
 
 
@@ -129,86 +116,51 @@ async def job_ended(ctx: dict[str, Any]) -> None:
     # --8<-- [end:job_ended]
 
 
+# --8<-- [end:hooks]
+
+
+# --8<-- [start:reconcile]
 async def reconcile(ctx: dict[str, Any]) -> int:
     """Settle unfinished rows against Redis; returns how many rows it settled.
 
     ARQ does not call the job hooks when a job exceeds max_tries, expires, cannot be decoded
     or is aborted before it starts: Redis then holds a failed result that no hook copied.
-    GET /jobs/{id} copies it when asked; this sweeps them all. A row that Redis knows
-    nothing about after LOST_AFTER_S was lost with Redis's data (a flush, a restart
-    without persistence): it is marked failed. So, sooner, is a job "in progress" past its
-    timeout that Redis no longer has (its worker died and Redis lost the job too).
+    GET /jobs/{id} copies it when asked; this sweeps them, a run's share at a time (the cron
+    job, maintenance.py). A row that Redis knows nothing about after LOST_AFTER_S was lost
+    with Redis's data (a flush, a restart without persistence): it is marked failed. So,
+    sooner, is a job "in progress" past its timeout that Redis no longer has.
     """
     ledger, redis = ctx["ledger"], ctx["redis"]
     queue_name, settled = get_settings().queue_name, 0
-    # At most MAINTENANCE_ROW_BUDGET rows a run, oldest first, each run carrying on after
-    # the last row the one before checked: a run ends in time however many rows wait, and
-    # rows that wait legitimately (deferred for days) cannot hide the rest for ever.
-    records = await ledger.unfinished(MAINTENANCE_ROW_BUDGET, after=await resume_after(redis))
+    lost_before = now() - timedelta(seconds=LOST_AFTER_S)
+    records = await maintenance.rows_to_check(ledger, redis)
     for start in range(0, len(records), RECONCILE_BATCH):
         # One Redis round trip per batch of rows, where asking row by row cost ~2.4 ms each.
         batch = records[start : start + RECONCILE_BATCH]
         states = await ledger.copy_results(redis, [r.job_id for r in batch], queue_name)
-        gone = [record for record in batch if states[record.job_id] == "gone"]
-        failed = {record.job_id: error for record in gone if (error := why_failed(record))}
-        await asyncio.gather(*[
-            ledger.update(job_id, status="failed", error=error, finish_time=now())
-            for job_id, error in failed.items()
-        ])  # fmt: skip
+        gone = [r for r in batch if states[r.job_id] == "gone"]
+        failed = {r.job_id: why for r in gone if (why := maintenance.why_failed(r, lost_before))}
+        await asyncio.gather(
+            *(
+                ledger.update(job_id, status="failed", error=error, finish_time=now())
+                for job_id, error in failed.items()
+            )
+        )
         settled += list(states.values()).count("ended") + len(failed)
-    if len(records) < MAINTENANCE_ROW_BUDGET:  # saw them all: the next run starts again
-        await redis.delete(RECONCILE_CURSOR_KEY)
-    else:
-        last = records[-1]
-        await redis.set(RECONCILE_CURSOR_KEY, f"{last.enqueue_time.isoformat()}|{last.job_id}")
+    await maintenance.carry_on_after(redis, records)
     await ledger.flush()
     return settled
 
 
-async def resume_after(redis: ArqRedis) -> tuple[datetime, str] | None:
-    """(enqueue_time, job_id) of the last row the previous run checked; None: from the oldest."""
-    saved = await redis.get(RECONCILE_CURSOR_KEY)
-    if saved is None:
-        return None
-    when, job_id = saved.decode().split("|", 1)
-    return datetime.fromisoformat(when), job_id
-
-
-def why_failed(record: jobs.JobView) -> str | None:
-    """Why a row whose job Redis has no trace of has failed, or None if it may yet appear."""
-    limit = timeout_s(record.function) + STUCK_GRACE_S
-    started = record.start_time or record.enqueue_time
-    if record.status == "in_progress" and started < now() - timedelta(seconds=limit):
-        return f"stuck: its worker stopped and Redis no longer has it ({limit:.0f} s limit)"
-    if record.enqueue_time < now() - timedelta(seconds=LOST_AFTER_S):
-        return "lost: Redis no longer knows this job (flushed, or its result expired)"
-    return None
-
-
-# --8<-- [end:hooks]
-
-
-# --8<-- [start:cron]
 async def maintain_ledger(ctx: dict[str, Any]) -> dict[str, int]:
-    """Cron job: settle unfinished rows (reconcile) and prune history past its retention."""
+    """The cron job (maintenance.py): settle unfinished rows, then prune old history."""
     # Idempotent, as a cron job must be: ARQ runs each tick once across all workers
     # (unique=True gives the run a fixed job id), but a crash can still repeat one.
     settled = await reconcile(ctx)
-    cutoff = now() - timedelta(seconds=HISTORY_RETENTION_S)
-    pruned = await ctx["ledger"].prune(finished_before=cutoff, limit=MAINTENANCE_ROW_BUDGET)
-    orphans = await ctx["ledger"].prune_orphans(limit=MAINTENANCE_ROW_BUDGET)
-    return {"settled": settled, "pruned": pruned, "orphaned_attempts_pruned": orphans}
+    return {"settled": settled, **await maintenance.prune(ctx["ledger"])}
 
 
-MAINTENANCE = cron(
-    maintain_ledger,
-    minute=set(range(0, 60, MAINTENANCE_EVERY_MIN)),
-    second=0,
-    unique=True,  # one run per tick, however many workers
-    timeout=JOB_TIMEOUT_S,
-    keep_result=MAINTENANCE_KEEP_RESULT_S,  # cron jobs keep no result by default
-)
-# --8<-- [end:cron]
+# --8<-- [end:reconcile]
 
 
 # --8<-- [start:settings]
@@ -216,7 +168,7 @@ class WorkerSettings:
     # ARQ reads these attributes from this class's own __dict__: subclassing it would lose
     # them, so a variant copies what it needs.
     functions = task_functions()
-    cron_jobs = [MAINTENANCE]
+    cron_jobs = [maintenance.every_few_minutes(maintain_ledger)]
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
     queue_name = get_settings().queue_name
     job_serializer = jobs.serialize
