@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
+from .attempts import with_attempt_logs
 from .deps import LedgerDep
 from .jobs import JobView, Status
 from .tasks import TASKS
@@ -66,12 +67,11 @@ async def list_jobs(
     except ValueError:
         raise HTTPException(422, "Bad cursor: pass back a next_cursor as given") from None
     records = await ledger.newest(limit + 1, status, function, after)
-    more, records = len(records) > limit, records[:limit]
-    # Every job's attempt_log, as GET /jobs/{id} shows it (an empty one would claim "never
-    # tried"), from one query for the page.
-    logs = await ledger.attempt_logs([record.job_id for record in records])
-    jobs = [job.model_copy(update={"attempt_log": logs.get(job.job_id, [])}) for job in records]
-    return JobPage(jobs=jobs, next_cursor=encode_cursor(records[-1]) if more else None)
+    more = len(records) > limit
+    return JobPage(
+        jobs=await with_attempt_logs(ledger, records[:limit]),  # and their tries: attempts.py
+        next_cursor=encode_cursor(records[limit - 1]) if more else None,
+    )
 
 
 @router.get("/", response_class=HTMLResponse)

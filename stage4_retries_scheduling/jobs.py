@@ -76,7 +76,7 @@ class JobView(BaseModel):
     attempts: int
     progress: int = 0  # percent, as the job reports it (tasks.set_progress)
     message: str | None = None
-    attempt_log: list[Attempt] = []  # every try, filled in by GET /jobs/{id}
+    attempt_log: list[Attempt] = []  # every try, filled in by attempts.with_attempt_log
 
 
 # --8<-- [end:job_view]
@@ -140,32 +140,3 @@ def cancelled_between_tries(status: str, error: str | None) -> bool:
 
 
 # --8<-- [end:read_from_redis]
-
-
-# --8<-- [start:attempt_log]
-def with_attempt_log(view: JobView, log: list[Attempt]) -> JobView:
-    """The job with its attempt log, which for a finished job ends with the try that ended it.
-
-    The status comes from Redis as soon as the worker stores the result; the worker writes
-    that try's row to the ledger a moment later (after_job_end, batched). Until the row
-    lands, the try is derived from the job itself. (Waiting for the worker's commit instead
-    would make every GET of a just-finished job wait up to a batch, and a lost write forever.)
-    """
-    between_tries = cancelled_between_tries(view.status, view.error)
-    if view.status not in FINAL or not view.attempts or between_tries:
-        return view.model_copy(update={"attempt_log": log})
-    if any(attempt.attempt == view.attempts for attempt in log):
-        return view.model_copy(update={"attempt_log": log})
-    last = Attempt(
-        attempt=view.attempts,
-        outcome=view.status,
-        error=view.error,
-        # A real application would keep each try's start in the job's row too; here only
-        # the first one is, so a later try's start waits for its row.
-        start_time=view.start_time if view.attempts == 1 else None,
-        finish_time=view.finish_time,
-    )
-    return view.model_copy(update={"attempt_log": [*log, last]})
-
-
-# --8<-- [end:attempt_log]

@@ -33,7 +33,7 @@ from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
 from redis.asyncio import ConnectionPool
 
-from . import cancel, docs_ui, errors, history, idempotency, jobs, scheduling
+from . import attempts, cancel, docs_ui, errors, history, idempotency, jobs, scheduling
 from .config import get_settings
 from .deps import LedgerDep, RedisDep, SettingsDep
 from .jobstore import EnqueueUnconfirmed, create_job, read_ledger_and_redis
@@ -212,7 +212,7 @@ async def get_job(
     view = await read_ledger_and_redis(redis, ledger, job_id, settings.queue_name)
     if view is None:
         raise HTTPException(404, f"No job {job_id!r}")
-    return jobs.with_attempt_log(view, await ledger.attempts(job_id))
+    return attempts.with_attempt_log(view, await ledger.attempts(job_id))
 
 
 # --8<-- [end:get_job]
@@ -268,7 +268,7 @@ async def delete_job(
     if view is None:
         raise HTTPException(404, f"No job {job_id!r}")
     if view.status == "cancelled":
-        return jobs.with_attempt_log(view, await ledger.attempts(job_id))
+        return attempts.with_attempt_log(view, await ledger.attempts(job_id))
     if view.status in jobs.FINAL:
         raise HTTPException(409, f"Job {job_id} has already finished: {view.status}")
     return JSONResponse(status_code=202, content=view.model_dump(mode="json"))  # type: ignore[return-value]

@@ -16,11 +16,11 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import Function, func
 
-from . import jobs, maintenance
+from . import attempts, jobs, maintenance
 from .config import get_settings
-from .fetch import make_client
 from .jobs import KEEP_RESULT_S
 from .ledger import Ledger, now
+from .pinned import make_client
 from .tasks import TASKS
 from .timeouts import JOB_COMPLETION_WAIT_S, timeout_s
 
@@ -60,16 +60,14 @@ def task_functions() -> list[Function]:
 
 
 # --8<-- [start:hooks]
-
-
 async def startup(ctx: dict[str, Any]) -> None:
-    settings = ctx["settings"] = get_settings()
     # wait=False: a hook doesn't wait for its row to be committed. If the worker dies first,
     # those writes are lost, but Redis still has the results and reconcile() copies them.
-    ctx["ledger"] = Ledger(settings.database_url, wait=False)
+    ctx["ledger"] = Ledger(get_settings().database_url, wait=False)
     await asyncio.to_thread(ctx["ledger"].create_schema)
-    # One HTTP client per worker process, shared by every fetch job: one place for limits.
-    ctx["http"] = make_client(settings)
+    # For fetch: its settings, and one HTTP client per worker process for every job (pinned.py).
+    ctx["settings"] = get_settings()
+    ctx["http"] = make_client(ctx["settings"])
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -78,13 +76,9 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     ctx["ledger"].close()
 
 
-# --8<-- [start:job_ended]
 async def job_started(ctx: dict[str, Any]) -> None:
-    started = ctx["attempt_started"] = now()
-    # The job's start_time is its first try's; each try's own start goes in its attempt row.
-    first = {"start_time": started} if ctx["job_try"] == 1 else {}
     await ctx["ledger"].update(
-        ctx["job_id"], status="in_progress", attempts=ctx["job_try"], **first
+        ctx["job_id"], status="in_progress", attempts=ctx["job_try"], **attempts.try_started(ctx)
     )
 
 
@@ -92,28 +86,11 @@ async def job_ended(ctx: dict[str, Any]) -> None:
     # after_job_end, not on_job_end: it runs once ARQ has written the result to Redis, so
     # the ledger copies exactly what Redis holds (result or error, times, attempts). Neither
     # hook runs when ARQ fails a job without starting it: reconcile() covers those.
-    # ARQ's abort entry for this job (DELETE) is not ours to remove: ARQ removes it when the
-    # job finishes, and keeps it after a try that ends in a retry, so that the next try is
-    # stopped before it runs. Removing it here lost exactly those cancels.
     ledger: Ledger = ctx["ledger"]
-    job_id, finished = ctx["job_id"], now()
-    attempt = {"job_id": job_id, "attempt": ctx["job_try"], "start_time": ctx["attempt_started"]}
-    if ended := await ledger.copy_result(ctx["redis"], job_id, get_settings().queue_name):
-        # The result's own finish time, so this row matches what GET showed before it landed.
-        finished = ended["finish_time"]
-        attempt |= {"outcome": ended["status"], "error": ended["error"]}
-    elif retry := ctx.get("retry"):  # the task raised Retry and said why (fetch.py)
-        attempt |= {
-            "outcome": "retrying",
-            "error": retry["error"],
-            "next_try_at": retry["next_try_at"],
-        }
-        await ledger.update(job_id, status="deferred", error=retry["error"])
-    else:  # cancelled by a worker shutdown: ARQ puts it back in the queue
-        attempt |= {"outcome": "interrupted"}
-        await ledger.update(job_id, status="queued")
-    await ledger.add_attempt(attempt | {"finish_time": finished})
-    # --8<-- [end:job_ended]
+    ended = await ledger.copy_result(ctx["redis"], ctx["job_id"], get_settings().queue_name)
+    if not ended:  # no result: it will run again
+        await ledger.update(ctx["job_id"], **attempts.waiting_status(ctx))
+    await attempts.add_attempt(ctx, ended)  # this try, in the attempt log
 
 
 # --8<-- [end:hooks]
