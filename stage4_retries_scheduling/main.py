@@ -39,7 +39,6 @@ from .deps import LedgerDep, RedisDep, SettingsDep
 from .jobstore import EnqueueUnconfirmed, create_job, read_ledger_and_redis
 from .ledger import Ledger
 from .tasks import TASKS, Args
-from .urls import UnsafeURL, check_url
 
 # How long DELETE waits for a running job to stop before answering 202 "requested".
 CANCEL_WAIT_S = 5.0
@@ -139,13 +138,7 @@ def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueu
         idempotency_key: idempotency.Key = None,
     ) -> Enqueued:
         when = scheduling.defer_until(run_at, delay_seconds, settings.max_defer_s)
-        if name == "fetch":
-            # Resolve and check the host now: a refused URL is the client's error (422), not
-            # a job that fails later. The worker checks again before each request.
-            try:
-                await check_url(args.url, settings.fetch_allowlist_networks)
-            except UnsafeURL as exc:
-                raise errors.invalid(("body", "url"), f"URL refused: {exc}") from None
+        await args.check_before_enqueue()  # e.g. fetch's SSRF guard; most tasks have none
         job_id, kwargs = uuid.uuid4().hex, args.model_dump()
         # Idempotency: claim the key, create the job, then confirm the key (or release it).
         # The key points at a job only once the job exists. (Pointing it at the new id at

@@ -12,8 +12,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .config import get_settings
+from .errors import invalid
 from .fetch import fetch
 from .timeouts import in_stoppable_thread, timeout_s
+from .urls import UnsafeURL, check_url
 
 # --8<-- [start:limits]
 MAX_INT = 10**12  # keeps sums exact and JSON numbers small
@@ -44,6 +47,17 @@ class Args(BaseModel):
     # allow_inf_nan=False: Python's JSON parser accepts NaN, Infinity and 1e309 (= inf).
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
+    # What generic code needs to know about a task besides its arguments: the route and the
+    # worker ask the task's model, rather than test `if name == "fetch"`.
+    async def check_before_enqueue(self) -> None:
+        """Checks that need I/O, which a (synchronous) validator cannot make: raise
+        errors.invalid for a 422. Most tasks have none."""
+
+    @classmethod
+    def max_tries(cls) -> int | None:
+        """ARQ's cap on this task's tries, every pick-up counted; None: ARQ's default, 5."""
+        return None
+
 
 class AddArgs(Args):
     x: Int
@@ -57,10 +71,6 @@ class DivideArgs(Args):
 
 class CrunchArgs(Args):
     ms: int = Field(200, ge=1, le=MAX_CRUNCH_MS, description="CPU time to burn, in milliseconds")
-
-
-class FetchArgs(Args):
-    url: str = Field(max_length=2048, examples=["https://example.org/"])
 
 
 class WaitArgs(Args):
@@ -85,6 +95,28 @@ class ReportArgs(Args):
 
 
 # --8<-- [end:limits]
+
+
+# --8<-- [start:fetch_args]
+class FetchArgs(Args):
+    url: str = Field(max_length=2048, examples=["https://example.org/"])
+
+    async def check_before_enqueue(self) -> None:
+        # Resolve and check the host now (the SSRF guard, urls.py): a refused URL is the
+        # client's error, a 422, not a job that fails later. The worker checks again before
+        # each request, as the name may resolve differently by then.
+        try:
+            await check_url(self.url, get_settings().fetch_allowlist_networks)
+        except UnsafeURL as exc:
+            raise invalid(("body", "url"), f"URL refused: {exc}") from None
+
+    @classmethod
+    def max_tries(cls) -> int:
+        # fetch counts its own tries (fetch.py): ARQ's cap must not stop it first.
+        return get_settings().fetch_max_tries
+
+
+# --8<-- [end:fetch_args]
 
 
 # --8<-- [start:burn_cpu]

@@ -47,12 +47,11 @@ RECONCILE_BATCH = 500
 
 # --8<-- [start:task_functions]
 def task_functions() -> list[Function]:
-    """Each task with its own timeout (timeouts.py)."""
-    # ARQ's own cap on tries (max_tries, 5 by default) must not cut fetch's retries short.
-    tries = {"fetch": get_settings().fetch_max_tries}
+    """Each task with its own timeout (timeouts.py), and its own cap on tries if its model
+    has one (tasks.Args.max_tries)."""
     return [
-        func(f, name=name, timeout=timeout_s(name), max_tries=tries.get(name))
-        for name, (_, f) in TASKS.items()
+        func(function, name=name, timeout=timeout_s(name), max_tries=model.max_tries())
+        for name, (model, function) in TASKS.items()
     ]
 
 
