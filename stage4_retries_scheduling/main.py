@@ -33,9 +33,9 @@ from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
 from redis.asyncio import ConnectionPool
 
-from . import attempts, cancel, docs_ui, errors, history, idempotency, jobs, scheduling
+from . import attempts, cancel, docs_ui, errors, history, idempotency, jobs
 from .config import get_settings
-from .deps import LedgerDep, RedisDep, SettingsDep
+from .deps import LedgerDep, RedisDep, ScheduleDep, SettingsDep
 from .jobstore import EnqueueUnconfirmed, create_job, read_ledger_and_redis
 from .ledger import Ledger
 from .tasks import TASKS, Args
@@ -133,11 +133,9 @@ def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueu
         ledger: LedgerDep,
         settings: SettingsDep,
         response: Response,
-        run_at: scheduling.RunAt = None,
-        delay_seconds: scheduling.DelaySeconds = None,
+        schedule: ScheduleDep,
         idempotency_key: idempotency.Key = None,
     ) -> Enqueued:
-        when = scheduling.defer_until(run_at, delay_seconds, settings.max_defer_s)
         await args.check_before_enqueue()  # e.g. fetch's SSRF guard; most tasks have none
         job_id, kwargs = uuid.uuid4().hex, args.model_dump()
         # Idempotency: claim the key, create the job, then confirm the key (or release it).
@@ -145,14 +143,13 @@ def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueu
         # once, as a single SET NX would, hands a retry an id that never runs if we fail.)
         claim = None
         if idempotency_key is not None:
-            schedule = {"run_at": run_at, "delay_seconds": delay_seconds}
-            print_ = idempotency.fingerprint(name, kwargs, schedule)
+            print_ = idempotency.fingerprint(name, kwargs, schedule.as_asked)
             claim = idempotency.Claim(idempotency_key, job_id, print_)
             if earlier := await claim.take(redis, settings.idempotency_claim_ttl_s):
                 response.headers["Idempotent-Replayed"] = "true"  # the same job, not a second
                 return accepted(response, earlier)
         try:
-            await create_job(redis, ledger, name, job_id, kwargs, when)
+            await create_job(redis, ledger, name, job_id, kwargs, schedule.defer_until)
         except EnqueueUnconfirmed:
             if claim is not None:  # Redis may hold the job: a retry replays it, not a second
                 await claim.confirm(redis, settings.idempotency_ttl_s)
