@@ -36,7 +36,7 @@ from redis.asyncio import ConnectionPool
 from . import attempts, cancel, docs_ui, errors, history, idempotency, jobs
 from .config import get_settings
 from .deps import LedgerDep, RedisDep, ScheduleDep, SettingsDep
-from .jobstore import EnqueueUnconfirmed, create_job, read_ledger_and_redis
+from .jobstore import create_job, read_ledger_and_redis
 from .ledger import Ledger
 from .tasks import TASKS, Args
 
@@ -121,46 +121,26 @@ async def health(redis: RedisDep, ledger: LedgerDep) -> JSONResponse:
 
 
 # --8<-- [start:submit]
-def accepted(response: Response, job_id: str) -> Enqueued:
-    response.headers["Location"] = f"/jobs/{job_id}"
-    return Enqueued(job_id=job_id, status_url=f"/jobs/{job_id}")
-
-
 def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueued]]:
     async def submit(
         args: model,  # type: ignore[valid-type]
         redis: RedisDep,
         ledger: LedgerDep,
-        settings: SettingsDep,
         response: Response,
         schedule: ScheduleDep,
-        idempotency_key: idempotency.Key = None,
+        key: idempotency.Key = None,
     ) -> Enqueued:
-        await args.check_before_enqueue()  # e.g. fetch's SSRF guard; most tasks have none
+        await args.check_before_enqueue()  # e.g. fetch's SSRF guard; most have none
         job_id, kwargs = uuid.uuid4().hex, args.model_dump()
-        # Idempotency: claim the key, create the job, then confirm the key (or release it).
-        # The key points at a job only once the job exists. (Pointing it at the new id at
-        # once, as a single SET NX would, hands a retry an id that never runs if we fail.)
-        claim = None
-        if idempotency_key is not None:
-            print_ = idempotency.fingerprint(name, kwargs, schedule.as_asked)
-            claim = idempotency.Claim(idempotency_key, job_id, print_)
-            if earlier := await claim.take(redis, settings.idempotency_claim_ttl_s):
-                response.headers["Idempotent-Replayed"] = "true"  # the same job, not a second
-                return accepted(response, earlier)
-        try:
-            await create_job(redis, ledger, name, job_id, kwargs, schedule.defer_until)
-        except EnqueueUnconfirmed:
-            if claim is not None:  # Redis may hold the job: a retry replays it, not a second
-                await claim.confirm(redis, settings.idempotency_ttl_s)
-            raise
-        except Exception:
-            if claim is not None:
-                await claim.release(redis)  # no job was made: a retry may use the key
-            raise
-        if claim is not None:
-            await claim.confirm(redis, settings.idempotency_ttl_s)
-        return accepted(response, job_id)
+        fingerprint = idempotency.request_fingerprint(name, kwargs, schedule.as_asked)
+        async with idempotency.claimed(redis, key, job_id, fingerprint) as earlier:
+            if earlier is None:  # no Idempotency-Key, or the first request with it
+                await create_job(redis, ledger, name, job_id, kwargs, schedule.defer_until)
+        if earlier is not None:  # the same request came before: its job, not a second one
+            response.headers["Idempotent-Replayed"] = "true"
+            job_id = earlier
+        response.headers["Location"] = f"/jobs/{job_id}"
+        return Enqueued(job_id=job_id, status_url=f"/jobs/{job_id}")
 
     return submit
 
