@@ -40,9 +40,6 @@ from .jobstore import create_job, read_ledger_and_redis
 from .ledger import Ledger
 from .tasks import TASKS, Args
 
-# How long DELETE waits for a running job to stop before answering 202 "requested".
-CANCEL_WAIT_S = 5.0
-
 EVENTS_POLL_S = 0.2  # how often an event stream looks for a change in the job
 EVENTS_MAX_S = 600  # a stream ends after this even if the job has not
 
@@ -217,34 +214,5 @@ async def job_events(
 # --8<-- [end:events]
 
 
-# --8<-- [start:delete]
-@app.delete(
-    "/jobs/{job_id}",
-    tags=["jobs"],
-    responses={
-        202: {"description": "Still running: cancellation requested"},
-        404: {"description": "Unknown job"},
-        409: {"description": "The job has already finished"},
-    },
-)
-async def delete_job(
-    job_id: Annotated[str, Path(max_length=64)],
-    redis: RedisDep,
-    ledger: LedgerDep,
-    settings: SettingsDep,
-) -> jobs.JobView:
-    """Cancel a queued, deferred or running job."""
-    view = await cancel.cancel_job(redis, ledger, job_id, settings.queue_name, CANCEL_WAIT_S)
-    if view is None:
-        raise HTTPException(404, f"No job {job_id!r}")
-    if view.status == "cancelled":
-        return attempts.with_attempt_log(view, await ledger.attempts(job_id))
-    if view.status in jobs.FINAL:
-        raise HTTPException(409, f"Job {job_id} has already finished: {view.status}")
-    return JSONResponse(status_code=202, content=view.model_dump(mode="json"))  # type: ignore[return-value]
-
-
-# --8<-- [end:delete]
-
-
+app.include_router(cancel.router)  # DELETE /jobs/{id}, cancelling a job: cancel.py
 app.include_router(history.router)  # GET /jobs and GET /, the job history: history.py
