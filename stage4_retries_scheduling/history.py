@@ -26,7 +26,6 @@ class JobPage(BaseModel):
     next_cursor: str | None  # pass it back as `cursor` for the next (older) page
 
 
-# --8<-- [start:cursor]
 # The cursor is the (enqueue_time, job_id) of the last job on the page, opaque to clients:
 # "older than the last one seen" stays right while new jobs arrive, where an offset would
 # shift every page by the number of jobs added meanwhile.
@@ -48,9 +47,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         return enqueue_time.astimezone(UTC), job_id
     except OverflowError:
         raise ValueError("cursor time is out of range") from None
-
-
-# --8<-- [end:cursor]
 
 
 @router.get("/jobs", responses={422: {"description": "Bad filter or cursor"}})

@@ -14,7 +14,6 @@ from pydantic import BaseModel, Field
 # that GET /jobs/{id} answers from the ledger: Redis is a queue, not a record.
 KEEP_RESULT_S = 3600
 
-# --8<-- [start:serializer]
 # ARQ pickles jobs and results by default, and unpickling runs code: anyone who can write
 # to Redis could then run commands in the worker and in this API. JSON carries only data.
 # It has no exceptions, so a failed job's exception is stored as {"error": "Type: message"}.
@@ -39,9 +38,6 @@ def serialize(data: dict[str, Any]) -> bytes:
 
 def deserialize(data: bytes) -> dict[str, Any]:
     return json.loads(data)
-
-
-# --8<-- [end:serializer]
 
 
 # --8<-- [start:job_view]
@@ -88,7 +84,6 @@ def _error_text(result: Any) -> str:
     return str(result)  # e.g. ARQ's own 'unable to serialize result'
 
 
-# --8<-- [start:read_from_redis]
 async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobView | None:
     """The job's state, or None once Redis has forgotten it (unknown, or result expired)."""
     # A hand-built Job assumes pickle and the default queue unless told otherwise.
@@ -103,7 +98,7 @@ async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobV
         return None
     view = JobView(
         job_id=job_id,
-        status=status.value,  # type: ignore[arg-type]
+        status=status.value,
         function=info.function,
         args=info.kwargs,
         enqueue_time=info.enqueue_time,
@@ -120,8 +115,9 @@ def outcome(info: JobResult) -> dict[str, Any]:
     # ended with CancelledError was cancelled: aborted while running, or by cancel_job.
     error = None if info.success else _error_text(info.result)
     failed = "cancelled" if error and error.startswith("CancelledError") else "failed"
+    status = "complete" if info.success else failed
     ended = {
-        "status": "complete" if info.success else failed,
+        "status": status,
         "result": info.result if info.success else None,
         "error": error,
         "finish_time": info.finish_time,
@@ -129,7 +125,7 @@ def outcome(info: JobResult) -> dict[str, Any]:
     }
     # ARQ keeps only the last try's start. After one try that is the job's start_time; after
     # several, the job's start_time is the first try's, which the worker recorded.
-    if info.job_try == 1 and not cancelled_between_tries(ended["status"], error):
+    if info.job_try == 1 and not cancelled_between_tries(status, error):
         ended["start_time"] = info.start_time
     return ended
 
@@ -137,6 +133,3 @@ def outcome(info: JobResult) -> dict[str, Any]:
 def cancelled_between_tries(status: str, error: str | None) -> bool:
     """Cancelled by DELETE while no try was running: before the first, or between two."""
     return status == "cancelled" and (error or "").endswith((NOT_RUN, BETWEEN_TRIES))
-
-
-# --8<-- [end:read_from_redis]

@@ -45,7 +45,6 @@ async def create_job(
 # --8<-- [end:create_job]
 
 
-# --8<-- [start:read_job]
 async def read_ledger_and_redis(
     redis: ArqRedis, ledger: Ledger, job_id: str, queue_name: str
 ) -> JobView | None:
@@ -63,6 +62,3 @@ async def read_ledger_and_redis(
     if view is not None:  # None: Redis lost it; reconcile() marks it failed in time
         record.status, record.attempts = view.status, view.attempts  # where it is now
     return record  # the story so far
-
-
-# --8<-- [end:read_job]

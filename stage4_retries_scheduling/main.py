@@ -1,11 +1,9 @@
 """Stage 4: retries, scheduling, cancel and idempotency, on top of stage 3's ledger.
 
-What it adds: `fetch(url)` retries a flaky HTTP call with backoff and refuses private
-addresses (fetch.py, urls.py); any task runs later with `run_at` or `delay_seconds`, and an
-`Idempotency-Key` header replays a request instead of enqueueing it twice (scheduling.py);
-`DELETE /jobs/{id}` cancels a queued, deferred or running job; `GET /jobs/{id}` shows every
-attempt. The worker gives each task its own timeout and runs a cron job that settles and
-prunes the ledger (worker.py).
+What it adds, a module each: fetch's retries and the attempt log (fetch.py, attempts.py),
+the SSRF guard (urls.py, pinned.py), `run_at`/`delay_seconds` (scheduling.py), the
+`Idempotency-Key` header (idempotency.py), `DELETE /jobs/{id}` (cancel.py), a timeout per
+task and graceful shutdown (timeouts.py), and a cron job for the ledger (maintenance.py).
 
 Run it:
     make run STAGE=4
@@ -13,9 +11,8 @@ Run it:
     uvicorn stage4_retries_scheduling.main:app --port 8000
     arq stage4_retries_scheduling.worker.WorkerSettings
 
-What it leaves out, on purpose: authentication (anyone who reaches the API can submit, read
-and cancel any job), a retry policy for tasks other than fetch, separate queues for slow
-and fast work, and metrics. A real deployment adds those (docs: "Going to production").
+What it leaves out, on purpose: authentication, a retry policy for tasks other than fetch,
+separate queues for slow and fast work, and metrics (docs: "Going to production").
 """
 
 import asyncio
@@ -49,7 +46,6 @@ class Enqueued(BaseModel):
     status_url: str
 
 
-# --8<-- [start:lifespan]
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # One connection pool for the whole app, opened once and shared by every request.
@@ -79,9 +75,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ledger.close()
 
 
-# --8<-- [end:lifespan]
-
-
 logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
 # FastAPI's own /docs and /redoc load from a CDN; docs_ui serves them from local files.
 app = FastAPI(title=get_settings().app_name, lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -95,7 +88,6 @@ async def ping() -> dict[str, str]:
     return {"ping": "pong"}
 
 
-# --8<-- [start:health]
 @app.get("/health", tags=["health"], responses={503: {"description": "Redis or DB down"}})
 async def health(redis: RedisDep, ledger: LedgerDep) -> JSONResponse:
     """Readiness: can we reach Redis and the database?"""
@@ -114,19 +106,17 @@ async def health(redis: RedisDep, ledger: LedgerDep) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-# --8<-- [end:health]
-
-
 # --8<-- [start:submit]
 def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueued]]:
     async def submit(
-        args: model,  # type: ignore[valid-type]
+        body: model,  # type: ignore[valid-type]
         redis: RedisDep,
         ledger: LedgerDep,
         response: Response,
         schedule: ScheduleDep,
         key: idempotency.Key = None,
     ) -> Enqueued:
+        args: Args = body  # this task's own model, which FastAPI has validated
         await args.check_before_enqueue()  # e.g. fetch's SSRF guard; most have none
         job_id, kwargs = uuid.uuid4().hex, args.model_dump()
         fingerprint = idempotency.request_fingerprint(name, kwargs, schedule.as_asked)
@@ -159,7 +149,6 @@ for name, (model, function) in TASKS.items():
     )(submit_route(name, model))
 
 
-# --8<-- [start:get_job]
 @app.get(
     "/jobs/{job_id}",
     tags=["jobs"],
@@ -182,10 +171,6 @@ async def get_job(
     return attempts.with_attempt_log(view, await ledger.attempts(job_id))
 
 
-# --8<-- [end:get_job]
-
-
-# --8<-- [start:events]
 @app.get(
     "/jobs/{job_id}/events",
     response_class=EventSourceResponse,
@@ -209,9 +194,6 @@ async def job_events(
         if latest != job:
             job = latest
             yield job
-
-
-# --8<-- [end:events]
 
 
 app.include_router(cancel.router)  # DELETE /jobs/{id}, cancelling a job: cancel.py

@@ -7,6 +7,7 @@ import asyncio
 import math
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Annotated, Any
 
@@ -135,7 +136,6 @@ def burn_cpu(ms: int, stop: threading.Event) -> int:
 # --8<-- [end:burn_cpu]
 
 
-# --8<-- [start:jobs]
 # ARQ calls every job as `await f(ctx, **kwargs)`: `ctx` holds the worker's Redis pool and
 # the job's id and try number. Jobs must be `async def`; ARQ refuses plain functions.
 # ARQ runs a job at least once, so every job must be safe to run twice. These are: they
@@ -153,9 +153,6 @@ async def divide(ctx: dict[str, Any], x: float, y: float) -> float:
     if not math.isfinite(quotient):  # 1e12 / 1e-300 is inf, and JSON has no inf
         raise OverflowError(f"{x} / {y} is not a finite number")
     return quotient
-
-
-# --8<-- [end:jobs]
 
 
 # --8<-- [start:crunch]
@@ -177,7 +174,6 @@ async def wait(ctx: dict[str, Any], seconds: float) -> float:
     return seconds
 
 
-# --8<-- [start:progress]
 async def set_progress(ctx: dict[str, Any], percent: int, message: str | None = None) -> None:
     """Record how far the job has got; GET /jobs/{id}, its event stream and the page show it."""
     # The worker put its ledger in ctx (worker.startup). Each call is one small UPDATE, so
@@ -197,12 +193,9 @@ async def report(ctx: dict[str, Any], steps: int, step_seconds: float) -> int:
     return steps
 
 
-# --8<-- [end:progress]
-
-
 # name -> (argument model, function). The API makes one POST /tasks/<name> route per entry;
 # the worker registers the functions.
-TASKS = {
+TASKS: dict[str, tuple[type[Args], Callable[..., Coroutine[Any, Any, Any]]]] = {
     "add": (AddArgs, add),
     "divide": (DivideArgs, divide),
     "crunch": (CrunchArgs, crunch),

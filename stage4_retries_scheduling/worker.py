@@ -1,8 +1,8 @@
 """The ARQ worker: a separate process that takes jobs from Redis and runs them.
 
-Stage 4's worker adds a timeout per task, fetch's retries (up to FETCH_MAX_TRIES), an
-attempts row for every try, aborting a running job on DELETE /jobs/{id}, and a cron job
-that settles and prunes the ledger every MAINTENANCE_EVERY_MIN minutes.
+Stage 4's worker gives each task its own timeout (timeouts.py), records every try in the
+attempt log (attempts.py), stops a running job on DELETE /jobs/{id} (cancel.py), and runs a
+cron job that looks after the ledger (maintenance.py).
 
 `make run STAGE=4` starts it with the API. Run it by hand (with REDIS_URL pointing at the
 same Redis as the API):
@@ -155,7 +155,7 @@ class WorkerSettings:
     max_jobs = MAX_JOBS
     health_check_interval = HEALTH_CHECK_INTERVAL_S
     job_completion_wait = JOB_COMPLETION_WAIT_S  # graceful shutdown: timeouts.py
-    allow_abort_jobs = True  # DELETE /jobs/{id} of a running job
+    allow_abort_jobs = True  # DELETE /jobs/{id} of a running job: cancel.py
     on_startup = startup
     on_shutdown = shutdown
     on_job_start = job_started
