@@ -1,9 +1,8 @@
-"""Cancel a job: `DELETE /jobs/{id}`, and the one Redis transaction behind it, against the
-queue, the worker's claim and the result.
+"""Cancel a job: `DELETE /jobs/{id}` (a router main.py includes, as it does history.py's)
+and the one Redis transaction behind it, against the queue, the worker's claim and the result.
 
 ARQ's own `Job.abort()` only asks: it adds the id to the `arq:abort` set, and a worker acts
 on it. Here the API does what it safely can itself, and asks only for a job that is running.
-main.py includes the router, as it does history.py's.
 """
 
 import asyncio
@@ -125,10 +124,9 @@ async def cancel(
                 return "finished"  # or Redis no longer has it: nothing left to stop
             pipe.multi()
             if job.running:
-                # Only the worker can stop a running job: ARQ's abort set, which it reads
-                # on every poll. ARQ removes the entry when the job finishes, and keeps it
-                # when the try ends in a retry, so the next try is stopped before it runs.
-                # (So the worker's hooks leave the entry alone.)
+                # Only the worker can stop a running job: ARQ's abort set, read on every poll.
+                # ARQ removes the entry when the job finishes and keeps it when the try ends in
+                # a retry, so the next try is stopped before it runs; our hooks leave it alone.
                 pipe.zadd(abort_jobs_ss, {job_id: timestamp_ms()})
             else:
                 take_off_the_queue(pipe, job_id, job, queue_name, keep_result_s)

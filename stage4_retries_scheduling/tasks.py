@@ -51,8 +51,7 @@ class Args(BaseModel):
     # What generic code needs to know about a task besides its arguments: the route and the
     # worker ask the task's model, rather than test `if name == "fetch"`.
     async def check_before_enqueue(self) -> None:
-        """Checks that need I/O, which a (synchronous) validator cannot make: raise
-        errors.invalid for a 422. Most tasks have none."""
+        """Checks that need I/O, which a validator cannot make: raise errors.invalid (422)."""
 
     @classmethod
     def max_tries(cls) -> int | None:
@@ -120,7 +119,6 @@ class FetchArgs(Args):
 # --8<-- [end:fetch_args]
 
 
-# --8<-- [start:burn_cpu]
 def burn_cpu(ms: int, stop: threading.Event) -> int:
     """Pure-Python busy work for about `ms` milliseconds of CPU, or until `stop` is set."""
     # This thread's CPU time, not the wall clock: crunches that share the GIL in threads
@@ -131,9 +129,6 @@ def burn_cpu(ms: int, stop: threading.Event) -> int:
         sum(i * i for i in range(1_000))  # a slice of well under a millisecond
         loops += 1
     return loops
-
-
-# --8<-- [end:burn_cpu]
 
 
 # ARQ calls every job as `await f(ctx, **kwargs)`: `ctx` holds the worker's Redis pool and
