@@ -67,8 +67,8 @@ async def timed_reconcile(worker, ctx) -> float:
 async def measure(rows: int, redis_url: str) -> None:
     worker = importlib.import_module(f"{PACKAGE}.worker")
     jobs = importlib.import_module(f"{PACKAGE}.jobs")
-    if hasattr(worker, "MAINTENANCE_ROW_BUDGET"):  # one run over every row, to time them all
-        worker.MAINTENANCE_ROW_BUDGET = rows
+    maintenance = importlib.import_module(f"{PACKAGE}.maintenance")
+    maintenance.MAINTENANCE_ROW_BUDGET = rows  # one run over every row, to time them all
     ids = insert_rows(rows)
     redis = await create_pool(RedisSettings.from_dsn(redis_url))
     ctx = {"redis": redis}

@@ -15,7 +15,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"  # `make run` sets this to its embedded Valkey
     queue_name: str = "arq:queue"
     redis_timeout_s: float = 1.0  # Redis down or stuck: a 503 after this, not a hang
-    # The worker's job timeout; worker.py says why it matters. The crash tests lower it.
+    # The worker's job timeout; worker.py says why it matters.
     job_timeout_s: float = 30.0
     # fetch(url): retries, backoff and limits
     fetch_max_tries: int = 5  # attempts in all, the first included

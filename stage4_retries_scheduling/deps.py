@@ -1,5 +1,5 @@
 """What the routes ask FastAPI for, one alias each: `redis: RedisDep`, `ledger: LedgerDep`,
-`settings: SettingsDep`."""
+`settings: SettingsDep`, and for a task route `schedule: ScheduleDep`."""
 
 from typing import Annotated
 
@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from .config import Settings, get_settings
 from .ledger import Ledger
+from .scheduling import Schedule, read_schedule
 
 
 def get_redis(request: Request) -> ArqRedis:
@@ -21,3 +22,4 @@ def get_ledger(request: Request) -> Ledger:
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
 LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ScheduleDep = Annotated[Schedule, Depends(read_schedule)]  # run_at / delay_seconds: scheduling.py

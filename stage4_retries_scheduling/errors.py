@@ -38,7 +38,7 @@ async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def undecodable_job(_: Request, exc: DeserializationError) -> JSONResponse:
+async def undecodable_job(_: Request, exc: Exception) -> JSONResponse:
     # What Redis holds for this job is not JSON, so this app did not write it (a pickle
     # planted in Redis, say). We refuse to decode it; the worker fails such a job the same way.
     return JSONResponse(

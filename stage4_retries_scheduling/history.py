@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
+from .attempts import with_attempt_logs
 from .deps import LedgerDep
 from .jobs import JobView, Status
 from .tasks import TASKS
@@ -25,7 +26,6 @@ class JobPage(BaseModel):
     next_cursor: str | None  # pass it back as `cursor` for the next (older) page
 
 
-# --8<-- [start:cursor]
 # The cursor is the (enqueue_time, job_id) of the last job on the page, opaque to clients:
 # "older than the last one seen" stays right while new jobs arrive, where an offset would
 # shift every page by the number of jobs added meanwhile.
@@ -49,9 +49,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise ValueError("cursor time is out of range") from None
 
 
-# --8<-- [end:cursor]
-
-
 @router.get("/jobs", responses={422: {"description": "Bad filter or cursor"}})
 async def list_jobs(
     ledger: LedgerDep,
@@ -66,12 +63,11 @@ async def list_jobs(
     except ValueError:
         raise HTTPException(422, "Bad cursor: pass back a next_cursor as given") from None
     records = await ledger.newest(limit + 1, status, function, after)
-    more, records = len(records) > limit, records[:limit]
-    # Every job's attempt_log, as GET /jobs/{id} shows it (an empty one would claim "never
-    # tried"), from one query for the page.
-    logs = await ledger.attempt_logs([record.job_id for record in records])
-    jobs = [job.model_copy(update={"attempt_log": logs.get(job.job_id, [])}) for job in records]
-    return JobPage(jobs=jobs, next_cursor=encode_cursor(records[-1]) if more else None)
+    more = len(records) > limit
+    return JobPage(
+        jobs=await with_attempt_logs(ledger, records[:limit]),  # and their tries: attempts.py
+        next_cursor=encode_cursor(records[limit - 1]) if more else None,
+    )
 
 
 @router.get("/", response_class=HTMLResponse)

@@ -2,14 +2,19 @@
 
 A key moves through three states in Redis, and points at a job only once the job exists:
 
-    claimed  a request is creating the job (CLAIM_TTL_S): a duplicate gets 409 "in progress"
+    claimed  a request is creating the job (IDEMPOTENCY_CLAIM_TTL_S): a duplicate gets 409
+             "in progress"
     done     the job's row and its enqueue succeeded (IDEMPOTENCY_TTL_S): a duplicate gets it
     free     never used, released by a request that failed, or left by a crash and expired
+
+The task routes wrap making a job in `claimed()`, the one function here they call.
 """
 
 import hashlib
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from arq.connections import ArqRedis
@@ -17,7 +22,9 @@ from fastapi import Header, HTTPException
 from pydantic import AfterValidator, BaseModel
 from redis.exceptions import RedisError
 
-HEADER = "Idempotency-Key"
+from .config import get_settings
+from .jobstore import EnqueueUnconfirmed
+
 PREFIX = "idempotency:"  # + the key: where Redis keeps it
 MAX_KEY_LENGTH = 200
 logger = logging.getLogger(__name__)
@@ -34,6 +41,7 @@ Key = Annotated[
     str | None,
     AfterValidator(not_blank),
     Header(
+        alias="idempotency-key",  # `key: Key` in a route: HTTP header names are case-blind
         max_length=MAX_KEY_LENGTH,
         description="Send the same key when you retry: the retry replays the first job",
     ),
@@ -53,14 +61,47 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def fingerprint(task: str, args: dict[str, Any], schedule: dict[str, Any]) -> str:
+def request_fingerprint(task: str, args: dict[str, Any], schedule: dict[str, Any]) -> str:
     """What makes two requests "the same": the task, its arguments and the schedule as asked
     for (delay_seconds=60 twice is the same request, though "now + 60 s" moved on)."""
     canonical = json.dumps([task, args, schedule], sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-# --8<-- [start:idempotency]
+# --8<-- [start:claimed]
+@asynccontextmanager
+async def claimed(
+    redis: ArqRedis, key: str | None, job_id: str, fingerprint: str
+) -> AsyncIterator[str | None]:
+    """Around making the job: yields None to go on and make it as `job_id`, or the id of the
+    job an earlier request with this key made, to answer with instead. No key: just None.
+
+    The key is claimed first, then confirmed once the job exists, or released if making it
+    failed. (Pointing the key at the new id at once, as a single SET NX would, hands a
+    retry an id that never runs if we fail.)
+    """
+    if key is None:
+        yield None
+        return
+    settings, claim = get_settings(), Claim(key, job_id, fingerprint)
+    if earlier := await claim.take(redis, settings.idempotency_claim_ttl_s):
+        yield earlier
+        return
+    try:
+        yield None
+    except EnqueueUnconfirmed:  # Redis may hold the job: a retry replays it, not a second
+        await claim.confirm(redis, settings.idempotency_ttl_s)
+        raise
+    except Exception:
+        await claim.release(redis)  # no job was made: a retry may use the key
+        raise
+    await claim.confirm(redis, settings.idempotency_ttl_s)
+
+
+# --8<-- [end:claimed]
+
+
+# --8<-- [start:claim]
 # Compare-and-set and compare-and-delete, each one atomic step inside Redis. A plain SET or
 # DEL could overwrite or delete the claim of another request that came after ours expired.
 CONFIRM = """
@@ -79,10 +120,10 @@ return 0
 class Claim:
     """One request's hold on an Idempotency-Key: take it, then confirm it or release it."""
 
-    def __init__(self, key: str, job_id: str, print_: str) -> None:
-        self.redis_key, self.print_ = PREFIX + key, print_
-        self.claimed = json.dumps({"job_id": job_id, "fingerprint": print_, "done": False})
-        self.done = json.dumps({"job_id": job_id, "fingerprint": print_, "done": True})
+    def __init__(self, key: str, job_id: str, fingerprint: str) -> None:
+        self.redis_key, self.fingerprint = PREFIX + key, fingerprint
+        self.claimed = json.dumps({"job_id": job_id, "fingerprint": fingerprint, "done": False})
+        self.done = json.dumps({"job_id": job_id, "fingerprint": fingerprint, "done": True})
 
     async def take(self, redis: ArqRedis, claim_ttl_s: int) -> str | None:
         """None: the key is ours, go on and create the job. A job id: an earlier request
@@ -94,15 +135,14 @@ class Claim:
                 return None
             if (raw := await redis.get(self.redis_key)) is not None:
                 earlier = json.loads(raw)
-                if earlier["fingerprint"] != self.print_:
+                if earlier["fingerprint"] != self.fingerprint:
                     raise HTTPException(
                         409, "This Idempotency-Key was used for a different request"
                     )
                 if earlier["done"]:
                     return earlier["job_id"]
                 break
-        # Not the earlier job's id: that job may not exist yet, or ever (the IETF
-        # Idempotency-Key draft's answer to a duplicate in flight).
+        # Not the earlier job's id: that job may not exist yet, or ever.
         raise HTTPException(
             409,
             "A request with this Idempotency-Key is still in progress; retry it shortly",
@@ -111,17 +151,19 @@ class Claim:
 
     async def confirm(self, redis: ArqRedis, ttl_s: int) -> None:
         """The job exists: from now on the key replays it, for the whole TTL."""
+        confirm = redis.register_script(CONFIRM)
         try:
-            await redis.eval(CONFIRM, 1, self.redis_key, self.claimed, self.done, ttl_s)
+            await confirm(keys=[self.redis_key], args=[self.claimed, self.done, ttl_s])
         except RedisError:  # the job exists and runs; a retry could make a second one
             logger.warning("idempotency: could not confirm %s", self.redis_key, exc_info=True)
 
     async def release(self, redis: ArqRedis) -> None:
         """No job was made: free the key for the client's retry."""
+        release = redis.register_script(RELEASE)
         try:
-            await redis.eval(RELEASE, 1, self.redis_key, self.claimed)
+            await release(keys=[self.redis_key], args=[self.claimed])
         except RedisError:  # Redis is down too: the claim expires after its short TTL
             logger.warning("idempotency: could not release %s", self.redis_key, exc_info=True)
 
 
-# --8<-- [end:idempotency]
+# --8<-- [end:claim]

@@ -14,7 +14,6 @@ from pydantic import BaseModel, Field
 # that GET /jobs/{id} answers from the ledger: Redis is a queue, not a record.
 KEEP_RESULT_S = 3600
 
-# --8<-- [start:serializer]
 # ARQ pickles jobs and results by default, and unpickling runs code: anyone who can write
 # to Redis could then run commands in the worker and in this API. JSON carries only data.
 # It has no exceptions, so a failed job's exception is stored as {"error": "Type: message"}.
@@ -39,9 +38,6 @@ def serialize(data: dict[str, Any]) -> bytes:
 
 def deserialize(data: bytes) -> dict[str, Any]:
     return json.loads(data)
-
-
-# --8<-- [end:serializer]
 
 
 # --8<-- [start:job_view]
@@ -76,7 +72,7 @@ class JobView(BaseModel):
     attempts: int
     progress: int = 0  # percent, as the job reports it (tasks.set_progress)
     message: str | None = None
-    attempt_log: list[Attempt] = []  # every try, filled in by GET /jobs/{id}
+    attempt_log: list[Attempt] = []  # every try, filled in by attempts.with_attempt_log
 
 
 # --8<-- [end:job_view]
@@ -88,7 +84,6 @@ def _error_text(result: Any) -> str:
     return str(result)  # e.g. ARQ's own 'unable to serialize result'
 
 
-# --8<-- [start:read_from_redis]
 async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobView | None:
     """The job's state, or None once Redis has forgotten it (unknown, or result expired)."""
     # A hand-built Job assumes pickle and the default queue unless told otherwise.
@@ -103,7 +98,7 @@ async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobV
         return None
     view = JobView(
         job_id=job_id,
-        status=status.value,  # type: ignore[arg-type]
+        status=status.value,
         function=info.function,
         args=info.kwargs,
         enqueue_time=info.enqueue_time,
@@ -120,8 +115,9 @@ def outcome(info: JobResult) -> dict[str, Any]:
     # ended with CancelledError was cancelled: aborted while running, or by cancel_job.
     error = None if info.success else _error_text(info.result)
     failed = "cancelled" if error and error.startswith("CancelledError") else "failed"
+    status = "complete" if info.success else failed
     ended = {
-        "status": "complete" if info.success else failed,
+        "status": status,
         "result": info.result if info.success else None,
         "error": error,
         "finish_time": info.finish_time,
@@ -129,7 +125,7 @@ def outcome(info: JobResult) -> dict[str, Any]:
     }
     # ARQ keeps only the last try's start. After one try that is the job's start_time; after
     # several, the job's start_time is the first try's, which the worker recorded.
-    if info.job_try == 1 and not cancelled_between_tries(ended["status"], error):
+    if info.job_try == 1 and not cancelled_between_tries(status, error):
         ended["start_time"] = info.start_time
     return ended
 
@@ -137,35 +133,3 @@ def outcome(info: JobResult) -> dict[str, Any]:
 def cancelled_between_tries(status: str, error: str | None) -> bool:
     """Cancelled by DELETE while no try was running: before the first, or between two."""
     return status == "cancelled" and (error or "").endswith((NOT_RUN, BETWEEN_TRIES))
-
-
-# --8<-- [end:read_from_redis]
-
-
-# --8<-- [start:attempt_log]
-def with_attempt_log(view: JobView, log: list[Attempt]) -> JobView:
-    """The job with its attempt log, which for a finished job ends with the try that ended it.
-
-    The status comes from Redis as soon as the worker stores the result; the worker writes
-    that try's row to the ledger a moment later (after_job_end, batched). Until the row
-    lands, the try is derived from the job itself. (Waiting for the worker's commit instead
-    would make every GET of a just-finished job wait up to a batch, and a lost write forever.)
-    """
-    between_tries = cancelled_between_tries(view.status, view.error)
-    if view.status not in FINAL or not view.attempts or between_tries:
-        return view.model_copy(update={"attempt_log": log})
-    if any(attempt.attempt == view.attempts for attempt in log):
-        return view.model_copy(update={"attempt_log": log})
-    last = Attempt(
-        attempt=view.attempts,
-        outcome=view.status,
-        error=view.error,
-        # A real application would keep each try's start in the job's row too; here only
-        # the first one is, so a later try's start waits for its row.
-        start_time=view.start_time if view.attempts == 1 else None,
-        finish_time=view.finish_time,
-    )
-    return view.model_copy(update={"attempt_log": [*log, last]})
-
-
-# --8<-- [end:attempt_log]

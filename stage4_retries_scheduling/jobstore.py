@@ -19,9 +19,9 @@ class EnqueueUnconfirmed(errors.RedisTimeoutError):
 async def create_job(
     redis: ArqRedis, ledger: Ledger, name: str, job_id: str, kwargs: dict, when: datetime | None
 ) -> None:
-    """Stage 3's order: the row comes first, then the job goes to Redis, so a job Redis loses
-    is still on record. (Enqueue first, and a crash in between leaves a job no one can find.)"""
-    status = "deferred" if when else "queued"
+    """The row comes first, then the job goes to Redis, so a job Redis loses is still on
+    record. (Enqueue first, and a crash in between leaves a job no one can look up.)"""
+    status = "deferred" if when else "queued"  # when: run_at or delay_seconds (scheduling.py)
     record = JobRecord(job_id=job_id, function=name, args=kwargs, status=status, enqueue_time=now())
     await ledger.add(record)
     try:
@@ -45,7 +45,6 @@ async def create_job(
 # --8<-- [end:create_job]
 
 
-# --8<-- [start:read_job]
 async def read_ledger_and_redis(
     redis: ArqRedis, ledger: Ledger, job_id: str, queue_name: str
 ) -> JobView | None:
@@ -63,6 +62,3 @@ async def read_ledger_and_redis(
     if view is not None:  # None: Redis lost it; reconcile() marks it failed in time
         record.status, record.attempts = view.status, view.attempts  # where it is now
     return record  # the story so far
-
-
-# --8<-- [end:read_job]

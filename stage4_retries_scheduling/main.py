@@ -1,11 +1,9 @@
 """Stage 4: retries, scheduling, cancel and idempotency, on top of stage 3's ledger.
 
-What it adds: `fetch(url)` retries a flaky HTTP call with backoff and refuses private
-addresses (fetch.py, urls.py); any task runs later with `run_at` or `delay_seconds`, and an
-`Idempotency-Key` header replays a request instead of enqueueing it twice (scheduling.py);
-`DELETE /jobs/{id}` cancels a queued, deferred or running job; `GET /jobs/{id}` shows every
-attempt. The worker gives each task its own timeout and runs a cron job that settles and
-prunes the ledger (worker.py).
+What it adds, a module each: fetch's retries and the attempt log (fetch.py, attempts.py),
+the SSRF guard (urls.py, pinned.py), `run_at`/`delay_seconds` (scheduling.py), the
+`Idempotency-Key` header (idempotency.py), `DELETE /jobs/{id}` (cancel.py), a timeout per
+task and graceful shutdown (timeouts.py), and a cron job for the ledger (maintenance.py).
 
 Run it:
     make run STAGE=4
@@ -13,9 +11,8 @@ Run it:
     uvicorn stage4_retries_scheduling.main:app --port 8000
     arq stage4_retries_scheduling.worker.WorkerSettings
 
-What it leaves out, on purpose: authentication (anyone who reaches the API can submit, read
-and cancel any job), a retry policy for tasks other than fetch, separate queues for slow
-and fast work, and metrics. A real deployment adds those (docs: "Going to production").
+What it leaves out, on purpose: authentication, a retry policy for tasks other than fetch,
+separate queues for slow and fast work, and metrics (docs: "Going to production").
 """
 
 import asyncio
@@ -33,16 +30,12 @@ from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
 from redis.asyncio import ConnectionPool
 
-from . import cancel, docs_ui, errors, history, idempotency, jobs, scheduling
+from . import attempts, cancel, docs_ui, errors, history, idempotency, jobs
 from .config import get_settings
-from .deps import LedgerDep, RedisDep, SettingsDep
-from .jobstore import EnqueueUnconfirmed, create_job, read_ledger_and_redis
+from .deps import LedgerDep, RedisDep, ScheduleDep, SettingsDep
+from .jobstore import create_job, read_ledger_and_redis
 from .ledger import Ledger
 from .tasks import TASKS, Args
-from .urls import UnsafeURL, check_url
-
-# How long DELETE waits for a running job to stop before answering 202 "requested".
-CANCEL_WAIT_S = 5.0
 
 EVENTS_POLL_S = 0.2  # how often an event stream looks for a change in the job
 EVENTS_MAX_S = 600  # a stream ends after this even if the job has not
@@ -53,7 +46,6 @@ class Enqueued(BaseModel):
     status_url: str
 
 
-# --8<-- [start:lifespan]
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # One connection pool for the whole app, opened once and shared by every request.
@@ -83,9 +75,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ledger.close()
 
 
-# --8<-- [end:lifespan]
-
-
 logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
 # FastAPI's own /docs and /redoc load from a CDN; docs_ui serves them from local files.
 app = FastAPI(title=get_settings().app_name, lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -99,7 +88,6 @@ async def ping() -> dict[str, str]:
     return {"ping": "pong"}
 
 
-# --8<-- [start:health]
 @app.get("/health", tags=["health"], responses={503: {"description": "Redis or DB down"}})
 async def health(redis: RedisDep, ledger: LedgerDep) -> JSONResponse:
     """Readiness: can we reach Redis and the database?"""
@@ -118,59 +106,28 @@ async def health(redis: RedisDep, ledger: LedgerDep) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-# --8<-- [end:health]
-
-
 # --8<-- [start:submit]
-def accepted(response: Response, job_id: str) -> Enqueued:
-    response.headers["Location"] = f"/jobs/{job_id}"
-    return Enqueued(job_id=job_id, status_url=f"/jobs/{job_id}")
-
-
 def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueued]]:
     async def submit(
-        args: model,  # type: ignore[valid-type]
+        body: model,  # type: ignore[valid-type]
         redis: RedisDep,
         ledger: LedgerDep,
-        settings: SettingsDep,
         response: Response,
-        run_at: scheduling.RunAt = None,
-        delay_seconds: scheduling.DelaySeconds = None,
-        idempotency_key: idempotency.Key = None,
+        schedule: ScheduleDep,
+        key: idempotency.Key = None,
     ) -> Enqueued:
-        when = scheduling.defer_until(run_at, delay_seconds, settings.max_defer_s)
-        if name == "fetch":
-            # Resolve and check the host now: a refused URL is the client's error (422), not
-            # a job that fails later. The worker checks again before each request.
-            try:
-                await check_url(args.url, settings.fetch_allowlist_networks)
-            except UnsafeURL as exc:
-                raise errors.invalid(("body", "url"), f"URL refused: {exc}") from None
+        args: Args = body  # this task's own model, which FastAPI has validated
+        await args.check_before_enqueue()  # e.g. fetch's SSRF guard; most have none
         job_id, kwargs = uuid.uuid4().hex, args.model_dump()
-        # Idempotency: claim the key, create the job, then confirm the key (or release it).
-        # The key points at a job only once the job exists. (Pointing it at the new id at
-        # once, as a single SET NX would, hands a retry an id that never runs if we fail.)
-        claim = None
-        if idempotency_key is not None:
-            schedule = {"run_at": run_at, "delay_seconds": delay_seconds}
-            print_ = idempotency.fingerprint(name, kwargs, schedule)
-            claim = idempotency.Claim(idempotency_key, job_id, print_)
-            if earlier := await claim.take(redis, settings.idempotency_claim_ttl_s):
-                response.headers["Idempotent-Replayed"] = "true"  # the same job, not a second
-                return accepted(response, earlier)
-        try:
-            await create_job(redis, ledger, name, job_id, kwargs, when)
-        except EnqueueUnconfirmed:
-            if claim is not None:  # Redis may hold the job: a retry replays it, not a second
-                await claim.confirm(redis, settings.idempotency_ttl_s)
-            raise
-        except Exception:
-            if claim is not None:
-                await claim.release(redis)  # no job was made: a retry may use the key
-            raise
-        if claim is not None:
-            await claim.confirm(redis, settings.idempotency_ttl_s)
-        return accepted(response, job_id)
+        fingerprint = idempotency.request_fingerprint(name, kwargs, schedule.as_asked)
+        async with idempotency.claimed(redis, key, job_id, fingerprint) as earlier:
+            if earlier is None:  # no Idempotency-Key, or the first request with it
+                await create_job(redis, ledger, name, job_id, kwargs, schedule.defer_until)
+        if earlier is not None:  # the same request came before: its job, not a second one
+            response.headers["Idempotent-Replayed"] = "true"
+            job_id = earlier
+        response.headers["Location"] = f"/jobs/{job_id}"
+        return Enqueued(job_id=job_id, status_url=f"/jobs/{job_id}")
 
     return submit
 
@@ -192,7 +149,6 @@ for name, (model, function) in TASKS.items():
     )(submit_route(name, model))
 
 
-# --8<-- [start:get_job]
 @app.get(
     "/jobs/{job_id}",
     tags=["jobs"],
@@ -212,13 +168,9 @@ async def get_job(
     view = await read_ledger_and_redis(redis, ledger, job_id, settings.queue_name)
     if view is None:
         raise HTTPException(404, f"No job {job_id!r}")
-    return jobs.with_attempt_log(view, await ledger.attempts(job_id))
+    return attempts.with_attempt_log(view, await ledger.attempts(job_id))
 
 
-# --8<-- [end:get_job]
-
-
-# --8<-- [start:events]
 @app.get(
     "/jobs/{job_id}/events",
     response_class=EventSourceResponse,
@@ -244,37 +196,5 @@ async def job_events(
             yield job
 
 
-# --8<-- [end:events]
-
-
-# --8<-- [start:delete]
-@app.delete(
-    "/jobs/{job_id}",
-    tags=["jobs"],
-    responses={
-        202: {"description": "Still running: cancellation requested"},
-        404: {"description": "Unknown job"},
-        409: {"description": "The job has already finished"},
-    },
-)
-async def delete_job(
-    job_id: Annotated[str, Path(max_length=64)],
-    redis: RedisDep,
-    ledger: LedgerDep,
-    settings: SettingsDep,
-) -> jobs.JobView:
-    """Cancel a queued, deferred or running job."""
-    view = await cancel.cancel_job(redis, ledger, job_id, settings.queue_name, CANCEL_WAIT_S)
-    if view is None:
-        raise HTTPException(404, f"No job {job_id!r}")
-    if view.status == "cancelled":
-        return jobs.with_attempt_log(view, await ledger.attempts(job_id))
-    if view.status in jobs.FINAL:
-        raise HTTPException(409, f"Job {job_id} has already finished: {view.status}")
-    return JSONResponse(status_code=202, content=view.model_dump(mode="json"))  # type: ignore[return-value]
-
-
-# --8<-- [end:delete]
-
-
+app.include_router(cancel.router)  # DELETE /jobs/{id}, cancelling a job: cancel.py
 app.include_router(history.router)  # GET /jobs and GET /, the job history: history.py

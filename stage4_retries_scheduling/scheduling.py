@@ -1,11 +1,16 @@
-"""When a job should run: `run_at` or `delay_seconds` on any task."""
+"""When a job should run: `run_at` or `delay_seconds` on any task, read by one dependency.
+
+Every task route declares `schedule: ScheduleDep` (deps.py); FastAPI reads the two query
+parameters, and `read_schedule` turns them into the time ARQ defers the job until.
+"""
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from fastapi import Query
 from pydantic import AwareDatetime, BeforeValidator
 
+from .config import get_settings
 from .errors import invalid
 
 
@@ -31,6 +36,17 @@ DelaySeconds = Annotated[float | None, Query(ge=0, description="Run this many se
 
 
 # --8<-- [start:defer]
+class Schedule(NamedTuple):
+    as_asked: dict[str, Any]  # run_at and delay_seconds as sent: part of "the same request"
+    defer_until: datetime | None  # ARQ's _defer_until; None: run now
+
+
+def read_schedule(run_at: RunAt = None, delay_seconds: DelaySeconds = None) -> Schedule:
+    """The dependency every task route has (deps.ScheduleDep)."""
+    when = defer_until(run_at, delay_seconds, get_settings().max_defer_s)
+    return Schedule({"run_at": run_at, "delay_seconds": delay_seconds}, when)
+
+
 def defer_until(
     run_at: datetime | None, delay_seconds: float | None, max_defer_s: float
 ) -> datetime | None:

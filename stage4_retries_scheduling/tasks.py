@@ -7,12 +7,17 @@ import asyncio
 import math
 import threading
 import time
+from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .config import get_settings
+from .errors import invalid
 from .fetch import fetch
+from .timeouts import in_stoppable_thread, timeout_s
+from .urls import UnsafeURL, check_url
 
 # --8<-- [start:limits]
 MAX_INT = 10**12  # keeps sums exact and JSON numbers small
@@ -20,16 +25,13 @@ MAX_CRUNCH_MS = 5_000
 MAX_WAIT_S = 20.0
 MAX_STEPS = 100
 MAX_STEP_S = 2.0
-# report's own job timeout; worker.TASK_TIMEOUTS_S reads it here, and so does the API
-# (which must not import the worker), to refuse a report that could never finish in time.
-REPORT_TIMEOUT_S = 25
 # A report may fill this share of its timeout; the rest is headroom for the progress
 # writes and a busy worker.
 REPORT_TIMEOUT_SHARE = 0.8
 
 
 def report_timeout_s() -> float:
-    return min(REPORT_TIMEOUT_S, get_settings().job_timeout_s)  # as worker.timeout_s
+    return timeout_s("report")  # its own timeout, the one the worker gives it
 
 
 def report_max_s() -> float:
@@ -46,6 +48,16 @@ class Args(BaseModel):
     # allow_inf_nan=False: Python's JSON parser accepts NaN, Infinity and 1e309 (= inf).
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
+    # What generic code needs to know about a task besides its arguments: the route and the
+    # worker ask the task's model, rather than test `if name == "fetch"`.
+    async def check_before_enqueue(self) -> None:
+        """Checks that need I/O, which a validator cannot make: raise errors.invalid (422)."""
+
+    @classmethod
+    def max_tries(cls) -> int | None:
+        """ARQ's cap on this task's tries, every pick-up counted; None: ARQ's default, 5."""
+        return None
+
 
 class AddArgs(Args):
     x: Int
@@ -59,10 +71,6 @@ class DivideArgs(Args):
 
 class CrunchArgs(Args):
     ms: int = Field(200, ge=1, le=MAX_CRUNCH_MS, description="CPU time to burn, in milliseconds")
-
-
-class FetchArgs(Args):
-    url: str = Field(max_length=2048, examples=["https://example.org/"])
 
 
 class WaitArgs(Args):
@@ -89,7 +97,40 @@ class ReportArgs(Args):
 # --8<-- [end:limits]
 
 
-# --8<-- [start:jobs]
+# --8<-- [start:fetch_args]
+class FetchArgs(Args):
+    url: str = Field(max_length=2048, examples=["https://example.org/"])
+
+    async def check_before_enqueue(self) -> None:
+        # Resolve and check the host now (the SSRF guard, urls.py): a refused URL is the
+        # client's error, a 422, not a job that fails later. The worker checks again before
+        # each request, as the name may resolve differently by then.
+        try:
+            await check_url(self.url, get_settings().fetch_allowlist_networks)
+        except UnsafeURL as exc:
+            raise invalid(("body", "url"), f"URL refused: {exc}") from None
+
+    @classmethod
+    def max_tries(cls) -> int:
+        # fetch counts its own tries (fetch.py): ARQ's cap must not stop it first.
+        return get_settings().fetch_max_tries
+
+
+# --8<-- [end:fetch_args]
+
+
+def burn_cpu(ms: int, stop: threading.Event) -> int:
+    """Pure-Python busy work for about `ms` milliseconds of CPU, or until `stop` is set."""
+    # This thread's CPU time, not the wall clock: crunches that share the GIL in threads
+    # each still do their full amount of work, as real CPU-bound jobs would.
+    deadline = time.thread_time() + ms / 1000
+    loops = 0
+    while time.thread_time() < deadline and not stop.is_set():
+        sum(i * i for i in range(1_000))  # a slice of well under a millisecond
+        loops += 1
+    return loops
+
+
 # ARQ calls every job as `await f(ctx, **kwargs)`: `ctx` holds the worker's Redis pool and
 # the job's id and try number. Jobs must be `async def`; ARQ refuses plain functions.
 # ARQ runs a job at least once, so every job must be safe to run twice. These are: they
@@ -109,40 +150,14 @@ async def divide(ctx: dict[str, Any], x: float, y: float) -> float:
     return quotient
 
 
-# --8<-- [end:jobs]
-
-
 # --8<-- [start:crunch]
-def burn_cpu(ms: int, stop: threading.Event) -> int:
-    """Pure-Python busy work for about `ms` milliseconds of CPU, or until `stop` is set."""
-    # This thread's CPU time, not the wall clock: crunches that share the GIL in threads
-    # each still do their full amount of work, as real CPU-bound jobs would.
-    deadline = time.thread_time() + ms / 1000
-    loops = 0
-    while time.thread_time() < deadline and not stop.is_set():
-        sum(i * i for i in range(1_000))  # a slice of well under a millisecond
-        loops += 1
-    return loops
-
-
 async def crunch(ctx: dict[str, Any], ms: int) -> int:
     """Burn about `ms` milliseconds of CPU in the worker process."""
     # The API process is not involved any more, so its event loop stays free whatever this
     # costs. Inside the worker we still hand the CPU work to a thread: the worker's own loop
     # keeps polling, heart-beating and timing out jobs while the thread runs.
-    stop = threading.Event()
-    work = asyncio.get_running_loop().run_in_executor(None, burn_cpu, ms, stop)
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        # Cancelled (DELETE, its timeout, a shutdown). Python cannot kill a thread, and
-        # cancelling the await alone would leave this one burning CPU for seconds after the
-        # job "ended", its slot already given to the next job. So the loop checks `stop`
-        # between slices, and the job ends only once its thread has. (The alternative, a
-        # process per job, can be killed, at the price of a process start per job.)
-        stop.set()
-        await asyncio.wait([work])
-        raise
+    # A thread that stops when the job is cancelled, though: timeouts.py says why.
+    return await in_stoppable_thread(partial(burn_cpu, ms))
 
 
 # --8<-- [end:crunch]
@@ -154,7 +169,6 @@ async def wait(ctx: dict[str, Any], seconds: float) -> float:
     return seconds
 
 
-# --8<-- [start:progress]
 async def set_progress(ctx: dict[str, Any], percent: int, message: str | None = None) -> None:
     """Record how far the job has got; GET /jobs/{id}, its event stream and the page show it."""
     # The worker put its ledger in ctx (worker.startup). Each call is one small UPDATE, so
@@ -174,12 +188,9 @@ async def report(ctx: dict[str, Any], steps: int, step_seconds: float) -> int:
     return steps
 
 
-# --8<-- [end:progress]
-
-
 # name -> (argument model, function). The API makes one POST /tasks/<name> route per entry;
 # the worker registers the functions.
-TASKS = {
+TASKS: dict[str, tuple[type[Args], Callable[..., Coroutine[Any, Any, Any]]]] = {
     "add": (AddArgs, add),
     "divide": (DivideArgs, divide),
     "crunch": (CrunchArgs, crunch),

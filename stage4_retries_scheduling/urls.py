@@ -40,7 +40,7 @@ def parse_allowlist(entries: list[str]) -> list[IPNetwork]:
 CLOUD_METADATA = {
     ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
 }
-NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: IPv6 clients reaching IPv4 hosts
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix: IPv6 clients reaching IPv4
 
 
 def _carried_ipv4(ip: IPAddress) -> tuple[str, ipaddress.IPv4Address] | None:
@@ -120,7 +120,7 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
         ) from None
     except (socket.gaierror, UnicodeError) as exc:
         raise UnsafeURL(f"cannot resolve {host!r}: {exc}") from None
-    found = [ipaddress.ip_address(sockaddr[0].split("%")[0]) for *_, sockaddr in infos]
+    found = [ipaddress.ip_address(str(sockaddr[0]).split("%")[0]) for *_, sockaddr in infos]
     return list(dict.fromkeys(found))  # once each, in the resolver's order of preference
 
 

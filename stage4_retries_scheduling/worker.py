@@ -1,8 +1,8 @@
 """The ARQ worker: a separate process that takes jobs from Redis and runs them.
 
-Stage 4's worker adds a timeout per task, fetch's retries (up to FETCH_MAX_TRIES), an
-attempts row for every try, aborting a running job on DELETE /jobs/{id}, and a cron job
-that settles and prunes the ledger every MAINTENANCE_EVERY_MIN minutes.
+Stage 4's worker gives each task its own timeout (timeouts.py), records every try in the
+attempt log (attempts.py), stops a running job on DELETE /jobs/{id} (cancel.py), and runs a
+cron job that looks after the ledger (maintenance.py).
 
 `make run STAGE=4` starts it with the API. Run it by hand (with REDIS_URL pointing at the
 same Redis as the API):
@@ -10,19 +10,19 @@ same Redis as the API):
 """
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from arq.connections import ArqRedis, RedisSettings
-from arq.cron import cron
+from arq.connections import RedisSettings
 from arq.worker import Function, func
 
-from . import jobs
+from . import attempts, jobs, maintenance
 from .config import get_settings
-from .fetch import make_client
 from .jobs import KEEP_RESULT_S
 from .ledger import Ledger, now
-from .tasks import REPORT_TIMEOUT_S, TASKS
+from .pinned import make_client
+from .tasks import TASKS
+from .timeouts import JOB_COMPLETION_WAIT_S, timeout_s
 
 # --8<-- [start:constants]
 # A job running longer than this is cancelled and fails. It also bounds crash recovery:
@@ -40,60 +40,33 @@ MAX_JOBS = 10
 # How often the worker writes its health-check key (`arq --check` reads it). ARQ's default
 # of an hour lets a dead worker look healthy for an hour.
 HEALTH_CHECK_INTERVAL_S = 10
-# Per task: how long one run may take, capped at JOB_TIMEOUT_S. A timed-out job fails and
-# is not retried (ARQ's rule, and ours): a task that times out is stuck or too big, and
-# running it again costs the same. fetch bounds each HTTP request itself and retries those
-# timeouts on its own terms, so its job timeout only catches a hung task. The cap matters:
-# ARQ holds a dead worker's jobs for the LONGEST timeout of any task + 10 s, so one slow
-# task's timeout would delay crash recovery for every job.
-TASK_TIMEOUTS_S = {
-    **{"add": 5, "divide": 5, "crunch": 10, "wait": 25, "fetch": 25},
-    "report": REPORT_TIMEOUT_S,  # in tasks.py: the API refuses a report too long for it
-}
-# Graceful shutdown (SIGTERM, a deploy): stop taking jobs, give running ones this long to
-# finish, then cancel them back into the queue. Below the runner's 10 s before SIGKILL.
-JOB_COMPLETION_WAIT_S = 8
-# Cron: ledger maintenance every few minutes; history is kept this long after a job ends.
-MAINTENANCE_EVERY_MIN = 5
-MAINTENANCE_KEEP_RESULT_S = 3600
-HISTORY_RETENTION_S = 30 * 24 * 3600
-# An in_progress row past its task's timeout + this, that no worker holds, is stuck.
-STUCK_GRACE_S = 15
-# Each maintenance run checks at most this many unfinished rows, and prunes at most this
-# many jobs and as many orphaned attempts, so it ends well inside its timeout however far
-# behind it is (about 1 s on 2 busy cores; see the chapter). The next run carries on.
-MAINTENANCE_ROW_BUDGET = 5_000
 # reconcile() looks this many unfinished rows up in Redis at a time, in one round trip.
 RECONCILE_BATCH = 500
-# Where in the unfinished rows the last run stopped (Redis: every worker's runs share it).
-RECONCILE_CURSOR_KEY = "ledger:reconcile-after"
 # --8<-- [end:constants]
 
 
-# --8<-- [start:timeouts]
-def timeout_s(name: str) -> float:
-    return min(TASK_TIMEOUTS_S.get(name, JOB_TIMEOUT_S), JOB_TIMEOUT_S)
+# --8<-- [start:task_functions]
+def task_functions() -> list[Function]:
+    """Each task with its own timeout (timeouts.py), and its own cap on tries if its model
+    has one (tasks.Args.max_tries)."""
+    return [
+        func(function, name=name, timeout=timeout_s(name), max_tries=model.max_tries())
+        for name, (model, function) in TASKS.items()
+    ]
+
+
+# --8<-- [end:task_functions]
 
 
 # --8<-- [start:hooks]
-def task_functions() -> list[Function]:
-    # ARQ's own cap on tries (max_tries, 5 by default) must not cut fetch's retries short.
-    tries = {"fetch": get_settings().fetch_max_tries}
-    return [
-        func(f, name=name, timeout=timeout_s(name), max_tries=tries.get(name))
-        for name, (_, f) in TASKS.items()
-    ]
-    # --8<-- [end:timeouts]
-
-
 async def startup(ctx: dict[str, Any]) -> None:
-    settings = ctx["settings"] = get_settings()
     # wait=False: a hook doesn't wait for its row to be committed. If the worker dies first,
     # those writes are lost, but Redis still has the results and reconcile() copies them.
-    ctx["ledger"] = Ledger(settings.database_url, wait=False)
+    ctx["ledger"] = Ledger(get_settings().database_url, wait=False)
     await asyncio.to_thread(ctx["ledger"].create_schema)
-    # One HTTP client per worker process, shared by every fetch job: one place for limits.
-    ctx["http"] = make_client(settings)
+    # For fetch: its settings, and one HTTP client per worker process for every job (pinned.py).
+    ctx["settings"] = get_settings()
+    ctx["http"] = make_client(ctx["settings"])
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -102,13 +75,9 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     ctx["ledger"].close()
 
 
-# --8<-- [start:job_ended]
 async def job_started(ctx: dict[str, Any]) -> None:
-    started = ctx["attempt_started"] = now()
-    # The job's start_time is its first try's; each try's own start goes in its attempt row.
-    first = {"start_time": started} if ctx["job_try"] == 1 else {}
     await ctx["ledger"].update(
-        ctx["job_id"], status="in_progress", attempts=ctx["job_try"], **first
+        ctx["job_id"], status="in_progress", attempts=ctx["job_try"], **attempts.try_started(ctx)
     )
 
 
@@ -116,110 +85,58 @@ async def job_ended(ctx: dict[str, Any]) -> None:
     # after_job_end, not on_job_end: it runs once ARQ has written the result to Redis, so
     # the ledger copies exactly what Redis holds (result or error, times, attempts). Neither
     # hook runs when ARQ fails a job without starting it: reconcile() covers those.
-    # ARQ's abort entry for this job (DELETE) is not ours to remove: ARQ removes it when the
-    # job finishes, and keeps it after a try that ends in a retry, so that the next try is
-    # stopped before it runs. Removing it here lost exactly those cancels.
     ledger: Ledger = ctx["ledger"]
-    job_id, finished = ctx["job_id"], now()
-    attempt = {"job_id": job_id, "attempt": ctx["job_try"], "start_time": ctx["attempt_started"]}
-    if ended := await ledger.copy_result(ctx["redis"], job_id, get_settings().queue_name):
-        # The result's own finish time, so this row matches what GET showed before it landed.
-        finished = ended["finish_time"]
-        attempt |= {"outcome": ended["status"], "error": ended["error"]}
-    elif retry := ctx.get("retry"):  # the task raised Retry and said why (fetch.py)
-        attempt |= {
-            "outcome": "retrying",
-            "error": retry["error"],
-            "next_try_at": retry["next_try_at"],
-        }
-        await ledger.update(job_id, status="deferred", error=retry["error"])
-    else:  # cancelled by a worker shutdown: ARQ puts it back in the queue
-        attempt |= {"outcome": "interrupted"}
-        await ledger.update(job_id, status="queued")
-    await ledger.add_attempt(attempt | {"finish_time": finished})
-    # --8<-- [end:job_ended]
-
-
-async def reconcile(ctx: dict[str, Any]) -> int:
-    """Settle unfinished rows against Redis; returns how many rows it settled.
-
-    ARQ does not call the job hooks when a job exceeds max_tries, expires, cannot be decoded
-    or is aborted before it starts: Redis then holds a failed result that no hook copied.
-    GET /jobs/{id} copies it when asked; this sweeps them all. A row that Redis knows
-    nothing about after LOST_AFTER_S was lost with Redis's data (a flush, a restart
-    without persistence): it is marked failed. So, sooner, is a job "in progress" past its
-    timeout that Redis no longer has (its worker died and Redis lost the job too).
-    """
-    ledger, redis = ctx["ledger"], ctx["redis"]
-    queue_name, settled = get_settings().queue_name, 0
-    # At most MAINTENANCE_ROW_BUDGET rows a run, oldest first, each run carrying on after
-    # the last row the one before checked: a run ends in time however many rows wait, and
-    # rows that wait legitimately (deferred for days) cannot hide the rest for ever.
-    records = await ledger.unfinished(MAINTENANCE_ROW_BUDGET, after=await resume_after(redis))
-    for start in range(0, len(records), RECONCILE_BATCH):
-        # One Redis round trip per batch of rows, where asking row by row cost ~2.4 ms each.
-        batch = records[start : start + RECONCILE_BATCH]
-        states = await ledger.copy_results(redis, [r.job_id for r in batch], queue_name)
-        gone = [record for record in batch if states[record.job_id] == "gone"]
-        failed = {record.job_id: error for record in gone if (error := why_failed(record))}
-        await asyncio.gather(*[
-            ledger.update(job_id, status="failed", error=error, finish_time=now())
-            for job_id, error in failed.items()
-        ])  # fmt: skip
-        settled += list(states.values()).count("ended") + len(failed)
-    if len(records) < MAINTENANCE_ROW_BUDGET:  # saw them all: the next run starts again
-        await redis.delete(RECONCILE_CURSOR_KEY)
-    else:
-        last = records[-1]
-        await redis.set(RECONCILE_CURSOR_KEY, f"{last.enqueue_time.isoformat()}|{last.job_id}")
-    await ledger.flush()
-    return settled
-
-
-async def resume_after(redis: ArqRedis) -> tuple[datetime, str] | None:
-    """(enqueue_time, job_id) of the last row the previous run checked; None: from the oldest."""
-    saved = await redis.get(RECONCILE_CURSOR_KEY)
-    if saved is None:
-        return None
-    when, job_id = saved.decode().split("|", 1)
-    return datetime.fromisoformat(when), job_id
-
-
-def why_failed(record: jobs.JobView) -> str | None:
-    """Why a row whose job Redis has no trace of has failed, or None if it may yet appear."""
-    limit = timeout_s(record.function) + STUCK_GRACE_S
-    started = record.start_time or record.enqueue_time
-    if record.status == "in_progress" and started < now() - timedelta(seconds=limit):
-        return f"stuck: its worker stopped and Redis no longer has it ({limit:.0f} s limit)"
-    if record.enqueue_time < now() - timedelta(seconds=LOST_AFTER_S):
-        return "lost: Redis no longer knows this job (flushed, or its result expired)"
-    return None
+    ended = await ledger.copy_result(ctx["redis"], ctx["job_id"], get_settings().queue_name)
+    if not ended:  # no result: it will run again
+        await ledger.update(ctx["job_id"], **attempts.waiting_status(ctx))
+    await attempts.add_attempt(ctx, ended)  # this try, in the attempt log
 
 
 # --8<-- [end:hooks]
 
 
-# --8<-- [start:cron]
+# --8<-- [start:reconcile]
+async def reconcile(ctx: dict[str, Any]) -> int:
+    """Settle unfinished rows against Redis; returns how many rows it settled.
+
+    ARQ does not call the job hooks when a job exceeds max_tries, expires, cannot be decoded
+    or is aborted before it starts: Redis then holds a failed result that no hook copied.
+    GET /jobs/{id} copies it when asked; this sweeps them, a run's share at a time (the cron
+    job, maintenance.py). A row that Redis knows nothing about after LOST_AFTER_S was lost
+    with Redis's data (a flush, a restart without persistence): it is marked failed. So,
+    sooner, is a job "in progress" past its timeout that Redis no longer has.
+    """
+    ledger, redis = ctx["ledger"], ctx["redis"]
+    queue_name, settled = get_settings().queue_name, 0
+    lost_before = now() - timedelta(seconds=LOST_AFTER_S)
+    records = await maintenance.rows_to_check(ledger, redis)
+    for start in range(0, len(records), RECONCILE_BATCH):
+        # One Redis round trip per batch of rows, where asking row by row cost ~2.4 ms each.
+        batch = records[start : start + RECONCILE_BATCH]
+        states = await ledger.copy_results(redis, [r.job_id for r in batch], queue_name)
+        gone = [r for r in batch if states[r.job_id] == "gone"]
+        failed = {r.job_id: why for r in gone if (why := maintenance.why_failed(r, lost_before))}
+        await asyncio.gather(
+            *(
+                ledger.update(job_id, status="failed", error=error, finish_time=now())
+                for job_id, error in failed.items()
+            )
+        )
+        settled += list(states.values()).count("ended") + len(failed)
+    await maintenance.carry_on_after(redis, records)
+    await ledger.flush()
+    return settled
+
+
 async def maintain_ledger(ctx: dict[str, Any]) -> dict[str, int]:
-    """Cron job: settle unfinished rows (reconcile) and prune history past its retention."""
+    """The cron job (maintenance.py): settle unfinished rows, then prune old history."""
     # Idempotent, as a cron job must be: ARQ runs each tick once across all workers
     # (unique=True gives the run a fixed job id), but a crash can still repeat one.
     settled = await reconcile(ctx)
-    cutoff = now() - timedelta(seconds=HISTORY_RETENTION_S)
-    pruned = await ctx["ledger"].prune(finished_before=cutoff, limit=MAINTENANCE_ROW_BUDGET)
-    orphans = await ctx["ledger"].prune_orphans(limit=MAINTENANCE_ROW_BUDGET)
-    return {"settled": settled, "pruned": pruned, "orphaned_attempts_pruned": orphans}
+    return {"settled": settled, **await maintenance.prune(ctx["ledger"])}
 
 
-MAINTENANCE = cron(
-    maintain_ledger,
-    minute=set(range(0, 60, MAINTENANCE_EVERY_MIN)),
-    second=0,
-    unique=True,  # one run per tick, however many workers
-    timeout=JOB_TIMEOUT_S,
-    keep_result=MAINTENANCE_KEEP_RESULT_S,  # cron jobs keep no result by default
-)
-# --8<-- [end:cron]
+# --8<-- [end:reconcile]
 
 
 # --8<-- [start:settings]
@@ -227,7 +144,7 @@ class WorkerSettings:
     # ARQ reads these attributes from this class's own __dict__: subclassing it would lose
     # them, so a variant copies what it needs.
     functions = task_functions()
-    cron_jobs = [MAINTENANCE]
+    cron_jobs = [maintenance.every_few_minutes(maintain_ledger)]
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
     queue_name = get_settings().queue_name
     job_serializer = jobs.serialize
@@ -237,8 +154,8 @@ class WorkerSettings:
     poll_delay = POLL_DELAY_S
     max_jobs = MAX_JOBS
     health_check_interval = HEALTH_CHECK_INTERVAL_S
-    job_completion_wait = JOB_COMPLETION_WAIT_S
-    allow_abort_jobs = True  # DELETE /jobs/{id} of a running job
+    job_completion_wait = JOB_COMPLETION_WAIT_S  # graceful shutdown: timeouts.py
+    allow_abort_jobs = True  # DELETE /jobs/{id} of a running job: cancel.py
     on_startup = startup
     on_shutdown = shutdown
     on_job_start = job_started

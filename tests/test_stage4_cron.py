@@ -86,7 +86,7 @@ def test_maintenance_prunes_finished_jobs_past_retention_and_keeps_the_rest(
         client.post("/tasks/add", json={"x": n, "y": 1}).json()["job_id"] for n in (1, 2)
     )
     drain()
-    retention = stage.module("worker").HISTORY_RETENTION_S
+    retention = stage.module("maintenance").HISTORY_RETENTION_S
     age_row(stage, old, finish_time=retention + 60, enqueue_time=retention + 60)
 
     report = asyncio.run(run_maintenance(stage, redis_url))
@@ -176,7 +176,7 @@ def test_a_run_over_many_unfinished_rows_still_prunes_within_its_timeout(
 ):
     old = enqueue(client, "add", {"x": 1, "y": 1})
     drain()
-    retention = stage.module("worker").HISTORY_RETENTION_S
+    retention = stage.module("maintenance").HISTORY_RETENTION_S
     age_row(stage, old, finish_time=retention + 60, enqueue_time=retention + 60)
     insert_rows(stage, stage.module("ledger").JOBS, unfinished_rows(stage, MANY_ROWS, age_s=60))
     (cron_job,) = stage.module("worker").WorkerSettings.cron_jobs
@@ -194,7 +194,7 @@ def test_each_run_checks_its_budget_of_rows_and_the_next_carries_on(
     stage, client, redis_url, monkeypatch
 ):
     worker = stage.module("worker")
-    monkeypatch.setattr(worker, "MAINTENANCE_ROW_BUDGET", 3)
+    monkeypatch.setattr(stage.module("maintenance"), "MAINTENANCE_ROW_BUDGET", 3)
     monkeypatch.setattr(worker, "RECONCILE_BATCH", 2)
     client.get("/health")  # the app has created the schema
     lost = unfinished_rows(stage, 7, age_s=worker.LOST_AFTER_S + 60)  # Redis lost them all

@@ -10,10 +10,11 @@ pytestmark = pytest.mark.since_stage(4)
 
 
 def test_a_job_over_its_timeout_fails_with_a_clear_reason(stage, client, drain, monkeypatch):
-    monkeypatch.setitem(stage.module("worker").TASK_TIMEOUTS_S, "wait", 0.2)
+    worker = stage.module("worker")  # first: its WorkerSettings keep the real timeouts
+    monkeypatch.setitem(stage.module("timeouts").TASK_TIMEOUTS_S, "wait", 0.2)
     job_id = enqueue(client, "wait", {"seconds": 5})
     started = time.monotonic()
-    drain(functions=stage.module("worker").task_functions())
+    drain(functions=worker.task_functions())
     job = client.get(f"/jobs/{job_id}").json()
     assert time.monotonic() - started < 3
     assert job["status"] == "failed"
