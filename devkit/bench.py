@@ -1,23 +1,32 @@
-"""`make bench`: how fast is a stage's queue? Prints one table, stages side by side.
+"""`make bench`: how fast is a stage's queue, against a bare app? One table, side by side.
 
-    python -m devkit.bench [--stage 2 --stage 3] [--duration 15] [--jobs 5000]
+    python -m devkit.bench [--stage 2 --stage 3] [--duration 10] [--repeat 3] [--jobs 5000]
 
-Per stage, on its own throwaway embedded Valkey and data folder, with one uvicorn process:
+Every app runs at once, each on its own throwaway embedded Valkey and data folder, with one
+uvicorn process and no access log: the yardstick (devkit/bare_app.py, a bare FastAPI + ARQ
+app) and the stages. Then:
 1. enqueue   POST /tasks/add at concurrency 10 for --duration s (wrk), no worker running;
+             --repeat rounds, every app once a round (the order turns each round), after
+             a short warm-up of each;
 2. worker    --jobs `add` jobs queued through the API, then one `arq --burst` worker drains
              them; jobs/s = jobs / (last finish - first start), from ARQ's own timestamps;
 3. latency   50 `add` jobs sent one at a time (50 ms apart) to a running worker;
-             enqueue → finish from the job's own timestamps, p50/p95;
-4. status    GET /jobs/{id} of finished jobs at concurrency 50 for --duration s (wrk).
+             enqueue -> finish from the job's own timestamps, p50/p95;
+4. status    GET /jobs/{id} of finished jobs at concurrency 50 for --duration s (wrk),
+             in rounds as in 1.
 
-The load generator is wrk (C, event-driven, one thread), so the client is not the
-bottleneck; install it with `apt-get install wrk` or `brew install wrk`.
+Absolute figures on a shared machine drift by 2x from day to day; ratios between apps
+measured in the same round do not. So each round's figures are also divided by the bare
+app's (or another stage's) from that same round, and the table shows the median and the
+min-max of those per-round ratios. The load generator is wrk (C, event-driven, one
+thread), so the client is not the bottleneck; install it with `make tools`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import re
@@ -28,6 +37,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -36,11 +46,13 @@ import redis
 from devkit import harness
 from devkit.stages import STAGES
 
+BARE = "devkit.bare_app"  # the yardstick: see its docstring
 LATENCY_JOBS = 50
 LATENCY_SPACING_S = 0.05
 ENQUEUE_CONCURRENCY = 10
 STATUS_CONCURRENCY = 50
 STATUS_IDS = 1000
+WARMUP_S = 2  # a fresh process's first requests are slower; not measured
 TARGETS = {  # the goals the project set itself, on the 2-core reference machine
     "enqueue req/s": (">=", 2000),
     "worker jobs/s": (">=", 1500),
@@ -48,16 +60,34 @@ TARGETS = {  # the goals the project set itself, on the 2-core reference machine
     "latency p95 ms": ("<=", 80),
     "status p99 ms": ("<=", 50),
 }
+# Paired ratios the stages must reach, each measured within one round:
+# (label, figure, app, the app it is divided by, op, target).
+RATIO_TARGETS = [
+    ("stage 2 enqueue / bare", "enqueue req/s", "stage 2", "bare", ">=", 0.85),
+    ("stage 3 enqueue / stage 2", "enqueue req/s", "stage 3", "stage 2", ">=", 0.75),
+    ("stage 4 enqueue / stage 2", "enqueue req/s", "stage 4", "stage 2", ">=", 0.75),
+    (f"stage 4 status c={STATUS_CONCURRENCY} / stage 3", "status req/s", "stage 4", "stage 3",
+     ">=", 0.90),
+    *((f"stage {n} enqueue p99 / bare p99", "enqueue p99 ms", f"stage {n}", "bare", "<=", 1.5)
+      for n in (2, 3, 4)),
+]  # fmt: skip
+RATIO_ROWS = ("req/s", "p99 ms")  # figures that also get a "vs bare" row per app
 
 
 @dataclass
-class Result:
-    stage: int
-    figures: dict[str, float | str] = field(default_factory=dict)
+class App:
+    """One app under test: the yardstick or a stage, and what the bench measured of it."""
+
+    label: str  # "bare", "stage 2"
+    runnable: harness.Runnable
+    stack: harness.StageProcesses | None = None
+    figures: dict[str, float | str] = field(default_factory=dict)  # measured once
+    rounds: dict[str, list[float]] = field(default_factory=dict)  # one value per round
+    finished: list[str] = field(default_factory=list)  # ids of completed jobs
 
 
-def stage_processes(stage: int, workdir: Path) -> harness.StageProcesses:
-    """Valkey + uvicorn for one stage, no worker yet (each phase starts its own)."""
+def stage_processes(stage: harness.Runnable, workdir: Path) -> harness.StageProcesses:
+    """Valkey + uvicorn for one app, no worker yet (each phase starts its own)."""
     return harness.StageProcesses(
         stage, workdir, workers=0,
         api_args=("--no-access-log", "--log-level", "warning"),
@@ -84,6 +114,16 @@ def run_wrk(url: str, path: str, concurrency: int, seconds: int, script: Path) -
         "errors": int(errors[1]) if errors else 0,
         "socket errors": socket_errors[1] if socket_errors else "none",
     }
+
+
+def record_round(app: App, phase: str, wrk: dict) -> None:
+    """Rates and latencies per round; errors and requests added up over the rounds."""
+    for name in ("req/s", "p50 ms", "p99 ms"):
+        app.rounds.setdefault(f"{phase} {name}", []).append(wrk[name])
+    for name in ("requests", "errors"):
+        app.figures[f"{phase} {name}"] = app.figures.get(f"{phase} {name}", 0) + wrk[name]
+    seen = app.figures.get(f"{phase} socket errors", "none")
+    app.figures[f"{phase} socket errors"] = wrk["socket errors"] if seen == "none" else seen
 
 
 async def submit(url: str, count: int, concurrency: int = 20) -> list[str]:
@@ -119,117 +159,181 @@ async def read_jobs(url: str, ids: list[str], concurrency: int = 50) -> list[dic
 
 
 def span_seconds(jobs: list[dict], start: str, end: str) -> list[float]:
-    from datetime import datetime
-
     return [
         (datetime.fromisoformat(job[end]) - datetime.fromisoformat(job[start])).total_seconds()
         for job in jobs
     ]
 
 
-def bench_stage(stage: int, args: argparse.Namespace, scripts: Path) -> Result:
-    result = Result(stage)
-    with (
-        tempfile.TemporaryDirectory(prefix=f"bench-stage{stage}-") as tmp,
-        stage_processes(stage, Path(tmp)) as stack,
-    ):
-        url = stack.url
-        # 1. enqueue rate (no worker: jobs pile up in Redis, which is what we measure)
-        say(stage, f"enqueue: POST /tasks/add, c={ENQUEUE_CONCURRENCY}, {args.duration} s")
-        enqueue = run_wrk(url, "/tasks/add", ENQUEUE_CONCURRENCY, args.duration,
-                          scripts / "post_add.lua")  # fmt: skip
-        result.figures |= {f"enqueue {k}": v for k, v in enqueue.items()}
-        redis.Redis.from_url(stack.redis_url).flushdb()
+def in_turns(apps: list[App], rounds: int) -> list[tuple[int, App]]:
+    """Every app once a round; each round starts one app later, so none is always first."""
+    return [(n, apps[(n + i) % len(apps)]) for n in range(rounds) for i in range(len(apps))]
 
-        # 2. worker throughput: queue N jobs, then one burst worker drains them
-        say(stage, f"worker: queueing {args.jobs} add jobs, then one burst worker")
-        ids = asyncio.run(submit(url, args.jobs))
-        started = time.monotonic()
-        burst = stack.start_worker("--burst")
-        if burst.process.wait() != 0:
-            raise SystemExit(f"stage {stage}: the burst worker failed; see {burst.log}")
-        wall = time.monotonic() - started
-        jobs = asyncio.run(read_jobs(url, ids))
-        done = [job for job in jobs if job["status"] == "complete"]
-        first = min(job["start_time"] for job in done)
-        last = max(job["finish_time"] for job in done)
-        busy = span_seconds([{"a": first, "b": last}], "a", "b")[0]
-        result.figures |= {
-            "worker jobs/s": len(done) / busy,
-            "worker completed": f"{len(done)}/{args.jobs}",
-            "worker wall s (incl. start-up)": wall,
-        }
 
-        # 3. enqueue -> complete latency with a running worker
-        say(stage, f"latency: {LATENCY_JOBS} jobs one at a time to a running worker")
-        worker = stack.start_worker()  # returns once it polls, before the clock matters
-        try:
-            ids = []
-            for _ in range(LATENCY_JOBS):
-                ids.append(asyncio.run(submit(url, 1, 1))[0])
-                time.sleep(LATENCY_SPACING_S)
-            deadline = time.monotonic() + 30
-            while True:
-                jobs = asyncio.run(read_jobs(url, ids))
-                if all(job["status"] == "complete" for job in jobs):
-                    break
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"stage {stage}: latency jobs did not complete")
-                time.sleep(0.2)
-        finally:
-            worker.stop()
-        latencies = sorted(s * 1000 for s in span_seconds(jobs, "enqueue_time", "finish_time"))
-        result.figures |= {
-            "latency p50 ms": statistics.median(latencies),
-            "latency p95 ms": latencies[int(0.95 * len(latencies)) - 1],
-        }
+def bench_enqueue(apps: list[App], args: argparse.Namespace, script: Path) -> None:
+    """1. enqueue rate (no worker: jobs pile up in Redis, which is what we measure)."""
+    for app in apps:
+        say(app, f"warm-up: POST /tasks/add, c={ENQUEUE_CONCURRENCY}, {WARMUP_S} s")
+        run_wrk(app.stack.url, "/tasks/add", ENQUEUE_CONCURRENCY, WARMUP_S, script)
+        redis.Redis.from_url(app.stack.redis_url).flushdb()
+    for n, app in in_turns(apps, args.repeat):
+        say(app, f"enqueue round {n + 1}/{args.repeat}: POST /tasks/add, "
+                 f"c={ENQUEUE_CONCURRENCY}, {args.duration} s")  # fmt: skip
+        wrk = run_wrk(app.stack.url, "/tasks/add", ENQUEUE_CONCURRENCY, args.duration, script)
+        record_round(app, "enqueue", wrk)
+        redis.Redis.from_url(app.stack.redis_url).flushdb()
 
-        # 4. status reads of finished jobs
-        say(stage, f"status: GET /jobs/{{id}} of finished jobs, c={STATUS_CONCURRENCY}")
-        finished = [job["job_id"] for job in done[:STATUS_IDS]]
-        lua = scripts / f"status_{stage}.lua"
-        lua.write_text(
-            "local ids = {" + ",".join(f'"{i}"' for i in finished) + "}\n"
+
+def bench_worker(app: App, args: argparse.Namespace) -> None:
+    """2. worker throughput: queue N jobs, then one burst worker drains them."""
+    stack, url = app.stack, app.stack.url
+    say(app, f"worker: queueing {args.jobs} add jobs, then one burst worker")
+    ids = asyncio.run(submit(url, args.jobs))
+    started = time.monotonic()
+    burst = stack.start_worker("--burst")
+    if burst.process.wait() != 0:
+        raise SystemExit(f"{app.label}: the burst worker failed; see {burst.log}")
+    wall = time.monotonic() - started
+    jobs = asyncio.run(read_jobs(url, ids))
+    done = [job for job in jobs if job["status"] == "complete"]
+    first = min(job["start_time"] for job in done)
+    last = max(job["finish_time"] for job in done)
+    busy = span_seconds([{"a": first, "b": last}], "a", "b")[0]
+    app.figures |= {
+        "worker jobs/s": len(done) / busy,
+        "worker completed": f"{len(done)}/{args.jobs}",
+        "worker wall s (incl. start-up)": wall,
+    }
+    app.finished = [job["job_id"] for job in done[:STATUS_IDS]]
+
+
+def bench_latency(app: App) -> None:
+    """3. enqueue -> complete latency with a running worker."""
+    say(app, f"latency: {LATENCY_JOBS} jobs one at a time to a running worker")
+    url = app.stack.url
+    worker = app.stack.start_worker()  # returns once it polls, before the clock matters
+    try:
+        ids = []
+        for _ in range(LATENCY_JOBS):
+            ids.append(asyncio.run(submit(url, 1, 1))[0])
+            time.sleep(LATENCY_SPACING_S)
+        deadline = time.monotonic() + 30
+        while True:
+            jobs = asyncio.run(read_jobs(url, ids))
+            if all(job["status"] == "complete" for job in jobs):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{app.label}: latency jobs did not complete")
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+    latencies = sorted(s * 1000 for s in span_seconds(jobs, "enqueue_time", "finish_time"))
+    app.figures |= {
+        "latency p50 ms": statistics.median(latencies),
+        "latency p95 ms": latencies[int(0.95 * len(latencies)) - 1],
+    }
+
+
+def bench_status(apps: list[App], args: argparse.Namespace, scripts: Path) -> None:
+    """4. status reads of finished jobs, in rounds like the enqueue phase."""
+    lua = {app.label: scripts / f"status_{app.label.replace(' ', '_')}.lua" for app in apps}
+    for app in apps:
+        lua[app.label].write_text(
+            "local ids = {" + ",".join(f'"{i}"' for i in app.finished) + "}\n"
             "request = function()\n"
             '  return wrk.format("GET", "/jobs/" .. ids[math.random(#ids)])\nend\n'
         )
-        status = run_wrk(url, "/", STATUS_CONCURRENCY, args.duration, lua)
-        result.figures |= {f"status {k}": v for k, v in status.items()}
-    return result
+    for n, app in in_turns(apps, args.repeat):
+        say(app, f"status round {n + 1}/{args.repeat}: GET /jobs/{{id}} of finished jobs, "
+                 f"c={STATUS_CONCURRENCY}, {args.duration} s")  # fmt: skip
+        wrk = run_wrk(app.stack.url, "/", STATUS_CONCURRENCY, args.duration, lua[app.label])
+        record_round(app, "status", wrk)
 
 
-def say(stage: int, line: str) -> None:
-    print(f"[stage {stage}] {line}", file=sys.stderr, flush=True)
+def say(app: App, line: str) -> None:
+    print(f"[{app.label}] {line}", file=sys.stderr, flush=True)
 
 
-def verdict(name: str, value: float | str) -> str:
-    if name not in TARGETS or isinstance(value, str):
-        return ""
-    op, target = TARGETS[name]
-    ok = value >= target if op == ">=" else value <= target
-    return f"  ({'meets' if ok else 'MISSES'} {op} {target})"
+# -- the table --------------------------------------------------------------------------------
 
 
-def render(results: list[Result]) -> str:
-    names = list(dict.fromkeys(name for result in results for name in result.figures))
-    width = max(len(name) for name in names) + 2
+def number(value: float, digits: int | None = None) -> str:
+    """Thousands apart, and no decimals that are noise: 2,131 req/s, 17.2 ms, 0.53."""
+    if digits is None:
+        digits = 0 if abs(value) >= 100 else 1
+    return f"{value:,.{digits}f}"
+
+
+def spread(values: list[float], digits: int | None = None) -> str:
+    """The median, and the min-max when the values differ: "0.59 (0.55-0.62)"."""
+    middle = number(statistics.median(values), digits)
+    low, high = number(min(values), digits), number(max(values), digits)
+    return middle if low == high else f"{middle} ({low}-{high})"
+
+
+def ratios(app: App, base: App, figure: str) -> list[float]:
+    """Round by round: this app's figure divided by the base app's in the same round."""
+    return [a / b for a, b in zip(app.rounds[figure], base.rounds[figure], strict=True) if b]
+
+
+def cell(app: App, name: str) -> str:
+    if name in app.rounds:
+        return spread(app.rounds[name])
+    value = app.figures.get(name, "-")
+    if isinstance(value, str):
+        return value
+    return number(value, 0 if isinstance(value, int) else None)
+
+
+def figure_rows(apps: list[App]) -> list[tuple[str, list[str], str]]:
+    """(name, a cell per app, the target) for every figure, a "vs bare" row after the rates."""
+    names = list(dict.fromkeys(n for app in apps for n in [*app.rounds, *app.figures]))
+    order = {phase: i for i, phase in enumerate(("enqueue", "worker", "latency", "status"))}
+    names.sort(key=lambda name: order.get(name.split()[0], len(order)))
+    bare = next((app for app in apps if app.label == "bare"), None)
+    rows = []
+    for name in names:
+        target = f"(target {TARGETS[name][0]} {TARGETS[name][1]})" if name in TARGETS else ""
+        rows.append((name, [cell(app, name) for app in apps], target))
+        if bare is not None and name in bare.rounds and name.endswith(RATIO_ROWS):
+            rows.append((f"  {name.split()[1]} vs bare",
+                         [spread(ratios(app, bare, name), 2) for app in apps], ""))  # fmt: skip
+    return rows
+
+
+def target_rows(apps: list[App]) -> list[str]:
+    by_label = {app.label: app for app in apps}
+    lines = []
+    for label, figure, name, base, op, target in RATIO_TARGETS:
+        apps_ran = name in by_label and base in by_label
+        if not apps_ran or not all(figure in by_label[a].rounds for a in (name, base)):
+            continue
+        values = ratios(by_label[name], by_label[base], figure)
+        median = statistics.median(values)
+        ok = median >= target if op == ">=" else median <= target
+        lines.append(f"{label:<34}{spread(values, 2):>20}   target {op} {target:.2f}   "
+                     f"{'meets' if ok else 'MISSES'}")  # fmt: skip
+    return lines
+
+
+def render(apps: list[App], args: argparse.Namespace) -> str:
+    rows = figure_rows(apps)
+    width = max(len(name) for name, _, _ in rows) + 2
+    column = max(14, *(len(c) + 2 for _, cells, _ in rows for c in cells))
     lines = [
         f"machine: {os.cpu_count()} CPUs, {platform.platform()}, "
         f"Python {platform.python_version()}",
         "load generator: wrk (1 thread); API: 1 uvicorn process; 1 ARQ worker",
+        f"enqueue and status: {args.repeat} rounds of {args.duration} s, every app once a round; "
+        "median (min-max) over the rounds; 'vs bare': the ratio within each round",
         "",
-        "".ljust(width) + "".join(f"stage {r.stage}".rjust(14) for r in results),
+        "".ljust(width) + "".join(app.label.rjust(column) for app in apps),
     ]
-    for name in names:
-        cells = []
-        for result in results:
-            value = result.figures.get(name, "-")
-            cells.append((f"{value:,.1f}" if isinstance(value, float) else str(value)).rjust(14))
-        targets = verdict(name, results[-1].figures.get(name, "-")) if len(results) == 1 else ""
-        if len(results) > 1 and name in TARGETS:
-            op, target = TARGETS[name]
-            targets = f"  (target {op} {target})"
-        lines.append(name.ljust(width) + "".join(cells) + targets)
+    for name, cells, target in rows:
+        lines.append(name.ljust(width) + "".join(c.rjust(column) for c in cells)
+                     + (f"  {target}" if target else ""))  # fmt: skip
+    if targets := target_rows(apps):
+        lines += ["", "paired ratios (median (min-max) of the per-round ratios):", *targets]
     return "\n".join(lines)
 
 
@@ -239,21 +343,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--stage", type=int, action="append", choices=[n for n in STAGES if n >= 2],
                         help="repeat for several; default: every stage with a worker")  # fmt: skip
-    parser.add_argument("--duration", type=int, default=15, help="seconds per wrk phase")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk round")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the wrk phases")
     parser.add_argument("--jobs", type=int, default=5000, help="jobs for the throughput phase")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
-        print("wrk is not installed: `apt-get install wrk` (Debian/Ubuntu) or `brew install wrk`")
+        print("wrk is not installed: `make tools`, `apt-get install wrk` or `brew install wrk`")
         return 1
     stages = args.stage or [n for n in STAGES if n >= 2]
-    with tempfile.TemporaryDirectory(prefix="bench-scripts-") as tmp:
-        scripts = Path(tmp)
-        (scripts / "post_add.lua").write_text(
+    apps = [App("bare", BARE), *(App(f"stage {n}", n) for n in stages)]
+    with contextlib.ExitStack() as running:
+        tmp = Path(running.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        for app in apps:
+            say(app, "starting its Valkey and API")
+            workdir = tmp / app.label.replace(" ", "")
+            app.stack = running.enter_context(stage_processes(app.runnable, workdir))
+        post_add = tmp / "post_add.lua"
+        post_add.write_text(
             'wrk.method = "POST"\nwrk.body = \'{"x": 5, "y": 10}\'\n'
             'wrk.headers["Content-Type"] = "application/json"\n'
         )
-        results = [bench_stage(stage, args, scripts) for stage in stages]
-    print(render(results))
+        bench_enqueue(apps, args, post_add)
+        for app in apps:
+            bench_worker(app, args)
+            bench_latency(app)
+        bench_status(apps, args, tmp)
+    print(render(apps, args))
     return 0
 
 

@@ -50,19 +50,33 @@ class NotReady(RuntimeError):
 # -- what a stage is made of ------------------------------------------------------------------
 
 
-def has_worker(stage: int) -> bool:
-    return (ROOT / STAGES[stage] / "worker.py").exists()
+# A stage is its number. A module name instead (`make bench`'s yardstick, devkit.bare_app)
+# is one module that holds both the `app` and the `WorkerSettings`, and runs the same way.
+Runnable = int | str
 
 
-def api_command(stage: int, port: int, *extra: str, host: str = HOST) -> list[str]:
+def has_worker(stage: Runnable) -> bool:
+    return isinstance(stage, str) or (ROOT / STAGES[stage] / "worker.py").exists()
+
+
+def api_target(stage: Runnable) -> str:
+    return f"{stage}:app" if isinstance(stage, str) else f"{STAGES[stage]}.main:app"
+
+
+def worker_target(stage: Runnable) -> str:
+    module = stage if isinstance(stage, str) else f"{STAGES[stage]}.worker"
+    return f"{module}.WorkerSettings"
+
+
+def api_command(stage: Runnable, port: int, *extra: str, host: str = HOST) -> list[str]:
     """`uvicorn <stage>.main:app`; `extra` e.g. ("--no-access-log",)."""
-    return [sys.executable, "-m", "uvicorn", f"{STAGES[stage]}.main:app",
+    return [sys.executable, "-m", "uvicorn", api_target(stage),
             "--host", host, "--port", str(port), *extra]  # fmt: skip
 
 
-def worker_command(stage: int, *extra: str) -> list[str]:
+def worker_command(stage: Runnable, *extra: str) -> list[str]:
     """`arq <stage>.worker.WorkerSettings`; `extra` e.g. ("--burst",)."""
-    return [sys.executable, "-m", "arq", f"{STAGES[stage]}.worker.WorkerSettings", *extra]
+    return [sys.executable, "-m", "arq", worker_target(stage), *extra]
 
 
 def stage_env(
@@ -261,7 +275,7 @@ class StageProcesses:
 
     def __init__(
         self,
-        stage: int,
+        stage: Runnable,
         data_dir: Path,
         *,
         workers: int = 1,

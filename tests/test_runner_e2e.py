@@ -96,13 +96,24 @@ def test_the_benchmark_runs_end_to_end_and_prints_every_figure(tmp_path):
     # A smoke run of `make bench` (seconds, tiny numbers): it checks the tooling, not speed.
     tools.require("wrk")
     result = subprocess.run(
-        [sys.executable, "-m", "devkit.bench", "--stage", "2", "--duration", "1", "--jobs", "50"],
+        [sys.executable, "-m", "devkit.bench", "--stage", "2", "--duration", "1", "--jobs", "50",
+         "--repeat", "2"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
     for figure in ("enqueue req/s", "worker jobs/s", "latency p95 ms", "status p99 ms"):
-        assert figure in result.stdout
-    assert re.search(r"^worker completed\s+50/50$", result.stdout, re.M), result.stdout
+        assert figure in out
+    # The yardstick ran beside the stage, through every phase, and answered every request.
+    assert re.search(r"^\s+bare\s+stage 2$", out, re.M), out
+    assert re.search(r"^worker completed\s+50/50\s+50/50$", out, re.M), out
+    for phase in ("enqueue", "status"):
+        assert re.search(rf"^{phase} errors\s+0\s+0$", out, re.M), out
+    # Each rate and p99 has a row of ratios to the bare app: 1 for itself, a number for us.
+    ratio = r"\d+\.\d\d( \(\d+\.\d\d-\d+\.\d\d\))?"
+    assert len(re.findall(rf"^  (req/s|p99) vs bare\s+1\.00\s+{ratio}$", out, re.M)) == 4, out
+    assert re.search(rf"^stage 2 enqueue / bare\s+{ratio}\s+target >= 0\.85", out, re.M), out
+    assert re.search(rf"^stage 2 enqueue p99 / bare p99\s+{ratio}\s+target <= 1\.50", out, re.M)
 
 
 def a_job_completes(url: str) -> bool:

@@ -1,0 +1,62 @@
+"""`make bench`'s table: every figure beside the bare app's, and the paired ratios.
+
+The run itself (processes, wrk) is smoke-tested in test_runner_e2e.py; these feed the table
+known figures, so they can check its arithmetic exactly.
+"""
+
+import argparse
+import re
+
+from devkit import bench
+
+
+def app(label: str, enqueue: list[float], status: list[float]) -> bench.App:
+    result = bench.App(label, label)
+    result.rounds = {"enqueue req/s": enqueue, "status req/s": status}
+    return result
+
+
+def table(*apps: bench.App) -> str:
+    return bench.render(list(apps), argparse.Namespace(repeat=3, duration=10))
+
+
+def test_every_app_runs_once_a_round_and_no_app_is_always_first() -> None:
+    apps = [bench.App(label, label) for label in ("bare", "stage 2", "stage 3")]
+    turns = bench.in_turns(apps, 3)
+    for n in range(3):
+        assert sorted(a.label for r, a in turns if r == n) == ["bare", "stage 2", "stage 3"]
+    firsts = [turns[3 * n][1].label for n in range(3)]
+    assert firsts == ["bare", "stage 2", "stage 3"]
+
+
+def test_a_ratio_is_taken_within_each_round_then_summarised_as_median_and_min_max() -> None:
+    # Round by round stage 2 does half, 0.6 and 0.7 of the bare app: that is the ratio,
+    # although the medians of the absolute figures (2,000 / 1,000) would say 0.5 again.
+    out = table(
+        app("bare", [1000, 2000, 4000], [100, 100, 100]),
+        app("stage 2", [500, 1200, 2800], [100, 100, 100]),
+    )
+    assert re.search(r"^enqueue req/s\s+2,000 \(1,000-4,000\)\s+1,200 \(500-2,800\)", out, re.M)
+    assert re.search(r"^  req/s vs bare\s+1\.00\s+0\.60 \(0\.50-0\.70\)$", out, re.M), out
+    assert re.search(
+        r"^stage 2 enqueue / bare\s+0\.60 \(0\.50-0\.70\)\s+target >= 0\.85\s+MISSES$", out, re.M
+    ), out
+
+
+def test_the_stage_to_stage_targets_compare_the_stages_they_name() -> None:
+    out = table(
+        app("bare", [1000] * 3, [1000] * 3),
+        app("stage 2", [900] * 3, [1000] * 3),
+        app("stage 3", [450, 720, 900], [1000] * 3),
+        app("stage 4", [450] * 3, [950, 900, 600]),
+    )
+    assert re.search(r"^stage 2 enqueue / bare\s+0\.90\s+target >= 0\.85\s+meets$", out, re.M)
+    assert re.search(r"^stage 3 enqueue / stage 2\s+0\.80 \(0\.50-1\.00\).*meets$", out, re.M)
+    assert re.search(r"^stage 4 enqueue / stage 2\s+0\.50\s.*MISSES$", out, re.M), out
+    assert re.search(r"^stage 4 status c=50 / stage 3\s+0\.90 \(0\.60-0\.95\).*meets$", out, re.M)
+
+
+def test_a_target_whose_apps_did_not_run_is_left_out() -> None:
+    out = table(app("bare", [1000] * 3, [1000] * 3), app("stage 2", [900] * 3, [1000] * 3))
+    assert "stage 2 enqueue / bare" in out
+    assert "stage 3" not in out and "stage 4" not in out
