@@ -8,9 +8,16 @@ from fastapi import Depends, Request
 from .config import Settings, get_settings
 
 
-def get_redis(request: Request) -> ArqRedis:
+# FastAPI runs a plain `def` dependency in a worker thread, in case it blocks. These only
+# read an attribute, so they are `async def` and run on the event loop instead: the thread
+# hop per request cost stage 2 about 30 % of its enqueue rate (`make bench`).
+async def get_redis(request: Request) -> ArqRedis:
     return request.app.state.redis  # opened once, in main.lifespan
 
 
+async def read_settings() -> Settings:
+    return get_settings()  # read from the environment once, then cached
+
+
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(read_settings)]

@@ -41,7 +41,7 @@ class Schedule(NamedTuple):
     defer_until: datetime | None  # ARQ's _defer_until; None: run now
 
 
-def read_schedule(run_at: RunAt = None, delay_seconds: DelaySeconds = None) -> Schedule:
+async def read_schedule(run_at: RunAt = None, delay_seconds: DelaySeconds = None) -> Schedule:
     """The dependency every task route has (deps.ScheduleDep)."""
     when = defer_until(run_at, delay_seconds, get_settings().max_defer_s)
     return Schedule({"run_at": run_at, "delay_seconds": delay_seconds}, when)
