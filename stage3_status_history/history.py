@@ -11,7 +11,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
 from .deps import LedgerDep
-from .jobs import JobView, Status
+from .jobs import FINAL, JobView, Status
 from .tasks import TASKS
 
 PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
@@ -75,6 +75,6 @@ async def list_jobs(
 
 @router.get("/", response_class=HTMLResponse)
 async def jobs_page(request: Request, ledger: LedgerDep) -> HTMLResponse:
-    """Recent jobs as an HTML page that refreshes itself."""
+    """Recent jobs as an HTML page; each unfinished one follows its event stream."""
     records = await ledger.newest(PAGE_SIZE)
-    return templates.TemplateResponse(request, "jobs.html", {"jobs": records})
+    return templates.TemplateResponse(request, "jobs.html", {"jobs": records, "final": FINAL})
