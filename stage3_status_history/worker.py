@@ -74,10 +74,11 @@ async def reconcile(ctx: dict[str, Any]) -> int:
     """Settle every unfinished row against Redis; returns how many rows it settled.
 
     ARQ does not call the job hooks when a job exceeds max_tries, expires, cannot be decoded
-    or is aborted before it starts: Redis then holds a failed result that no hook copied.
-    GET /jobs/{id} copies it when asked; this sweeps them all (stage 4 runs it as a cron
-    job). A row that Redis knows nothing about after LOST_AFTER_S was lost with Redis's
-    data (a flush, a restart without persistence): it is marked failed.
+    or is aborted before it starts, and a worker that dies loses the hooks' writes it had not
+    committed: either way Redis holds a result that no row records. GET /jobs/{id} records
+    one when asked; this sweeps them all. A row that Redis knows nothing about after
+    LOST_AFTER_S was lost with Redis's data (a flush, a restart without persistence): it is
+    marked failed. Nothing in this stage calls it; stage 4 runs it as a cron job.
     """
     ledger: Ledger = ctx["ledger"]
     queue_name, settled = get_settings().queue_name, 0
