@@ -69,7 +69,7 @@ async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobV
         return None
     view = JobView(
         job_id=job_id,
-        status=status.value,  # type: ignore[arg-type]
+        status=status.value,
         function=info.function,
         args=info.kwargs,
         enqueue_time=info.enqueue_time,

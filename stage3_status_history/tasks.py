@@ -6,6 +6,7 @@ The API only enqueues a job by name; the worker process imports this module and 
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -146,7 +147,7 @@ async def report(ctx: dict[str, Any], steps: int, step_seconds: float) -> int:
 
 # name -> (argument model, function). The API makes one POST /tasks/<name> route per entry;
 # the worker registers the functions.
-TASKS = {
+TASKS: dict[str, tuple[type[Args], Callable[..., Awaitable[Any]]]] = {
     "add": (AddArgs, add),
     "divide": (DivideArgs, divide),
     "crunch": (CrunchArgs, crunch),
