@@ -1,7 +1,4 @@
-"""The ledger's database: the jobs table, one row per job, and the engine that reaches it.
-
-ledger.py reads and writes the table; this module only says what it holds and how to connect.
-"""
+"""The ledger's database: the jobs table, and the engine that reaches it; ledger.py uses both."""
 
 from datetime import UTC, datetime
 from pathlib import Path

@@ -1,7 +1,4 @@
-"""The ledger's database: the jobs and attempts tables, and the engine that reaches them.
-
-ledger.py reads and writes the table; this module only says what it holds and how to connect.
-"""
+"""The ledger's database: the jobs and attempts tables, and the engine that reaches them."""
 
 from datetime import UTC, datetime
 from pathlib import Path
