@@ -38,7 +38,7 @@ async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def undecodable_job(_: Request, exc: DeserializationError) -> JSONResponse:
+async def undecodable_job(_: Request, exc: Exception) -> JSONResponse:
     # What Redis holds for this job is not JSON, so this app did not write it (a pickle
     # planted in Redis, say). We refuse to decode it; the worker fails such a job the same way.
     return JSONResponse(
@@ -93,6 +93,7 @@ class LimitBodySize:
 
 
 def install(app: FastAPI, max_body_bytes: int) -> None:
+    # Starlette types handlers as taking any Exception; this one needs the validation errors.
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(RedisConnectionError, redis_unavailable)
     app.add_exception_handler(RedisTimeoutError, redis_unavailable)

@@ -11,7 +11,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
 from .deps import LedgerDep
-from .jobs import JobView, Status
+from .jobs import FINAL, JobView, Status
 from .tasks import TASKS
 
 PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
@@ -56,6 +56,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 async def list_jobs(
     ledger: LedgerDep,
     status: Status | None = None,
+    # One of the task names, as a Literal made at import time: FastAPI checks it, mypy can't.
     function: Literal[tuple(TASKS)] | None = None,  # type: ignore[valid-type]
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
     cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
@@ -75,6 +76,6 @@ async def list_jobs(
 
 @router.get("/", response_class=HTMLResponse)
 async def jobs_page(request: Request, ledger: LedgerDep) -> HTMLResponse:
-    """Recent jobs as an HTML page that refreshes itself."""
+    """Recent jobs as an HTML page; each unfinished one follows its event stream."""
     records = await ledger.newest(PAGE_SIZE)
-    return templates.TemplateResponse(request, "jobs.html", {"jobs": records})
+    return templates.TemplateResponse(request, "jobs.html", {"jobs": records, "final": FINAL})

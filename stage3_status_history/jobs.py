@@ -9,7 +9,6 @@ from arq.constants import retry_key_prefix
 from arq.jobs import Job, JobResult, JobStatus
 from pydantic import BaseModel
 
-# --8<-- [start:serializer]
 # ARQ pickles jobs and results by default, and unpickling runs code: anyone who can write
 # to Redis could then run commands in the worker and in this API. JSON carries only data.
 # It has no exceptions, so a failed job's exception is stored as {"error": "Type: message"}.
@@ -31,10 +30,6 @@ def deserialize(data: bytes) -> dict[str, Any]:
     return json.loads(data)
 
 
-# --8<-- [end:serializer]
-
-
-# --8<-- [start:job_view]
 Status = Literal["queued", "deferred", "in_progress", "complete", "failed"]
 FINAL = ("complete", "failed")  # a job in one of these states will not change any more
 
@@ -54,16 +49,12 @@ class JobView(BaseModel):
     message: str | None = None
 
 
-# --8<-- [end:job_view]
-
-
 def _error_text(result: Any) -> str:
     if isinstance(result, dict) and "error" in result:
         return str(result["error"])
     return str(result)  # e.g. ARQ's own 'unable to serialize result'
 
 
-# --8<-- [start:read_from_redis]
 async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobView | None:
     """The job's state, or None once Redis has forgotten it (unknown, or result expired)."""
     # A hand-built Job assumes pickle and the default queue unless told otherwise.
@@ -78,7 +69,7 @@ async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobV
         return None
     view = JobView(
         job_id=job_id,
-        status=status.value,  # type: ignore[arg-type]
+        status=status.value,
         function=info.function,
         args=info.kwargs,
         enqueue_time=info.enqueue_time,
@@ -100,6 +91,3 @@ def outcome(info: JobResult) -> dict[str, Any]:
         "finish_time": info.finish_time,
         "attempts": info.job_try,
     }
-
-
-# --8<-- [end:read_from_redis]

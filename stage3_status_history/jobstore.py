@@ -6,7 +6,8 @@ from redis.exceptions import WatchError
 
 from . import errors
 from .jobs import FINAL, JobView, read_from_redis
-from .ledger import JobRecord, Ledger, now
+from .ledger import Ledger
+from .tables import JobRecord, now
 
 
 # --8<-- [start:create_job]
@@ -28,8 +29,8 @@ async def create_job(redis: ArqRedis, ledger: Ledger, name: str, job_id: str, kw
     if job is None:
         # The connection died with the transaction in flight (ARQ reports that as None, "id
         # taken"; ours is a fresh uuid). Redis may have stored it, and then a worker runs it.
-        # So the row stays open, not "failed": the worker records how it ends if it runs,
-        # reconcile() marks it lost if it never arrived.
+        # So the row stays open, not "failed": the worker records how it ends if it runs.
+        # (If it never arrived, worker.reconcile marks it lost; stage 4 runs that.)
         error = "not confirmed: Redis did not answer the enqueue in time"
         await ledger.update(job_id, error=error)
         raise errors.RedisTimeoutError(error)
@@ -48,12 +49,12 @@ async def read_ledger_and_redis(
         return record  # finished: the ledger remembers after Redis has forgotten
     # Unfinished as far as the ledger knows. If Redis holds a result, record it now:
     # ARQ skips the worker's hooks for some endings (max tries, expired).
-    if record is not None and await ledger.copy_result(redis, job_id, queue_name):
+    if record is not None and await ledger.record_result_from_redis(redis, job_id, queue_name):
         return await ledger.get(job_id)
     view = await read_from_redis(redis, job_id, queue_name)
     if record is None or (view is not None and view.status in FINAL):
         return view  # not on record (enqueued by something else), or it just ended
-    if view is not None:  # None: Redis lost it; reconcile() marks it failed in time
+    if view is not None:  # None: Redis lost it (worker.reconcile would mark it failed)
         record.status, record.attempts = view.status, view.attempts  # where it is now
     return record  # the story so far
 

@@ -2,9 +2,8 @@
 
 What it adds: every job also has a row in a database (SQLite by default, any SQLAlchemy
 URL through DATABASE_URL), written before the job is enqueued and kept after Redis has
-forgotten it. `GET /jobs/{id}` answers from Redis while the job is live and from the
-ledger afterwards, with the progress the job reports; `GET /jobs/{id}/events` streams
-it. history.py adds `GET /jobs` (the history) and `GET /`, a page of recent jobs.
+forgotten it, with the progress the job reports. `GET /jobs/{id}` reads it, and
+`GET /jobs/{id}/events` streams it; history.py adds `GET /jobs` and `GET /`, a jobs page.
 
 Run it:
     make run STAGE=3
@@ -192,12 +191,14 @@ async def job_events(
     # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY).
     deadline = time.monotonic() + EVENTS_MAX_S
     yield job
-    while job.status not in jobs.FINAL and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         await asyncio.sleep(EVENTS_POLL_S)
         latest = await get_job(job.job_id, redis, ledger, settings)
         if latest != job:
             job = latest
             yield job
+        elif job.status in jobs.FINAL:  # ended a poll ago: the worker's late writes are in
+            return
 
 
 # --8<-- [end:events]

@@ -6,13 +6,13 @@ The API only enqueues a job by name; the worker process imports this module and 
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .config import get_settings
 
-# --8<-- [start:limits]
 MAX_INT = 10**12  # keeps sums exact and JSON numbers small
 MAX_CRUNCH_MS = 5_000
 MAX_WAIT_S = 20.0
@@ -77,9 +77,6 @@ class ReportArgs(Args):
         return self
 
 
-# --8<-- [end:limits]
-
-
 def burn_cpu(ms: int) -> int:
     """Pure-Python busy work for about `ms` milliseconds of CPU; holds the GIL throughout."""
     # This thread's CPU time, not the wall clock: crunches that share the GIL in threads
@@ -92,7 +89,6 @@ def burn_cpu(ms: int) -> int:
     return loops
 
 
-# --8<-- [start:jobs]
 # ARQ calls every job as `await f(ctx, **kwargs)`: `ctx` holds the worker's Redis pool and
 # the job's id and try number. Jobs must be `async def`; ARQ refuses plain functions.
 # ARQ runs a job at least once, so every job must be safe to run twice. These are: they
@@ -112,19 +108,12 @@ async def divide(ctx: dict[str, Any], x: float, y: float) -> float:
     return quotient
 
 
-# --8<-- [end:jobs]
-
-
-# --8<-- [start:crunch]
 async def crunch(ctx: dict[str, Any], ms: int) -> int:
     """Burn about `ms` milliseconds of CPU in the worker process."""
     # The API process is not involved any more, so its event loop stays free whatever this
     # costs. Inside the worker we still hand the CPU work to a thread: the worker's own loop
     # keeps polling, heart-beating and timing out jobs while the thread runs.
     return await asyncio.to_thread(burn_cpu, ms)
-
-
-# --8<-- [end:crunch]
 
 
 async def wait(ctx: dict[str, Any], seconds: float) -> float:
@@ -158,7 +147,7 @@ async def report(ctx: dict[str, Any], steps: int, step_seconds: float) -> int:
 
 # name -> (argument model, function). The API makes one POST /tasks/<name> route per entry;
 # the worker registers the functions.
-TASKS = {
+TASKS: dict[str, tuple[type[Args], Callable[..., Awaitable[Any]]]] = {
     "add": (AddArgs, add),
     "divide": (DivideArgs, divide),
     "crunch": (CrunchArgs, crunch),

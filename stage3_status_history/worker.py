@@ -13,7 +13,8 @@ from arq.connections import RedisSettings
 
 from . import jobs
 from .config import get_settings
-from .ledger import Ledger, now
+from .ledger import Ledger
+from .tables import now
 from .tasks import TASKS
 
 # --8<-- [start:constants]
@@ -42,9 +43,9 @@ RECONCILE_BATCH = 500
 
 # --8<-- [start:hooks]
 async def startup(ctx: dict[str, Any]) -> None:
-    # wait=False: a hook doesn't wait for its row to be committed. If the worker dies first,
-    # those writes are lost, but Redis still has the results and reconcile() copies them.
-    ctx["ledger"] = Ledger(get_settings().database_url, wait=False)
+    # write_behind: a hook doesn't wait for its row to be committed. If the worker dies
+    # first, those writes are lost, but Redis still has the results (see reconcile).
+    ctx["ledger"] = Ledger(get_settings().database_url, write_behind=True)
     await asyncio.to_thread(ctx["ledger"].create_schema)
 
 
@@ -62,9 +63,10 @@ async def job_started(ctx: dict[str, Any]) -> None:
 async def job_ended(ctx: dict[str, Any]) -> None:
     # after_job_end, not on_job_end: it runs once ARQ has written the result to Redis, so
     # the ledger copies exactly what Redis holds (result or error, times, attempts). Neither
-    # hook runs when ARQ fails a job without starting it: reconcile() covers those.
+    # hook runs when ARQ fails a job without starting it: see reconcile.
     ledger: Ledger = ctx["ledger"]
-    if not await ledger.copy_result(ctx["redis"], ctx["job_id"], get_settings().queue_name):
+    queue_name = get_settings().queue_name
+    if not await ledger.record_result_from_redis(ctx["redis"], ctx["job_id"], queue_name):
         await ledger.update(ctx["job_id"], status="queued")  # no result: it will run again
 
 
@@ -72,10 +74,11 @@ async def reconcile(ctx: dict[str, Any]) -> int:
     """Settle every unfinished row against Redis; returns how many rows it settled.
 
     ARQ does not call the job hooks when a job exceeds max_tries, expires, cannot be decoded
-    or is aborted before it starts: Redis then holds a failed result that no hook copied.
-    GET /jobs/{id} copies it when asked; this sweeps them all (stage 4 runs it as a cron
-    job). A row that Redis knows nothing about after LOST_AFTER_S was lost with Redis's
-    data (a flush, a restart without persistence): it is marked failed.
+    or is aborted before it starts, and a worker that dies loses the hooks' writes it had not
+    committed: either way Redis holds a result that no row records. GET /jobs/{id} records
+    one when asked; this sweeps them all. A row that Redis knows nothing about after
+    LOST_AFTER_S was lost with Redis's data (a flush, a restart without persistence): it is
+    marked failed. Nothing in this stage calls it; stage 4 runs it as a cron job.
     """
     ledger: Ledger = ctx["ledger"]
     queue_name, settled = get_settings().queue_name, 0
@@ -84,7 +87,9 @@ async def reconcile(ctx: dict[str, Any]) -> int:
     for start in range(0, len(records), RECONCILE_BATCH):
         # One Redis round trip per batch of rows, where asking row by row cost ~2.4 ms each.
         batch = records[start : start + RECONCILE_BATCH]
-        states = await ledger.copy_results(ctx["redis"], [r.job_id for r in batch], queue_name)
+        states = await ledger.record_results_from_redis(
+            ctx["redis"], [r.job_id for r in batch], queue_name
+        )
         lost = [
             r.job_id for r in batch if states[r.job_id] == "gone" and r.enqueue_time < lost_before
         ]

@@ -76,7 +76,7 @@ def sqlite_write_lock(stage: Any, database: Path | None = None) -> Iterator[None
 @contextmanager
 def client_waiting_for_locks(stage, app, monkeypatch, busy_timeout_ms: int) -> Iterator[Any]:
     """A client whose ledger waits `busy_timeout_ms` for a locked SQLite file, then fails."""
-    monkeypatch.setattr(stage.module("ledger"), "BUSY_TIMEOUT_MS", busy_timeout_ms)
+    monkeypatch.setattr(stage.module("tables"), "BUSY_TIMEOUT_MS", busy_timeout_ms)
     with TestClient(app) as client:
         yield client
 

@@ -1,0 +1,138 @@
+"""The ledger's database: the jobs and attempts tables, and the engine that reaches them."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+# A writer that finds the SQLite file locked waits up to this long for its turn, instead
+# of failing at once with "database is locked".
+BUSY_TIMEOUT_MS = 5_000
+# PostgreSQL waits for a lock, or for a statement, as long as it takes unless told otherwise,
+# and a server that does not answer holds a connection attempt for minutes. Bounded like
+# SQLite above, a stuck database costs a request a 503 in about a second, not a hang.
+PG_CONNECT_TIMEOUT_S = 2  # libpq's smallest
+PG_LOCK_TIMEOUT_MS = 1_000
+PG_STATEMENT_TIMEOUT_MS = 5_000
+
+
+def now() -> datetime:
+    # Retries: to the millisecond, as ARQ keeps its own times. A job's start_time is its first
+    # try's, ours, and its finish_time ARQ's: mixing our microseconds with ARQ's milliseconds
+    # could show a fast job finishing before it started.
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out (SQLite keeps no time zone, PostgreSQL its own)."""
+
+    impl, cache_ok = sa.DateTime(timezone=True), True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.astimezone(UTC) if value else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class LedgerModel(SQLModel, registry=registry()):
+    """This stage's own table registry: another stage's `jobs` table can load alongside it."""
+
+
+class JobRecord(LedgerModel, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (sa.Index("jobs_newest_first", "enqueue_time", "job_id"),)
+
+    job_id: str = Field(primary_key=True, max_length=64)
+    function: str = Field(index=True, max_length=64)
+    args: dict[str, Any] = Field(sa_type=sa.JSON)
+    status: str = Field(index=True, max_length=16)
+    progress: int = 0
+    message: str | None = None
+    result: Any = Field(default=None, sa_type=sa.JSON)
+    error: str | None = None
+    attempts: int = 0
+    enqueue_time: datetime = Field(sa_type=UTCDateTime)
+    start_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finish_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=now, sa_type=UTCDateTime)
+
+
+# The same table as SQLAlchemy Core sees it, for queries: JOBS.c.status, JOBS.select().
+JOBS = LedgerModel.metadata.tables["jobs"]
+
+
+# --- Retries: the attempt log, a row per try ---
+# --8<-- [start:attempts_table]
+class AttemptRecord(LedgerModel, table=True):
+    """One row per time a worker started the job: the retry history."""
+
+    __tablename__ = "attempts"
+
+    job_id: str = Field(primary_key=True, max_length=64)
+    attempt: int = Field(primary_key=True)
+    outcome: str = Field(max_length=16)  # complete, failed, cancelled, retrying, interrupted
+    error: str | None = None
+    start_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finish_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    next_try_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # when retrying
+    updated_at: datetime = Field(default_factory=now, sa_type=UTCDateTime)
+
+
+# --8<-- [end:attempts_table]
+ATTEMPTS = LedgerModel.metadata.tables["attempts"]
+
+
+def insert_attempt_if_on_record() -> sa.Insert:
+    # INSERT INTO attempts SELECT <the values> WHERE the job has a row. ARQ runs the job hooks
+    # for every job, and some are not on record (each cron run, jobs other code enqueued):
+    # their attempts would be orphans, 288 a day from the cron job alone.
+    values = [sa.bindparam(column.name, type_=column.type) for column in ATTEMPTS.columns]
+    on_record = sa.exists().where(JOBS.c.job_id == values[0])  # values[0] is job_id
+    return ATTEMPTS.insert().from_select(
+        ATTEMPTS.columns.keys(), sa.select(*values).where(on_record)
+    )
+
+
+# --- end of Retries ---
+
+
+def tune_sqlite(connection: Any, _record: Any) -> None:
+    # One API and several workers write this one file at once. WAL lets readers carry on
+    # while a writer commits; busy_timeout makes a writer queue for the lock; NORMAL syncs
+    # to disk at checkpoints, not every commit (a power cut may lose the last commits but
+    # never corrupts the file). A real deployment with many workers would use PostgreSQL.
+    cursor = connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
+def connect_args(url: str) -> dict[str, Any]:
+    if sa.make_url(url).get_backend_name() != "postgresql":
+        return {}
+    limits = f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
+    return {"connect_timeout": PG_CONNECT_TIMEOUT_S, "options": limits}
+
+
+def create_engine(url: str) -> sa.Engine:
+    engine = sa.create_engine(url, connect_args=connect_args(url))
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", tune_sqlite)
+    return engine
+
+
+def create_tables(engine: sa.Engine) -> None:
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        LedgerModel.metadata.create_all(engine)
+    except sa.exc.DBAPIError:  # the API and a worker starting at once: the other one won
+        LedgerModel.metadata.create_all(engine)
