@@ -9,7 +9,8 @@ each try ends: how it ended and, for a retry, why and when the next try is due. 
 from typing import Any
 
 from .jobs import FINAL, Attempt, JobView, cancelled_between_tries
-from .ledger import Ledger, now
+from .ledger import Ledger
+from .tables import now
 
 
 # --8<-- [start:write]

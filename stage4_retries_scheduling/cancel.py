@@ -29,7 +29,8 @@ from .attempts import with_attempt_log
 from .deps import LedgerDep, RedisDep, SettingsDep
 from .jobs import BETWEEN_TRIES, FINAL, KEEP_RESULT_S, NOT_RUN, JobView, deserialize, serialize
 from .jobstore import read_ledger_and_redis
-from .ledger import Ledger, now
+from .ledger import Ledger
+from .tables import now
 
 # How long DELETE waits for a running job to stop before answering 202 "requested".
 CANCEL_WAIT_S = 5.0

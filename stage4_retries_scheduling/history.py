@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from .attempts import with_attempt_logs
 from .deps import LedgerDep
-from .jobs import JobView, Status
+from .jobs import FINAL, JobView, Status
 from .tasks import TASKS
 
 PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
@@ -72,6 +72,6 @@ async def list_jobs(
 
 @router.get("/", response_class=HTMLResponse)
 async def jobs_page(request: Request, ledger: LedgerDep) -> HTMLResponse:
-    """Recent jobs as an HTML page that refreshes itself."""
+    """Recent jobs as an HTML page; each unfinished one follows its event stream."""
     records = await ledger.newest(PAGE_SIZE)
-    return templates.TemplateResponse(request, "jobs.html", {"jobs": records})
+    return templates.TemplateResponse(request, "jobs.html", {"jobs": records, "final": FINAL})

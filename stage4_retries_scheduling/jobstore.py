@@ -8,7 +8,8 @@ from redis.exceptions import WatchError
 
 from . import errors
 from .jobs import FINAL, JobView, read_from_redis
-from .ledger import JobRecord, Ledger, now
+from .ledger import Ledger
+from .tables import JobRecord, now
 
 
 # --8<-- [start:create_job]
@@ -54,7 +55,7 @@ async def read_ledger_and_redis(
         return record  # finished: the ledger remembers after Redis has forgotten
     # Unfinished as far as the ledger knows. If Redis holds a result, record it now:
     # ARQ skips the worker's hooks for some endings (max tries, expired).
-    if record is not None and await ledger.copy_result(redis, job_id, queue_name):
+    if record is not None and await ledger.record_result_from_redis(redis, job_id, queue_name):
         return await ledger.get(job_id)
     view = await read_from_redis(redis, job_id, queue_name)
     if record is None or (view is not None and view.status in FINAL):

@@ -188,12 +188,14 @@ async def job_events(
     # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY).
     deadline = time.monotonic() + EVENTS_MAX_S
     yield job
-    while job.status not in jobs.FINAL and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         await asyncio.sleep(EVENTS_POLL_S)
         latest = await get_job(job.job_id, redis, ledger, settings)
         if latest != job:
             job = latest
             yield job
+        elif job.status in jobs.FINAL:  # ended a poll ago: the worker's late writes are in
+            return
 
 
 app.include_router(cancel.router)  # DELETE /jobs/{id}, cancelling a job: cancel.py

@@ -15,7 +15,8 @@ from arq.cron import CronJob, cron
 
 from .config import get_settings
 from .jobs import JobView
-from .ledger import Ledger, now
+from .ledger import Ledger
+from .tables import now
 from .timeouts import timeout_s
 
 # --8<-- [start:constants]

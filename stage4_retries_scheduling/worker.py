@@ -19,8 +19,9 @@ from arq.worker import Function, func
 from . import attempts, jobs, maintenance
 from .config import get_settings
 from .jobs import KEEP_RESULT_S
-from .ledger import Ledger, now
+from .ledger import Ledger
 from .pinned import make_client
+from .tables import now
 from .tasks import TASKS
 from .timeouts import JOB_COMPLETION_WAIT_S, timeout_s
 
@@ -60,9 +61,9 @@ def task_functions() -> list[Function]:
 
 # --8<-- [start:hooks]
 async def startup(ctx: dict[str, Any]) -> None:
-    # wait=False: a hook doesn't wait for its row to be committed. If the worker dies first,
-    # those writes are lost, but Redis still has the results and reconcile() copies them.
-    ctx["ledger"] = Ledger(get_settings().database_url, wait=False)
+    # write_behind: a hook doesn't wait for its row to be committed. If the worker dies
+    # first, those writes are lost, but Redis still has the results and reconcile() copies them.
+    ctx["ledger"] = Ledger(get_settings().database_url, write_behind=True)
     await asyncio.to_thread(ctx["ledger"].create_schema)
     # For fetch: its settings, and one HTTP client per worker process for every job (pinned.py).
     ctx["settings"] = get_settings()
@@ -86,7 +87,8 @@ async def job_ended(ctx: dict[str, Any]) -> None:
     # the ledger copies exactly what Redis holds (result or error, times, attempts). Neither
     # hook runs when ARQ fails a job without starting it: reconcile() covers those.
     ledger: Ledger = ctx["ledger"]
-    ended = await ledger.copy_result(ctx["redis"], ctx["job_id"], get_settings().queue_name)
+    queue_name = get_settings().queue_name
+    ended = await ledger.record_result_from_redis(ctx["redis"], ctx["job_id"], queue_name)
     if not ended:  # no result: it will run again
         await ledger.update(ctx["job_id"], **attempts.waiting_status(ctx))
     await attempts.add_attempt(ctx, ended)  # this try, in the attempt log
@@ -113,7 +115,9 @@ async def reconcile(ctx: dict[str, Any]) -> int:
     for start in range(0, len(records), RECONCILE_BATCH):
         # One Redis round trip per batch of rows, where asking row by row cost ~2.4 ms each.
         batch = records[start : start + RECONCILE_BATCH]
-        states = await ledger.copy_results(redis, [r.job_id for r in batch], queue_name)
+        states = await ledger.record_results_from_redis(
+            redis, [r.job_id for r in batch], queue_name
+        )
         gone = [r for r in batch if states[r.job_id] == "gone"]
         failed = {r.job_id: why for r in gone if (why := maintenance.why_failed(r, lost_before))}
         await asyncio.gather(
