@@ -126,7 +126,7 @@ def includes(page: Path, text: str) -> Iterator[Include]:
 
 
 def all_includes(pages: Iterable[Path]) -> list[Include]:
-    found = []
+    found: list[Include] = []
     for page in pages:
         text = read_text(page)
         if text is not None and "8<-" in text:
@@ -153,7 +153,7 @@ def markers(path: Path, text: str) -> list[Marker]:
             lines = list(enumerate(text.splitlines(), 1))
     else:
         lines = list(enumerate(text.splitlines(), 1))
-    found = []
+    found: list[Marker] = []
     for number, line in lines:
         if "8<-" not in line:
             continue

@@ -36,7 +36,7 @@ def test_the_check_finds_the_same_includes_as_the_docs_build() -> None:
             read.add((Path(target["snippet"]), target["section"]))
         return select(lines, target)
 
-    preprocessor.select_snippet_lines = recording  # type: ignore[method-assign]
+    preprocessor.select_snippet_lines = recording
     for page in snippets.doc_pages():
         md.reset()
         preprocessor.run(page.read_text(encoding="utf-8").splitlines())
