@@ -38,9 +38,10 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 run: $(BIN)/.installed  ## start the newest stage (or STAGE=n): embedded Valkey, API, worker(s)
 	$(BIN)/python -m devkit.run $(if $(STAGE),--stage $(STAGE)) --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-test: $(BIN)/.installed tools  ## everything CI checks: lint, tests, docs build, load-test smoke
+test: $(BIN)/.installed tools  ## everything CI checks: lint, types, tests, docs build, load-test smoke
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(STAGE_PACKAGES)
 	$(BIN)/python -m pytest $(addprefix --cov=,$(STAGE_PACKAGES)) --cov-report=term:skip-covered
 	$(BIN)/mkdocs build --strict --quiet --site-dir .data/site
 

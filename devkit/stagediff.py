@@ -4,8 +4,11 @@
     python -m devkit.stagediff --check   # exit 1, listing stale, missing or orphaned diffs
 
 A chapter shows "what changed since the previous stage" as a unified diff of the two stage
-packages' .py files. Generated, never hand-edited: `make test` runs the check (through
-tests/test_stagediff.py), so a stage edit without a regenerated diff fails the build.
+packages' .py files, without the snippet markers (`# --8<-- [start:x]` lines): they are how the
+pages include code, not part of any stage's idea, so a section moved or renamed is no change
+(and the hunks' line numbers count the lines without them). Generated, never hand-edited:
+`make test` runs the check (through tests/test_stagediff.py), so a stage edit without a
+regenerated diff fails the build.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 from pathlib import Path
 
 from devkit import generated
+from devkit.snippets import is_marker_line
 from devkit.stages import ROOT, STAGES
 
 DIFF_DIR = ROOT / "docs" / "diffs"
@@ -28,10 +32,15 @@ def diff_name(older: str, newer: str) -> str:
 
 
 def stage_files(package: str) -> dict[str, list[str]]:
-    """file name -> lines, for the stage's own .py files (no __pycache__, no subfolders)."""
+    """file name -> lines, for the stage's own .py files (no __pycache__, no subfolders), less
+    the lines that are only a snippet marker."""
     folder = ROOT / package
     return {
-        path.name: path.read_text(encoding="utf-8").splitlines(keepends=True)
+        path.name: [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+            if not is_marker_line(line)
+        ]
         for path in sorted(folder.glob("*.py"))
     }
 

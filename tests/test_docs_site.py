@@ -44,8 +44,9 @@ PROBE = """<script>
   }, 100);
 })();
 </script>"""
-# An include that failed, or a directive left unexpanded (`--8<-- "path"`). The section
-# markers themselves (`--8<-- [start:x]`) may appear: the generated diffs show them.
+# An include that failed, or a directive left unexpanded (`--8<-- "path"`). Section markers
+# are not looked for: pymdownx.snippets drops them from what it includes, and the generated
+# diffs no longer hold any (devkit.stagediff strips them).
 SNIPPET_ERRORS = re.compile(r'file not found|snippet .*not found|--8<-- "', re.I)
 
 

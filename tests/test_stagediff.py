@@ -39,3 +39,51 @@ def test_a_new_file_in_a_stage_is_diffed_against_dev_null() -> None:
     assert "--- /dev/null\n+++ stage2_arq_basic/worker.py\n" in text
     assert "+class WorkerSettings:\n" in text
     assert "__pycache__" not in text
+
+
+TASKS = """\
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def divide(x: float, y: float) -> float:
+    return x / y
+"""
+
+TASKS_WITH_MARKERS = """\
+# --8<-- [start:add]
+def add(x: int, y: int) -> int:
+    return x + y
+# --8<-- [end:add]
+
+
+def divide(x: float, y: float) -> float:
+    # --8<-- [start:divide]
+    return x / y
+    # --8<-- [end:divide]
+"""
+
+
+def two_stages(root: Path, older: str, newer: str) -> None:
+    for package, text in (("stage1_a", older), ("stage2_b", newer)):
+        (root / package).mkdir()
+        (root / package / "tasks.py").write_text(text)
+
+
+def test_a_change_of_snippet_markers_alone_is_no_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stagediff, "ROOT", tmp_path)
+    two_stages(tmp_path, TASKS, TASKS_WITH_MARKERS)
+    assert stagediff.stage_diff("stage1_a", "stage2_b") == ""
+
+
+def test_the_diff_of_a_real_change_shows_no_snippet_marker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stagediff, "ROOT", tmp_path)
+    newer = TASKS_WITH_MARKERS.replace("return x / y", "return round(x / y, 6)")
+    two_stages(tmp_path, TASKS, newer)
+    text = stagediff.stage_diff("stage1_a", "stage2_b")
+    assert "-    return x / y\n+    return round(x / y, 6)\n" in text
+    assert "8<" not in text
