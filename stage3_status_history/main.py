@@ -123,7 +123,7 @@ def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueu
         response: Response,
     ) -> Enqueued:
         job_id = uuid.uuid4().hex
-        await create_job(redis, ledger, name, job_id, args.model_dump())
+        await create_job(redis, ledger, name, job_id, dict(args))
         response.headers["Location"] = f"/jobs/{job_id}"
         return Enqueued(job_id=job_id, status_url=f"/jobs/{job_id}")
 
