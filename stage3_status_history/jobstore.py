@@ -52,8 +52,13 @@ async def read_ledger_and_redis(
     if record is not None and await ledger.record_result_from_redis(redis, job_id, queue_name):
         return await ledger.get(job_id)
     view = await read_from_redis(redis, job_id, queue_name)
-    if record is None or (view is not None and view.status in FINAL):
-        return view  # not on record (enqueued by something else), or it just ended
+    if record is None:
+        return view  # not on record: enqueued by something else
+    if view is not None and view.status in FINAL:
+        # It ended between our two reads. Record it and answer from the ledger: Redis's view
+        # has no progress, and would show a job that just completed at 0 %.
+        await ledger.record_result_from_redis(redis, job_id, queue_name)
+        return await ledger.get(job_id)
     if view is not None:  # None: Redis lost it (worker.reconcile would mark it failed)
         record.status, record.attempts = view.status, view.attempts  # where it is now
     return record  # the story so far
