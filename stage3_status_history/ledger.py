@@ -161,9 +161,9 @@ class Ledger:
         fields); an empty dict while it has not ended, or once Redis has forgotten it."""
         job = Job(job_id, redis, _queue_name=queue_name, _deserializer=deserialize)
         info = await job.result_info()
-        return {} if info is None else await self._record_outcome(job_id, info)
+        return {} if info is None else await self.record_outcome(job_id, info)
 
-    async def _record_outcome(self, job_id: str, info: JobResult) -> dict[str, Any]:
+    async def record_outcome(self, job_id: str, info: JobResult) -> dict[str, Any]:
         ended = outcome(info)
         progress = {"progress": 100} if info.success else {}
         await self.update(job_id, overwrite_final=True, **ended, **progress)
@@ -195,6 +195,6 @@ class Ledger:
                 error = "undecodable: its result in Redis is not JSON, so this app never wrote it"
                 writes.append(self.update(job_id, status="failed", error=error, finish_time=now()))
             else:
-                writes.append(self._record_outcome(job_id, info))
+                writes.append(self.record_outcome(job_id, info))
         await asyncio.gather(*writes)  # writes that arrive together share one transaction
         return states
