@@ -58,17 +58,16 @@ async def queue_in_redis(redis, ids: list[str], queue_name: str, serializer) -> 
         await pipe.execute()
 
 
-async def timed_reconcile(worker, ctx) -> float:
+async def timed_reconcile(reconcile, ctx, rows: int) -> float:
     started = time.perf_counter()
-    await worker.reconcile(ctx)
+    await reconcile.reconcile(ctx["ledger"], ctx["redis"], budget=rows)  # every row at once
     return time.perf_counter() - started
 
 
 async def measure(rows: int, redis_url: str) -> None:
     worker = importlib.import_module(f"{PACKAGE}.worker")
     jobs = importlib.import_module(f"{PACKAGE}.jobs")
-    maintenance = importlib.import_module(f"{PACKAGE}.maintenance")
-    maintenance.MAINTENANCE_ROW_BUDGET = rows  # one run over every row, to time them all
+    reconcile = importlib.import_module(f"{PACKAGE}.reconcile")
     ids = insert_rows(rows)
     redis = await create_pool(RedisSettings.from_dsn(redis_url))
     ctx = {"redis": redis}
@@ -76,9 +75,9 @@ async def measure(rows: int, redis_url: str) -> None:
     try:
         queue_name = worker.get_settings().queue_name
         await queue_in_redis(redis, ids, queue_name, jobs.serialize)
-        queued_s = await timed_reconcile(worker, ctx)
+        queued_s = await timed_reconcile(reconcile, ctx, rows)
         await redis.flushdb()
-        gone_s = await timed_reconcile(worker, ctx)
+        gone_s = await timed_reconcile(reconcile, ctx, rows)
     finally:
         await worker.shutdown(ctx)
         await redis.aclose()

@@ -30,7 +30,7 @@ async def create_job(redis: ArqRedis, ledger: Ledger, name: str, job_id: str, kw
         # The connection died with the transaction in flight (ARQ reports that as None, "id
         # taken"; ours is a fresh uuid). Redis may have stored it, and then a worker runs it.
         # So the row stays open, not "failed": the worker records how it ends if it runs.
-        # (If it never arrived, worker.reconcile marks it lost; stage 4 runs that.)
+        # (If it never arrived, it stays queued here; stage 4's cron job marks it lost.)
         error = "not confirmed: Redis did not answer the enqueue in time"
         await ledger.update(job_id, error=error)
         raise errors.RedisTimeoutError(error)
@@ -59,7 +59,7 @@ async def read_ledger_and_redis(
         # has no progress, and would show a job that just completed at 0 %.
         await ledger.record_result_from_redis(redis, job_id, queue_name)
         return await ledger.get(job_id)
-    if view is not None:  # None: Redis lost it (worker.reconcile would mark it failed)
+    if view is not None:  # None: Redis lost it (stage 4's cron job marks it failed)
         record.status, record.attempts = view.status, view.attempts  # where it is now
     return record  # the story so far
 

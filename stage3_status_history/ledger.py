@@ -1,12 +1,11 @@
 """The Ledger: the jobs table (tables.py) for async code. Redis is the queue, this the record.
 
 The API writes a job's row *before* it enqueues, the worker records start, progress and end,
-and an ending the worker's hooks missed (ARQ skips them for some) is recorded from Redis:
-by GET /jobs/{id} for one job, by worker.reconcile for all of them (stage 4 runs it)."""
+and an ending the worker's hooks missed (ARQ skips them for some) is recorded from Redis
+by GET /jobs/{id}, for the job it reads (stage 4 adds a cron job that sweeps them all)."""
 
 import asyncio
 import logging
-from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,8 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
-from arq.jobs import DeserializationError, Job, JobResult, deserialize_result
+from arq.jobs import Job, JobResult
 
 from .jobs import FINAL, JobView, deserialize, outcome
 from .tables import JOBS, JobRecord, create_engine, create_tables, now
@@ -142,11 +140,6 @@ class Ledger:
         order = (JOBS.c.enqueue_time.desc(), JOBS.c.job_id.desc())
         return await self._read(query.order_by(*order).limit(limit))
 
-    async def unfinished(self) -> list[JobView]:
-        """Every row whose job has not ended, oldest first."""
-        query = JOBS.select().where(JOBS.c.status.not_in(FINAL))
-        return await self._read(query.order_by(JOBS.c.enqueue_time, JOBS.c.job_id))
-
     async def ping(self) -> None:
         await self._read(JOBS.select().limit(0))
 
@@ -161,40 +154,10 @@ class Ledger:
         fields); an empty dict while it has not ended, or once Redis has forgotten it."""
         job = Job(job_id, redis, _queue_name=queue_name, _deserializer=deserialize)
         info = await job.result_info()
-        return {} if info is None else await self._record_outcome(job_id, info)
+        return {} if info is None else await self.record_outcome(job_id, info)
 
-    async def _record_outcome(self, job_id: str, info: JobResult) -> dict[str, Any]:
+    async def record_outcome(self, job_id: str, info: JobResult) -> dict[str, Any]:
         ended = outcome(info)
         progress = {"progress": 100} if info.success else {}
         await self.update(job_id, overwrite_final=True, **ended, **progress)
         return ended
-
-    async def record_results_from_redis(
-        self, redis: ArqRedis, job_ids: list[str], queue_name: str
-    ) -> dict[str, str]:
-        """record_result_from_redis for many jobs, in one Redis round trip. Per job: "ended"
-        (now recorded), "live" (queued or running in Redis) or "gone" (Redis has no trace)."""
-        async with redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:  # what Job.result_info, status and info read, in one go
-                pipe.get(result_key_prefix + job_id)
-                pipe.exists(job_key_prefix + job_id)
-                pipe.exists(in_progress_key_prefix + job_id)
-                pipe.zscore(queue_name, job_id)
-            replies = await pipe.execute()
-        states: dict[str, str] = {}
-        writes: list[Awaitable[Any]] = []
-        for n, job_id in enumerate(job_ids):
-            result, job, running, score = replies[4 * n : 4 * n + 4]
-            if result is None:
-                states[job_id] = "live" if job and (running or score is not None) else "gone"
-                continue
-            states[job_id] = "ended"
-            try:
-                info = deserialize_result(result, deserializer=deserialize)
-            except DeserializationError:  # not JSON, so not ours (a planted pickle?): settle it
-                error = "undecodable: its result in Redis is not JSON, so this app never wrote it"
-                writes.append(self.update(job_id, status="failed", error=error, finish_time=now()))
-            else:
-                writes.append(self._record_outcome(job_id, info))
-        await asyncio.gather(*writes)  # writes that arrive together share one transaction
-        return states

@@ -6,7 +6,6 @@ same Redis as the API):
 """
 
 import asyncio
-from datetime import timedelta
 from typing import Any
 
 from arq.connections import RedisSettings
@@ -26,8 +25,6 @@ JOB_TIMEOUT_S = get_settings().job_timeout_s
 # How long a result stays in Redis. After that GET /jobs/{id} answers from the ledger:
 # Redis is a queue, not a record.
 KEEP_RESULT_S = 3600
-# An unfinished row that Redis has not heard of for this long was lost with Redis's data.
-LOST_AFTER_S = 300
 # How often an idle worker asks Redis for new jobs. ARQ's 0.5 s default adds ~250 ms of
 # queue wait on average; 0.05 s makes pick-up near-instant for 20 cheap queries a second.
 POLL_DELAY_S = 0.05
@@ -36,15 +33,13 @@ MAX_JOBS = 10
 # How often the worker writes its health-check key (`arq --check` reads it). ARQ's default
 # of an hour lets a dead worker look healthy for an hour.
 HEALTH_CHECK_INTERVAL_S = 10
-# reconcile() looks this many unfinished rows up in Redis at a time, in one round trip.
-RECONCILE_BATCH = 500
 # --8<-- [end:constants]
 
 
 # --8<-- [start:hooks]
 async def startup(ctx: dict[str, Any]) -> None:
     # write_behind: a hook doesn't wait for its row to be committed. If the worker dies
-    # first, those writes are lost, but Redis still has the results (see reconcile).
+    # first, those writes are lost, but Redis still has the results: GET /jobs/{id} copies them.
     ctx["ledger"] = Ledger(get_settings().database_url, write_behind=True)
     await asyncio.to_thread(ctx["ledger"].create_schema)
 
@@ -63,43 +58,11 @@ async def job_started(ctx: dict[str, Any]) -> None:
 async def job_ended(ctx: dict[str, Any]) -> None:
     # after_job_end, not on_job_end: it runs once ARQ has written the result to Redis, so
     # the ledger copies exactly what Redis holds (result or error, times, attempts). Neither
-    # hook runs when ARQ fails a job without starting it: see reconcile.
+    # hook runs when ARQ fails a job without starting it: GET /jobs/{id} covers those.
     ledger: Ledger = ctx["ledger"]
     queue_name = get_settings().queue_name
     if not await ledger.record_result_from_redis(ctx["redis"], ctx["job_id"], queue_name):
         await ledger.update(ctx["job_id"], status="queued")  # no result: it will run again
-
-
-async def reconcile(ctx: dict[str, Any]) -> int:
-    """Settle every unfinished row against Redis; returns how many rows it settled.
-
-    ARQ does not call the job hooks when a job exceeds max_tries, expires, cannot be decoded
-    or is aborted before it starts, and a worker that dies loses the hooks' writes it had not
-    committed: either way Redis holds a result that no row records. GET /jobs/{id} records
-    one when asked; this sweeps them all. A row that Redis knows nothing about after
-    LOST_AFTER_S was lost with Redis's data (a flush, a restart without persistence): it is
-    marked failed. Nothing in this stage calls it; stage 4 runs it as a cron job.
-    """
-    ledger: Ledger = ctx["ledger"]
-    queue_name, settled = get_settings().queue_name, 0
-    lost_before = now() - timedelta(seconds=LOST_AFTER_S)
-    records = await ledger.unfinished()
-    for start in range(0, len(records), RECONCILE_BATCH):
-        # One Redis round trip per batch of rows, where asking row by row cost ~2.4 ms each.
-        batch = records[start : start + RECONCILE_BATCH]
-        states = await ledger.record_results_from_redis(
-            ctx["redis"], [r.job_id for r in batch], queue_name
-        )
-        lost = [
-            r.job_id for r in batch if states[r.job_id] == "gone" and r.enqueue_time < lost_before
-        ]
-        error = "lost: Redis no longer knows this job (flushed, or its result expired)"
-        await asyncio.gather(
-            *(ledger.update(job_id, status="failed", error=error) for job_id in lost)
-        )
-        settled += list(states.values()).count("ended") + len(lost)
-    await ledger.flush()
-    return settled
 
 
 # --8<-- [end:hooks]

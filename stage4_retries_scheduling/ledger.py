@@ -2,12 +2,12 @@
 
 The API writes a job's row *before* it enqueues, the worker records start, progress and end,
 and an ending the worker's hooks missed (ARQ skips them for some) is recorded from Redis:
-by GET /jobs/{id} for one job, by worker.reconcile for all of them (the cron job runs it)."""
+by GET /jobs/{id} for one job, by the cron job (reconcile.py) for all of them."""
 
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,8 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
-from arq.jobs import DeserializationError, Job, JobResult, deserialize_result
+from arq.jobs import Job, JobResult
 
 from .jobs import FINAL, Attempt, JobView, deserialize, outcome
 from .tables import (
@@ -163,43 +162,13 @@ class Ledger:
         fields); an empty dict while it has not ended, or once Redis has forgotten it."""
         job = Job(job_id, redis, _queue_name=queue_name, _deserializer=deserialize)
         info = await job.result_info()
-        return {} if info is None else await self._record_outcome(job_id, info)
+        return {} if info is None else await self.record_outcome(job_id, info)
 
-    async def _record_outcome(self, job_id: str, info: JobResult) -> dict[str, Any]:
+    async def record_outcome(self, job_id: str, info: JobResult) -> dict[str, Any]:
         ended = outcome(info)
         progress = {"progress": 100} if info.success else {}
         await self.update(job_id, overwrite_final=True, **ended, **progress)
         return ended
-
-    async def record_results_from_redis(
-        self, redis: ArqRedis, job_ids: list[str], queue_name: str
-    ) -> dict[str, str]:
-        """record_result_from_redis for many jobs, in one Redis round trip. Per job: "ended"
-        (now recorded), "live" (queued or running in Redis) or "gone" (Redis has no trace)."""
-        async with redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:  # what Job.result_info, status and info read, in one go
-                pipe.get(result_key_prefix + job_id)
-                pipe.exists(job_key_prefix + job_id)
-                pipe.exists(in_progress_key_prefix + job_id)
-                pipe.zscore(queue_name, job_id)
-            replies = await pipe.execute()
-        states: dict[str, str] = {}
-        writes: list[Awaitable[Any]] = []
-        for n, job_id in enumerate(job_ids):
-            result, job, running, score = replies[4 * n : 4 * n + 4]
-            if result is None:
-                states[job_id] = "live" if job and (running or score is not None) else "gone"
-                continue
-            states[job_id] = "ended"
-            try:
-                info = deserialize_result(result, deserializer=deserialize)
-            except DeserializationError:  # not JSON, so not ours (a planted pickle?): settle it
-                error = "undecodable: its result in Redis is not JSON, so this app never wrote it"
-                writes.append(self.update(job_id, status="failed", error=error, finish_time=now()))
-            else:
-                writes.append(self._record_outcome(job_id, info))
-        await asyncio.gather(*writes)  # writes that arrive together share one transaction
-        return states
 
     # --- Retries: the attempt log, a row per try (tables.AttemptRecord) ---
     async def add_attempt(self, values: dict[str, Any]) -> None:
@@ -217,44 +186,3 @@ class Ledger:
         for job_id, attempt in rows:
             logs[job_id].append(attempt)
         return logs
-
-    # --- Cron maintenance: settling unfinished rows a page at a time, pruning old history ---
-    async def unfinished(
-        self, limit: int | None = None, after: tuple[datetime, str] | None = None
-    ) -> list[JobView]:
-        """Rows whose job has not ended, oldest first, `limit` at most (a maintenance run reads
-        a bounded page); `after`: (enqueue_time, job_id) of the last row already seen."""
-        query = JOBS.select().where(JOBS.c.status.not_in(FINAL))
-        if after:
-            when, job_id = after
-            same_time = sa.and_(JOBS.c.enqueue_time == when, JOBS.c.job_id > job_id)
-            query = query.where(sa.or_(JOBS.c.enqueue_time > when, same_time))
-        order = (JOBS.c.enqueue_time, JOBS.c.job_id)
-        return await self._read(query.order_by(*order).limit(limit))
-
-    async def prune(self, finished_before: datetime, limit: int) -> int:
-        """Delete up to `limit` finished jobs (and their attempts) that ended before
-        `finished_before`, oldest first; returns how many jobs."""
-        old = sa.and_(JOBS.c.status.in_(FINAL), JOBS.c.finish_time < finished_before)
-        oldest = sa.select(JOBS.c.job_id).where(old).order_by(JOBS.c.finish_time, JOBS.c.job_id)
-
-        def delete() -> int:
-            with self.engine.begin() as connection:
-                ids = connection.execute(oldest.limit(limit)).scalars().all()
-                connection.execute(ATTEMPTS.delete().where(ATTEMPTS.c.job_id.in_(ids)))
-                return connection.execute(JOBS.delete().where(JOBS.c.job_id.in_(ids))).rowcount
-
-        return await asyncio.to_thread(delete)
-
-    async def prune_orphans(self, limit: int) -> int:
-        """Delete up to `limit` attempts whose job has no row (earlier versions left them)."""
-        orphan = ~sa.exists().where(JOBS.c.job_id == ATTEMPTS.c.job_id)
-        ids = sa.select(ATTEMPTS.c.job_id).where(orphan).limit(limit)
-
-        def delete() -> int:
-            with self.engine.begin() as connection:
-                return connection.execute(
-                    ATTEMPTS.delete().where(ATTEMPTS.c.job_id.in_(ids))
-                ).rowcount
-
-        return await asyncio.to_thread(delete)

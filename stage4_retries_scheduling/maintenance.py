@@ -1,23 +1,24 @@
 """Looking after the ledger: a cron job every few minutes, run once across all workers.
 
-Each run settles the unfinished rows the worker's hooks could not (worker.reconcile) and
-prunes finished history past its retention (worker.maintain_ledger). A run has a timeout like
-any job, so it must end in time however far behind it is: it checks at most a budget of
-rows, and the next run carries on where this one stopped.
+Each run settles the unfinished rows the worker's hooks could not (reconcile.py), then
+prunes finished history past its retention. A run has a timeout like any job, so it must end
+in time however far behind it is: it checks at most a budget of rows, and the next run
+carries on where this one stopped.
 """
 
+import asyncio
 from collections.abc import Callable, Coroutine
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from arq.connections import ArqRedis
+import sqlalchemy as sa
 from arq.cron import CronJob, cron
 
 from .config import get_settings
-from .jobs import JobView
+from .jobs import FINAL
 from .ledger import Ledger
-from .tables import now
-from .timeouts import timeout_s
+from .reconcile import reconcile
+from .tables import ATTEMPTS, JOBS, now
 
 # --8<-- [start:constants]
 # Every few minutes; history is kept this long after a job ends.
@@ -29,10 +30,6 @@ MAINTENANCE_KEEP_RESULT_S = 3600
 # as many orphaned attempts, so it ends well inside its timeout however far behind it is
 # (about 1 s on 2 busy cores; see the chapter). The next run carries on.
 MAINTENANCE_ROW_BUDGET = 5_000
-# Where in the unfinished rows the last run stopped (Redis: every worker's runs share it).
-RECONCILE_CURSOR_KEY = "ledger:reconcile-after"
-# An in_progress row past its task's timeout + this, that no worker holds, is stuck.
-STUCK_GRACE_S = 15
 # --8<-- [end:constants]
 
 
@@ -49,49 +46,32 @@ def every_few_minutes(job: Callable[..., Coroutine[Any, Any, Any]]) -> CronJob:
     )
 
 
+async def maintain_ledger(ctx: dict[str, Any]) -> dict[str, int]:
+    """The cron job: settle unfinished rows (reconcile.py), then prune old history."""
+    # Idempotent, as a cron job must be: ARQ runs each tick once across all workers
+    # (unique=True gives the run a fixed job id), but a crash can still repeat one.
+    settled = await reconcile(ctx["ledger"], ctx["redis"], MAINTENANCE_ROW_BUDGET)
+    return {"settled": settled, **await prune(ctx["ledger"])}
+
+
 async def prune(ledger: Ledger) -> dict[str, int]:
-    """Delete finished jobs past HISTORY_RETENTION_S, and attempts whose job has no row."""
+    """Delete finished jobs (and their attempts) past HISTORY_RETENTION_S, oldest first, and
+    attempts whose job has no row (earlier versions left them): MAINTENANCE_ROW_BUDGET each."""
     cutoff = now() - timedelta(seconds=HISTORY_RETENTION_S)
-    pruned = await ledger.prune(finished_before=cutoff, limit=MAINTENANCE_ROW_BUDGET)
-    orphans = await ledger.prune_orphans(limit=MAINTENANCE_ROW_BUDGET)
-    return {"pruned": pruned, "orphaned_attempts_pruned": orphans}
+    old = sa.and_(JOBS.c.status.in_(FINAL), JOBS.c.finish_time < cutoff)
+    oldest = sa.select(JOBS.c.job_id).where(old).order_by(JOBS.c.finish_time, JOBS.c.job_id)
+    orphan = ~sa.exists().where(JOBS.c.job_id == ATTEMPTS.c.job_id)
+    orphans = sa.select(ATTEMPTS.c.job_id).where(orphan).limit(MAINTENANCE_ROW_BUDGET)
+
+    def delete() -> dict[str, int]:
+        with ledger.engine.begin() as connection:
+            ids = connection.execute(oldest.limit(MAINTENANCE_ROW_BUDGET)).scalars().all()
+            connection.execute(ATTEMPTS.delete().where(ATTEMPTS.c.job_id.in_(ids)))
+            pruned = connection.execute(JOBS.delete().where(JOBS.c.job_id.in_(ids))).rowcount
+            gone = ATTEMPTS.delete().where(ATTEMPTS.c.job_id.in_(orphans))
+            return {"pruned": pruned, "orphaned_attempts_pruned": connection.execute(gone).rowcount}
+
+    return await asyncio.to_thread(delete)
 
 
 # --8<-- [end:cron]
-
-
-# --8<-- [start:budget]
-async def rows_to_check(ledger: Ledger, redis: ArqRedis) -> list[JobView]:
-    """This run's share of the unfinished rows: at most MAINTENANCE_ROW_BUDGET, oldest first,
-    after the last row the run before checked."""
-    # Carrying on, rather than starting from the oldest each time: rows that wait
-    # legitimately (deferred for days) cannot hide the rest for ever.
-    saved = await redis.get(RECONCILE_CURSOR_KEY)
-    after = None
-    if saved is not None:
-        when, job_id = saved.decode().split("|", 1)
-        after = datetime.fromisoformat(when), job_id
-    return await ledger.unfinished(MAINTENANCE_ROW_BUDGET, after=after)
-
-
-async def carry_on_after(redis: ArqRedis, checked: list[JobView]) -> None:
-    """Where the next run starts: after the last row this one checked, or from the oldest."""
-    if len(checked) < MAINTENANCE_ROW_BUDGET:  # saw them all: the next run starts again
-        await redis.delete(RECONCILE_CURSOR_KEY)
-    else:
-        last = checked[-1]
-        await redis.set(RECONCILE_CURSOR_KEY, f"{last.enqueue_time.isoformat()}|{last.job_id}")
-
-
-def why_failed(record: JobView, lost_before: datetime) -> str | None:
-    """Why a row whose job Redis has no trace of has failed, or None if it may yet appear."""
-    limit = timeout_s(record.function) + STUCK_GRACE_S
-    started = record.start_time or record.enqueue_time
-    if record.status == "in_progress" and started < now() - timedelta(seconds=limit):
-        return f"stuck: its worker stopped and Redis no longer has it ({limit:.0f} s limit)"
-    if record.enqueue_time < lost_before:
-        return "lost: Redis no longer knows this job (flushed, or its result expired)"
-    return None
-
-
-# --8<-- [end:budget]

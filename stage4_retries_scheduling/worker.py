@@ -10,7 +10,6 @@ same Redis as the API):
 """
 
 import asyncio
-from datetime import timedelta
 from typing import Any
 
 from arq.connections import RedisSettings
@@ -21,7 +20,6 @@ from .config import get_settings
 from .jobs import KEEP_RESULT_S
 from .ledger import Ledger
 from .pinned import make_client
-from .tables import now
 from .tasks import TASKS
 from .timeouts import JOB_COMPLETION_WAIT_S, timeout_s
 
@@ -31,8 +29,6 @@ from .timeouts import JOB_COMPLETION_WAIT_S, timeout_s
 # longest timeout on this worker + 10 s. ARQ's default of 300 s would mean 5 minutes.
 # 30 s by default (config.py); JOB_TIMEOUT_S in the environment changes it.
 JOB_TIMEOUT_S = get_settings().job_timeout_s
-# An unfinished row that Redis has not heard of for this long was lost with Redis's data.
-LOST_AFTER_S = 300
 # How often an idle worker asks Redis for new jobs. ARQ's 0.5 s default adds ~250 ms of
 # queue wait on average; 0.05 s makes pick-up near-instant for 20 cheap queries a second.
 POLL_DELAY_S = 0.05
@@ -41,8 +37,6 @@ MAX_JOBS = 10
 # How often the worker writes its health-check key (`arq --check` reads it). ARQ's default
 # of an hour lets a dead worker look healthy for an hour.
 HEALTH_CHECK_INTERVAL_S = 10
-# reconcile() looks this many unfinished rows up in Redis at a time, in one round trip.
-RECONCILE_BATCH = 500
 # --8<-- [end:constants]
 
 
@@ -62,7 +56,7 @@ def task_functions() -> list[Function]:
 # --8<-- [start:hooks]
 async def startup(ctx: dict[str, Any]) -> None:
     # write_behind: a hook doesn't wait for its row to be committed. If the worker dies
-    # first, those writes are lost, but Redis still has the results and reconcile() copies them.
+    # first, those writes are lost, but Redis still has the results: the cron job copies them.
     ctx["ledger"] = Ledger(get_settings().database_url, write_behind=True)
     await asyncio.to_thread(ctx["ledger"].create_schema)
     # For fetch: its settings, and one HTTP client per worker process for every job (pinned.py).
@@ -85,7 +79,7 @@ async def job_started(ctx: dict[str, Any]) -> None:
 async def job_ended(ctx: dict[str, Any]) -> None:
     # after_job_end, not on_job_end: it runs once ARQ has written the result to Redis, so
     # the ledger copies exactly what Redis holds (result or error, times, attempts). Neither
-    # hook runs when ARQ fails a job without starting it: reconcile() covers those.
+    # hook runs when ARQ fails a job without starting it: the cron job covers those.
     ledger: Ledger = ctx["ledger"]
     queue_name = get_settings().queue_name
     ended = await ledger.record_result_from_redis(ctx["redis"], ctx["job_id"], queue_name)
@@ -97,58 +91,12 @@ async def job_ended(ctx: dict[str, Any]) -> None:
 # --8<-- [end:hooks]
 
 
-# --8<-- [start:reconcile]
-async def reconcile(ctx: dict[str, Any]) -> int:
-    """Settle unfinished rows against Redis; returns how many rows it settled.
-
-    ARQ does not call the job hooks when a job exceeds max_tries, expires, cannot be decoded
-    or is aborted before it starts: Redis then holds a failed result that no hook copied.
-    GET /jobs/{id} copies it when asked; this sweeps them, a run's share at a time (the cron
-    job, maintenance.py). A row that Redis knows nothing about after LOST_AFTER_S was lost
-    with Redis's data (a flush, a restart without persistence): it is marked failed. So,
-    sooner, is a job "in progress" past its timeout that Redis no longer has.
-    """
-    ledger, redis = ctx["ledger"], ctx["redis"]
-    queue_name, settled = get_settings().queue_name, 0
-    lost_before = now() - timedelta(seconds=LOST_AFTER_S)
-    records = await maintenance.rows_to_check(ledger, redis)
-    for start in range(0, len(records), RECONCILE_BATCH):
-        # One Redis round trip per batch of rows, where asking row by row cost ~2.4 ms each.
-        batch = records[start : start + RECONCILE_BATCH]
-        states = await ledger.record_results_from_redis(
-            redis, [r.job_id for r in batch], queue_name
-        )
-        gone = [r for r in batch if states[r.job_id] == "gone"]
-        failed = {r.job_id: why for r in gone if (why := maintenance.why_failed(r, lost_before))}
-        await asyncio.gather(
-            *(
-                ledger.update(job_id, status="failed", error=error, finish_time=now())
-                for job_id, error in failed.items()
-            )
-        )
-        settled += list(states.values()).count("ended") + len(failed)
-    await maintenance.carry_on_after(redis, records)
-    await ledger.flush()
-    return settled
-
-
-async def maintain_ledger(ctx: dict[str, Any]) -> dict[str, int]:
-    """The cron job (maintenance.py): settle unfinished rows, then prune old history."""
-    # Idempotent, as a cron job must be: ARQ runs each tick once across all workers
-    # (unique=True gives the run a fixed job id), but a crash can still repeat one.
-    settled = await reconcile(ctx)
-    return {"settled": settled, **await maintenance.prune(ctx["ledger"])}
-
-
-# --8<-- [end:reconcile]
-
-
 # --8<-- [start:settings]
 class WorkerSettings:
     # ARQ reads these attributes from this class's own __dict__: subclassing it would lose
     # them, so a variant copies what it needs.
     functions = task_functions()
-    cron_jobs = [maintenance.every_few_minutes(maintain_ledger)]
+    cron_jobs = [maintenance.every_few_minutes(maintenance.maintain_ledger)]
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
     queue_name = get_settings().queue_name
     job_serializer = jobs.serialize

@@ -55,16 +55,18 @@ def database(request, settings_env, postgres_database, monkeypatch, stage) -> st
 
 
 def run_reconcile(stage) -> int:
-    worker, settings = stage.module("worker"), stage.module("config").get_settings()
+    """One sweep of stage 4's cron job over the unfinished rows (reconcile.py)."""
+    settings = stage.module("config").get_settings()
+    budget = stage.module("maintenance").MAINTENANCE_ROW_BUDGET
 
     async def run() -> int:
-        ctx = {"ledger": stage.module("ledger").Ledger(settings.database_url),
-               "redis": ArqRedis.from_url(settings.redis_url)}  # fmt: skip
+        ledger = stage.module("ledger").Ledger(settings.database_url)
+        redis = ArqRedis.from_url(settings.redis_url)
         try:
-            return await worker.reconcile(ctx)
+            return await stage.module("reconcile").reconcile(ledger, redis, budget)
         finally:
-            await ctx["redis"].aclose()
-            ctx["ledger"].close()
+            await redis.aclose()
+            ledger.close()
 
     return asyncio.run(run())
 
@@ -125,6 +127,7 @@ def test_a_job_over_max_tries_ends_failed_when_it_is_read(client, drain, raw_red
     assert job["error"] == "JobExecutionFailed: max 5 retries exceeded"
 
 
+@pytest.mark.since_stage(4)  # stage 4's cron job sweeps; stage 3 has no sweep
 def test_reconcile_settles_a_job_that_ended_without_the_hooks(stage, client, drain, raw_redis):
     job_id = over_max_tries(client, raw_redis)
     drain()
@@ -136,6 +139,7 @@ def test_reconcile_settles_a_job_that_ended_without_the_hooks(stage, client, dra
     assert (job["status"], job["error"]) == ("failed", "JobExecutionFailed: max 5 retries exceeded")
 
 
+@pytest.mark.since_stage(4)  # stage 4's cron job sweeps; stage 3 has no sweep
 @pytest.mark.parametrize("key", ["arq:result:{}", "arq:job:{}"])
 def test_reconcile_carries_on_past_a_job_whose_data_in_redis_is_not_json(
     stage, client, drain, raw_redis, key
@@ -161,11 +165,12 @@ def test_reconcile_carries_on_past_a_job_whose_data_in_redis_is_not_json(
         )
 
 
+@pytest.mark.since_stage(4)  # stage 4's cron job sweeps; stage 3 has no sweep
 def test_reconcile_marks_a_job_that_redis_lost_failed(stage, client, raw_redis, monkeypatch):
     job_id = enqueue(client, "add", {"x": 1, "y": 2})
     raw_redis.flushall()
     assert run_reconcile(stage) == 0  # not yet: it might still be on its way to Redis
-    monkeypatch.setattr(stage.module("worker"), "LOST_AFTER_S", 0)
+    monkeypatch.setattr(stage.module("reconcile"), "LOST_AFTER_S", 0)
     assert run_reconcile(stage) == 1
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "failed"

@@ -19,7 +19,7 @@ async def run_maintenance(stage, redis_url):
     ctx = {"redis": await create_pool(RedisSettings.from_dsn(redis_url))}
     await worker.startup(ctx)
     try:
-        return await worker.maintain_ledger(ctx)
+        return await stage.module("maintenance").maintain_ledger(ctx)
     finally:
         await worker.shutdown(ctx)
         await ctx["redis"].aclose()
@@ -42,9 +42,8 @@ def age_row(stage, job_id, **shift):
 
 
 def test_the_maintenance_job_is_a_unique_cron_job_with_a_result(stage):
-    worker = stage.module("worker")
-    (job,) = worker.WorkerSettings.cron_jobs
-    assert job.coroutine is worker.maintain_ledger
+    (job,) = stage.module("worker").WorkerSettings.cron_jobs
+    assert job.coroutine is stage.module("maintenance").maintain_ledger
     assert job.unique  # one run per tick across every worker
     assert job.keep_result_s  # cron jobs keep no result unless told to
 
@@ -193,11 +192,11 @@ def test_a_run_over_many_unfinished_rows_still_prunes_within_its_timeout(
 def test_each_run_checks_its_budget_of_rows_and_the_next_carries_on(
     stage, client, redis_url, monkeypatch
 ):
-    worker = stage.module("worker")
+    reconcile = stage.module("reconcile")
     monkeypatch.setattr(stage.module("maintenance"), "MAINTENANCE_ROW_BUDGET", 3)
-    monkeypatch.setattr(worker, "RECONCILE_BATCH", 2)
+    monkeypatch.setattr(reconcile, "RECONCILE_BATCH", 2)
     client.get("/health")  # the app has created the schema
-    lost = unfinished_rows(stage, 7, age_s=worker.LOST_AFTER_S + 60)  # Redis lost them all
+    lost = unfinished_rows(stage, 7, age_s=reconcile.LOST_AFTER_S + 60)  # Redis lost them all
     insert_rows(stage, stage.module("ledger").JOBS, lost)
 
     settled = [asyncio.run(run_maintenance(stage, redis_url))["settled"] for _ in range(4)]
