@@ -10,9 +10,11 @@ from arq.constants import retry_key_prefix
 from arq.jobs import Job, JobResult, JobStatus
 from pydantic import BaseModel, Field
 
+# --8<-- [start:keep_result]
 # How long a result stays in Redis (the worker's keep_result, and a cancel's result). After
 # that GET /jobs/{id} answers from the ledger: Redis is a queue, not a record.
 KEEP_RESULT_S = 3600
+# --8<-- [end:keep_result]
 
 # ARQ pickles jobs and results by default, and unpickling runs code: anyone who can write
 # to Redis could then run commands in the worker and in this API. JSON carries only data.
