@@ -60,11 +60,9 @@ async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobV
     # A hand-built Job assumes pickle and the default queue unless told otherwise.
     job = Job(job_id, redis, _queue_name=queue_name, _deserializer=deserialize)
     status = await job.status()
-    info = await job.info()  # the stored result if finished, else the queued job
-    if info is None and status != JobStatus.not_found:
-        # It finished between the two reads: info() looks for the result first and the
-        # queued job second, and the worker replaced one with the other in between.
-        info = await job.result_info()
+    # The stored result if finished, else the queued job. info() reads them in that order, so a
+    # job the worker finishes in between is in neither: then the result is there to read again.
+    info = await job.info() or await job.result_info()
     if status == JobStatus.not_found or info is None:
         return None
     view = JobView(

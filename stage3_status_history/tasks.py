@@ -6,7 +6,7 @@ The API only enqueues a job by name; the worker process imports this module and 
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -78,7 +78,7 @@ class ReportArgs(Args):
 
 
 def burn_cpu(ms: int) -> int:
-    """Pure-Python busy work for about `ms` milliseconds of CPU; holds the GIL throughout."""
+    """Pure-Python busy work for about `ms` milliseconds of CPU, never releasing the GIL itself."""
     # This thread's CPU time, not the wall clock: crunches that share the GIL in threads
     # each still do their full amount of work, as real CPU-bound jobs would.
     deadline = time.thread_time() + ms / 1000
@@ -118,7 +118,7 @@ async def crunch(ctx: dict[str, Any], ms: int) -> int:
 
 async def wait(ctx: dict[str, Any], seconds: float) -> float:
     """Sleep for `seconds` (I/O-like work)."""
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(seconds)  # I/O-like: awaits, so the loop serves others meanwhile
     return seconds
 
 
@@ -145,9 +145,9 @@ async def report(ctx: dict[str, Any], steps: int, step_seconds: float) -> int:
 # --8<-- [end:progress]
 
 
-# name -> (argument model, function). The API makes one POST /tasks/<name> route per entry;
-# the worker registers the functions.
-TASKS: dict[str, tuple[type[Args], Callable[..., Awaitable[Any]]]] = {
+# name -> (argument model, function). The API makes one POST /tasks/<name> route per entry.
+# The worker registers the functions.
+TASKS: dict[str, tuple[type[Args], Callable[..., Any]]] = {
     "add": (AddArgs, add),
     "divide": (DivideArgs, divide),
     "crunch": (CrunchArgs, crunch),

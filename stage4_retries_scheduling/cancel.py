@@ -81,7 +81,7 @@ async def cancel_job(
     view = await read_ledger_and_redis(redis, ledger, job_id, queue_name)
     if view is None or view.status in FINAL:
         return view
-    how = await cancel_and_wait(redis, job_id, queue_name, KEEP_RESULT_S, wait_s)
+    how = await cancel_and_wait(redis, job_id, queue_name, wait_s)
     # Redis now has its result (unless it is still stopping); reading copies that into the
     # ledger, so the two agree however the race went.
     view = await read_ledger_and_redis(redis, ledger, job_id, queue_name)
@@ -94,11 +94,11 @@ async def cancel_job(
 
 
 async def cancel_and_wait(
-    redis: ArqRedis, job_id: str, queue_name: str, keep_result_s: int, wait_s: float
+    redis: ArqRedis, job_id: str, queue_name: str, wait_s: float
 ) -> CancelOutcome:
     """Cancel, and give a running job up to `wait_s` to stop: "aborting" if it still runs."""
     deadline = time.monotonic() + wait_s
-    while (how := await cancel(redis, job_id, queue_name, keep_result_s)) == "aborting":
+    while (how := await cancel(redis, job_id, queue_name)) == "aborting":
         if time.monotonic() > deadline:
             break
         # Asking again is the point, not a formality: a try that ended in a retry before the
@@ -112,9 +112,7 @@ async def cancel_and_wait(
 
 
 # --8<-- [start:cancel]
-async def cancel(
-    redis: ArqRedis, job_id: str, queue_name: str, keep_result_s: int
-) -> CancelOutcome:
+async def cancel(redis: ArqRedis, job_id: str, queue_name: str) -> CancelOutcome:
     """Cancel the job if it has not ended. Returns "removed" (taken off the queue: not
     started, or between tries), "aborting" (a worker runs it and has been asked to stop) or
     "finished" (it has ended: nothing to cancel)."""
@@ -130,7 +128,7 @@ async def cancel(
                 # a retry, so the next try is stopped before it runs; our hooks leave it alone.
                 pipe.zadd(abort_jobs_ss, {job_id: timestamp_ms()})
             else:
-                take_off_the_queue(pipe, job_id, job, queue_name, keep_result_s)
+                take_off_the_queue(pipe, job_id, job, queue_name)
             try:
                 await pipe.execute()
             except WatchError:
@@ -168,9 +166,7 @@ async def watch(pipe: Pipeline, job_id: str, queue_name: str) -> Unfinished | No
     return Unfinished(bool(running), raw, attempts)
 
 
-def take_off_the_queue(
-    pipe: Pipeline, job_id: str, job: Unfinished, queue_name: str, keep_result_s: int
-) -> None:
+def take_off_the_queue(pipe: Pipeline, job_id: str, job: Unfinished, queue_name: str) -> None:
     """Queue the commands that remove a job no worker runs, with "cancelled" as its result."""
     why = BETWEEN_TRIES if job.attempts else NOT_RUN
     result = cancelled_result(job.raw, job_id, job.attempts, why, queue_name)
@@ -178,7 +174,7 @@ def take_off_the_queue(
     pipe.zrem(queue_name, job_id)
     pipe.zrem(abort_jobs_ss, job_id)
     pipe.delete(job_key_prefix + job_id, retry_key_prefix + job_id)
-    pipe.set(result_key_prefix + job_id, result, ex=keep_result_s)
+    pipe.set(result_key_prefix + job_id, result, ex=KEEP_RESULT_S)
     # A worker may have read this id from the queue before our ZREM and be about to claim
     # it: it WATCHes the in-progress key, so writing that key (and deleting it again) makes
     # its claim fail. Left alone, it would run the job, find no job key and store "job

@@ -15,8 +15,11 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"  # `make run` sets this to its embedded Valkey
     queue_name: str = "arq:queue"
     redis_timeout_s: float = 1.0  # Redis down or stuck: a 503 after this, not a hang
-    # The worker's job timeout; worker.py says why it matters.
-    job_timeout_s: float = 30.0
+    job_timeout_s: float = 30.0  # the worker's job timeout; worker.py says why it matters
+    max_body_bytes: int = 16 * 1024  # task arguments are a few numbers; 16 KiB is plenty
+    log_level: str = "INFO"
+    data_dir: Path = Path(".data/stage4")  # git-ignored; `make run` sets the same
+    database_url: str = ""  # any SQLAlchemy URL; empty: a SQLite file in data_dir
     # fetch(url): retries, backoff and limits
     fetch_max_tries: int = 5  # attempts in all, the first included
     fetch_base_delay_s: float = 1.0  # backoff before try n is uniform in [0, base * 2^(n-1)]...
@@ -33,10 +36,6 @@ class Settings(BaseSettings):
     # Longer than creating a job takes (the ledger's 5 s lock wait, a few Redis round trips),
     # short enough that a key a crashed API left claimed frees itself soon, not after a day.
     idempotency_claim_ttl_s: int = 30  # how long a request may hold a key while it creates the job
-    max_body_bytes: int = 16 * 1024  # task arguments are a few numbers; 16 KiB is plenty
-    log_level: str = "INFO"
-    data_dir: Path = Path(".data/stage4")  # git-ignored; `make run` sets the same
-    database_url: str = ""  # any SQLAlchemy URL; empty: a SQLite file in data_dir
 
     def model_post_init(self, _context: object) -> None:
         self.database_url = self.database_url or f"sqlite:///{self.data_dir / 'jobs.db'}"

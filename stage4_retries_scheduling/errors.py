@@ -22,28 +22,21 @@ async def validation_error(_: Request, exc: RequestValidationError) -> JSONRespo
 
 async def redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
     # The pool reconnects by itself on the next request once Redis is back.
-    return JSONResponse(
-        status_code=503,
-        content={"detail": f"Redis is unavailable: {type(exc).__name__}"},
-        headers={"Retry-After": "1"},
-    )
+    detail = f"Redis is unavailable: {type(exc).__name__}"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
 
 
 async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     # OperationalError: the server is down, the file unwritable, or a lock wait timed out.
-    return JSONResponse(
-        status_code=503,
-        content={"detail": f"The database is unavailable: {type(exc).__name__}"},
-        headers={"Retry-After": "1"},
-    )
+    detail = f"The database is unavailable: {type(exc).__name__}"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
 
 
-async def undecodable_job(_: Request, exc: Exception) -> JSONResponse:
+async def undecodable_job(_: Request, exc: DeserializationError) -> JSONResponse:
     # What Redis holds for this job is not JSON, so this app did not write it (a pickle
     # planted in Redis, say). We refuse to decode it; the worker fails such a job the same way.
-    return JSONResponse(
-        status_code=502, content={"detail": f"The job's data in Redis is not JSON: {exc}"}
-    )
+    detail = f"The job's data in Redis is not JSON: {exc}"
+    return JSONResponse({"detail": detail}, status_code=502)
 
 
 # What a route with a body can answer besides 202 and 422, for its OpenAPI entry.
@@ -52,6 +45,7 @@ BODY_ERRORS: dict[int | str, dict] = {
     413: {"description": "The body is over the size limit"},
 }
 REDIS_DOWN: dict[int | str, dict] = {503: {"description": "Redis is unavailable"}}
+NOT_JSON: dict[int | str, dict] = {502: {"description": "The job's data in Redis is not JSON"}}
 
 
 def invalid(where: tuple[str, ...], message: str) -> RequestValidationError:
@@ -98,11 +92,11 @@ class LimitBodySize:
 
 
 def install(app: FastAPI, max_body_bytes: int) -> None:
-    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RedisConnectionError, redis_unavailable)
-    app.add_exception_handler(RedisTimeoutError, redis_unavailable)
+    app.exception_handler(RequestValidationError)(validation_error)
+    app.exception_handler(RedisConnectionError)(redis_unavailable)
+    app.exception_handler(RedisTimeoutError)(redis_unavailable)
     # redis-py raises WatchError when the connection drops while a key is WATCHed.
-    app.add_exception_handler(WatchError, redis_unavailable)
-    app.add_exception_handler(DatabaseUnavailable, database_unavailable)
-    app.add_exception_handler(DeserializationError, undecodable_job)
+    app.exception_handler(WatchError)(redis_unavailable)
+    app.exception_handler(DatabaseUnavailable)(database_unavailable)
+    app.exception_handler(DeserializationError)(undecodable_job)
     app.add_middleware(LimitBodySize, max_bytes=max_body_bytes)

@@ -53,6 +53,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 async def list_jobs(
     ledger: LedgerDep,
     status: Status | None = None,
+    # One of the task names, as a Literal made at import time: FastAPI checks it, mypy can't.
     function: Literal[tuple(TASKS)] | None = None,  # type: ignore[valid-type]
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
     cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,

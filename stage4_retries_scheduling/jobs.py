@@ -10,9 +10,11 @@ from arq.constants import retry_key_prefix
 from arq.jobs import Job, JobResult, JobStatus
 from pydantic import BaseModel, Field
 
+# --8<-- [start:keep_result]
 # How long a result stays in Redis (the worker's keep_result, and a cancel's result). After
 # that GET /jobs/{id} answers from the ledger: Redis is a queue, not a record.
 KEEP_RESULT_S = 3600
+# --8<-- [end:keep_result]
 
 # ARQ pickles jobs and results by default, and unpickling runs code: anyone who can write
 # to Redis could then run commands in the worker and in this API. JSON carries only data.
@@ -42,7 +44,7 @@ def deserialize(data: bytes) -> dict[str, Any]:
 
 # --8<-- [start:job_view]
 Status = Literal["queued", "deferred", "in_progress", "complete", "failed", "cancelled"]
-FINAL = ("complete", "failed", "cancelled")  # a job in one of these states will not change
+FINAL = ("complete", "failed", "cancelled")  # a job in one of these states will not change any more
 # Why DELETE took a job off the queue (cancel.py): it ended between tries, not in one.
 NOT_RUN = "cancelled before it ran"
 BETWEEN_TRIES = "cancelled while waiting for its next try"
@@ -89,11 +91,9 @@ async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobV
     # A hand-built Job assumes pickle and the default queue unless told otherwise.
     job = Job(job_id, redis, _queue_name=queue_name, _deserializer=deserialize)
     status = await job.status()
-    info = await job.info()  # the stored result if finished, else the queued job
-    if info is None and status != JobStatus.not_found:
-        # It finished between the two reads: info() looks for the result first and the
-        # queued job second, and the worker replaced one with the other in between.
-        info = await job.result_info()
+    # The stored result if finished, else the queued job. info() reads them in that order, so a
+    # job the worker finishes in between is in neither: then the result is there to read again.
+    info = await job.info() or await job.result_info()
     if status == JobStatus.not_found or info is None:
         return None
     view = JobView(

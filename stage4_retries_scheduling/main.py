@@ -48,11 +48,10 @@ class Enqueued(BaseModel):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # One connection pool for the whole app, opened once and shared by every request.
-    # (Opening a pool per request, as many tutorials do, costs a TCP handshake every time
-    # and leaks connections under load.) We build it ourselves rather than with arq's
-    # create_pool so that every command has a timeout: a Redis that is down or stuck must
-    # cost a request about a second and a 503, not a hang.
+    # One connection pool for the whole app, opened once and shared by every request (a pool
+    # per request, which many tutorials open, costs a TCP handshake each time and leaks connections
+    # under load). Built by hand rather than with arq's create_pool so that every command has a
+    # timeout: a Redis that is down or stuck costs a request about a second and a 503, not a hang.
     settings = get_settings()
     pool = ConnectionPool.from_url(
         settings.redis_url,
@@ -94,15 +93,13 @@ async def health(redis: RedisDep, ledger: LedgerDep) -> JSONResponse:
     try:
         await redis.ping()
     except (OSError, errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
-        return JSONResponse(
-            status_code=503, content={"status": "unavailable", "down": {"redis": repr(exc)}}
-        )
+        down = {"redis": repr(exc)}
+        return JSONResponse({"status": "unavailable", "down": down}, status_code=503)
     try:
         await ledger.ping()
     except errors.DatabaseUnavailable as exc:
-        return JSONResponse(
-            status_code=503, content={"status": "unavailable", "down": {"database": repr(exc)}}
-        )
+        down = {"database": repr(exc)}
+        return JSONResponse({"status": "unavailable", "down": down}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
@@ -152,11 +149,7 @@ for name, (model, function) in TASKS.items():
 @app.get(
     "/jobs/{job_id}",
     tags=["jobs"],
-    responses={
-        404: {"description": "Unknown job"},
-        502: {"description": "The job's data in Redis is not JSON"},
-        **errors.REDIS_DOWN,
-    },
+    responses={404: {"description": "Unknown job"}, **errors.NOT_JSON, **errors.REDIS_DOWN},
 )
 async def get_job(
     job_id: Annotated[str, Path(max_length=64)],

@@ -7,7 +7,7 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
 
@@ -165,7 +165,7 @@ async def crunch(ctx: dict[str, Any], ms: int) -> int:
 
 async def wait(ctx: dict[str, Any], seconds: float) -> float:
     """Sleep for `seconds` (I/O-like work)."""
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(seconds)  # I/O-like: awaits, so the loop serves others meanwhile
     return seconds
 
 
@@ -188,9 +188,9 @@ async def report(ctx: dict[str, Any], steps: int, step_seconds: float) -> int:
     return steps
 
 
-# name -> (argument model, function). The API makes one POST /tasks/<name> route per entry;
-# the worker registers the functions.
-TASKS: dict[str, tuple[type[Args], Callable[..., Coroutine[Any, Any, Any]]]] = {
+# name -> (argument model, function). The API makes one POST /tasks/<name> route per entry.
+# The worker registers the functions.
+TASKS: dict[str, tuple[type[Args], Callable[..., Any]]] = {
     "add": (AddArgs, add),
     "divide": (DivideArgs, divide),
     "crunch": (CrunchArgs, crunch),
