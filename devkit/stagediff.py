@@ -31,16 +31,29 @@ def diff_name(older: str, newer: str) -> str:
     return f"{older}..{newer}.diff"
 
 
+def without_markers(lines: list[str]) -> list[str]:
+    """The lines less those that are only a snippet marker. A marker between blank lines
+    takes the blank lines after it along: kept, the two blank lines on each side of an
+    `[end:x]` between top-level definitions would read as four in the diff."""
+    kept: list[str] = []
+    dropping_blanks = False
+    for line in lines:
+        if is_marker_line(line):
+            dropping_blanks = bool(kept) and not kept[-1].strip()
+        elif dropping_blanks and not line.strip():
+            continue
+        else:
+            kept.append(line)
+            dropping_blanks = False
+    return kept
+
+
 def stage_files(package: str) -> dict[str, list[str]]:
-    """file name -> lines, for the stage's own .py files (no __pycache__, no subfolders), less
-    the lines that are only a snippet marker."""
+    """file name -> lines without snippet markers, for the stage's own .py files (no
+    __pycache__, no subfolders)."""
     folder = ROOT / package
     return {
-        path.name: [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-            if not is_marker_line(line)
-        ]
+        path.name: without_markers(path.read_text(encoding="utf-8").splitlines(keepends=True))
         for path in sorted(folder.glob("*.py"))
     }
 

@@ -87,3 +87,17 @@ def test_the_diff_of_a_real_change_shows_no_snippet_marker(
     text = stagediff.stage_diff("stage1_a", "stage2_b")
     assert "-    return x / y\n+    return round(x / y, 6)\n" in text
     assert "8<" not in text
+
+
+def test_a_marker_between_blank_lines_leaves_no_extra_blank_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Markers sit between the two blank lines that separate top-level code; stripped, they
+    # must not leave four blank lines, which a reader of the diff sees as a change.
+    monkeypatch.setattr(stagediff, "ROOT", tmp_path)
+    older = "import os\n\n\ndef a() -> None:\n    pass\n\n\ndef b() -> None:\n    pass\n"
+    newer = older.replace(
+        "    pass\n\n\ndef b", "    pass\n\n\n# --8<-- [end:a]\n\n\ndef b"
+    ).replace("\n\n\ndef a", "\n\n\n# --8<-- [start:a]\ndef a")
+    two_stages(tmp_path, older, newer)
+    assert stagediff.stage_diff("stage1_a", "stage2_b") == ""
