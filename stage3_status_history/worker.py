@@ -1,7 +1,6 @@
 """The ARQ worker: a separate process that takes jobs from Redis and runs them.
 
-`make run STAGE=3` starts it with the API. Run it by hand (with REDIS_URL pointing at the
-same Redis as the API):
+`make run STAGE=3` starts it with the API; by hand, with REDIS_URL set to the API's Redis:
     arq stage3_status_history.worker.WorkerSettings
 """
 
@@ -17,10 +16,9 @@ from .tables import now
 from .tasks import TASKS
 
 # --8<-- [start:constants]
-# A job running longer than this is cancelled and fails. It also bounds crash recovery:
-# ARQ re-runs a job whose worker died only once its "in progress" key expires, after the
-# longest timeout on this worker + 10 s. ARQ's default of 300 s would mean 5 minutes.
-# 30 s by default (config.py); JOB_TIMEOUT_S in the environment changes it.
+# A job running longer than this is cancelled and fails. It also bounds crash recovery: ARQ
+# re-runs a dead worker's job only once its "in progress" key expires, this timeout + 10 s
+# after the start (ARQ's default, 300 s, would mean 5 minutes). JOB_TIMEOUT_S sets it.
 JOB_TIMEOUT_S = get_settings().job_timeout_s
 # How long a result stays in Redis. After that GET /jobs/{id} answers from the ledger:
 # Redis is a queue, not a record.
@@ -70,8 +68,8 @@ async def job_ended(ctx: dict[str, Any]) -> None:
 
 # --8<-- [start:settings]
 class WorkerSettings:
-    # ARQ reads these attributes from this class's own __dict__: subclassing it would lose
-    # them, so a variant copies what it needs.
+    # ARQ reads these attributes from this class's own __dict__, so a subclass would lose
+    # them: a second worker configuration copies the ones it needs instead.
     functions = [function for _, function in TASKS.values()]
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
     queue_name = get_settings().queue_name
