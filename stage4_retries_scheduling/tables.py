@@ -17,6 +17,8 @@ BUSY_TIMEOUT_MS = 5_000
 PG_CONNECT_TIMEOUT_S = 2  # libpq's smallest
 PG_LOCK_TIMEOUT_MS = 1_000
 PG_STATEMENT_TIMEOUT_MS = 5_000
+# How many times a process starting beside others tries to create the tables.
+CREATE_TRIES = 5
 
 
 def now() -> datetime:
@@ -132,7 +134,13 @@ def create_engine(url: str) -> sa.Engine:
 def create_tables(engine: sa.Engine) -> None:
     if engine.dialect.name == "sqlite" and engine.url.database:
         Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        LedgerModel.metadata.create_all(engine)
-    except sa.exc.DBAPIError:  # the API and a worker starting at once: the other one won
-        LedgerModel.metadata.create_all(engine)
+    # The API and the workers often start at once, and each may find a table missing: those
+    # that lose the race to create it fail ("already exists"), and find it made when they look
+    # again. (Six starting at once needed up to three tries: tests/test_ledger_schema.py.)
+    for attempt in range(CREATE_TRIES):
+        try:
+            LedgerModel.metadata.create_all(engine)
+            return
+        except sa.exc.DBAPIError:
+            if attempt == CREATE_TRIES - 1:
+                raise

@@ -1,0 +1,44 @@
+"""The ledger's tables are created by whichever process starts first: the API and every worker
+call `tables.create_tables` at start-up, often at the same moment (`make run` starts them
+together), so losing that race must not stop a process from starting."""
+
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = pytest.mark.since_stage(3)
+
+STARTERS = 6  # processes starting at once, each with its own engine (here: threads)
+ROUNDS = 20
+
+
+def create_at_once(tables: ModuleType, url: str) -> list[Exception]:
+    """STARTERS engines on one new SQLite file create the tables at the same moment."""
+    engines = [tables.create_engine(url) for _ in range(STARTERS)]
+    at_once = threading.Barrier(STARTERS)
+    failures: list[Exception] = []
+
+    def start(engine) -> None:
+        at_once.wait()
+        try:
+            tables.create_tables(engine)
+        except Exception as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for engine in engines:
+        engine.dispose()
+    return failures
+
+
+def test_starters_creating_the_tables_at_once_all_start(stage, tmp_path: Path) -> None:
+    tables = stage.module("tables")
+    for round_ in range(ROUNDS):
+        failures = create_at_once(tables, f"sqlite:///{tmp_path / str(round_) / 'jobs.db'}")
+        assert not failures, f"round {round_}: {len(failures)} of {STARTERS} failed: {failures[0]}"
