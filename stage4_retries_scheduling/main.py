@@ -161,7 +161,7 @@ async def get_job(
     view = await read_ledger_and_redis(redis, ledger, job_id, settings.queue_name)
     if view is None:
         raise HTTPException(404, f"No job {job_id!r}")
-    return attempts.with_attempt_log(view, await ledger.attempts(job_id))
+    return await attempts.read_attempt_log(ledger, view)
 
 
 @app.get(

@@ -1,5 +1,6 @@
 """Stage 4: a job across its tries: cancelled between tries, its start time, its attempt log."""
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -98,3 +99,36 @@ def test_a_job_the_worker_has_not_recorded_yet_still_gets_its_start_time(client,
     again = job(client, job_id)
     assert again["start_time"] == done["start_time"]
     assert again["enqueue_time"] <= again["start_time"] <= again["finish_time"], again
+
+
+ONE_TRY_ENDINGS = {  # how a job's one try ends: the task, its arguments, the job's status
+    "complete": ("add", {"x": 1, "y": 2}, "complete"),
+    "failed": ("divide", {"x": 1, "y": 0}, "failed"),
+    "timed out": ("wait", {"seconds": 5}, "failed"),
+}
+
+
+@pytest.mark.parametrize("ending", ONE_TRY_ENDINGS)
+def test_a_one_try_job_shows_the_attempt_log_the_worker_recorded(
+    ending, stage, client, drain, monkeypatch
+):
+    worker = stage.module("worker")  # first: its WorkerSettings keep the real timeouts
+    monkeypatch.setitem(stage.module("timeouts").TASK_TIMEOUTS_S, "wait", 0.2)
+    task, args, status = ONE_TRY_ENDINGS[ending]
+    job_id = enqueue(client, task, args)
+
+    # GET may derive a one-try job's log from its row (attempts.read_attempt_log). The try's
+    # start must then be the same either way, even when it comes well after the start hook's.
+    async def slow_start(ctx):
+        await worker.job_started(ctx)
+        await asyncio.sleep(0.02)
+
+    drain(functions=worker.task_functions(), on_job_start=slow_start)
+    ledger = stage.module("ledger").Ledger(stage.module("config").get_settings().database_url)
+    try:
+        recorded = asyncio.run(ledger.attempts(job_id))
+    finally:
+        ledger.close()
+    shown = job(client, job_id)
+    assert (shown["status"], shown["attempts"], len(recorded)) == (status, 1, 1)
+    assert shown["attempt_log"] == [attempt.model_dump(mode="json") for attempt in recorded]
