@@ -4,8 +4,7 @@ Stage 4's worker gives each task its own timeout (timeouts.py), records every tr
 attempt log (attempts.py), stops a running job on DELETE /jobs/{id} (cancel.py), and runs a
 cron job that looks after the ledger (maintenance.py).
 
-`make run STAGE=4` starts it with the API. Run it by hand (with REDIS_URL pointing at the
-same Redis as the API):
+`make run STAGE=4` starts it with the API; by hand, with REDIS_URL set to the API's Redis:
     arq stage4_retries_scheduling.worker.WorkerSettings
 """
 
@@ -24,10 +23,9 @@ from .tasks import TASKS
 from .timeouts import JOB_COMPLETION_WAIT_S, timeout_s
 
 # --8<-- [start:constants]
-# A job running longer than this is cancelled and fails. It also bounds crash recovery:
-# ARQ re-runs a job whose worker died only once its "in progress" key expires, after the
-# longest timeout on this worker + 10 s. ARQ's default of 300 s would mean 5 minutes.
-# 30 s by default (config.py); JOB_TIMEOUT_S in the environment changes it.
+# A job running longer than this is cancelled and fails. It also bounds crash recovery: ARQ
+# re-runs a dead worker's job only once its "in progress" key expires, this timeout + 10 s
+# after the start (ARQ's default, 300 s, would mean 5 minutes). JOB_TIMEOUT_S sets it.
 JOB_TIMEOUT_S = get_settings().job_timeout_s
 # How often an idle worker asks Redis for new jobs. ARQ's 0.5 s default adds ~250 ms of
 # queue wait on average; 0.05 s makes pick-up near-instant for 20 cheap queries a second.
@@ -93,8 +91,8 @@ async def job_ended(ctx: dict[str, Any]) -> None:
 
 # --8<-- [start:settings]
 class WorkerSettings:
-    # ARQ reads these attributes from this class's own __dict__: subclassing it would lose
-    # them, so a variant copies what it needs.
+    # ARQ reads these attributes from this class's own __dict__, so a subclass would lose
+    # them: a second worker configuration copies the ones it needs instead.
     functions = task_functions()
     cron_jobs = [maintenance.every_few_minutes(maintenance.maintain_ledger)]
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
