@@ -103,3 +103,24 @@ def test_a_write_a_stuck_redis_never_takes_times_out_and_drops_its_connection(st
 
     took = asyncio.run(scenario())
     assert REDIS_TIMEOUT_S * 0.9 <= took < REDIS_TIMEOUT_S + SLACK_S, took
+
+
+def test_a_command_cancelled_while_it_waits_leaves_no_reply_for_the_next_one(stage, stopped_redis):
+    # A client that hangs up cancels its request, and with it the command it was waiting on.
+    # Its reply still comes, later: on a connection that is kept, the next command reads it.
+    main = stage.module("main")
+
+    async def scenario() -> None:
+        async with main.lifespan(main.app):
+            redis = main.app.state.redis
+            await redis.mset({"first": "1", "second": "2"})  # and one connection in the pool
+            os.kill(stopped_redis.process.pid, signal.SIGSTOP)
+            waiting = asyncio.ensure_future(redis.get("first"))
+            await asyncio.sleep(REDIS_TIMEOUT_S / 5)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            os.kill(stopped_redis.process.pid, signal.SIGCONT)
+            assert await redis.get("second") == b"2"  # its own reply, not b"1"
+
+    asyncio.run(scenario())
