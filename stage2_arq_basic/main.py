@@ -23,12 +23,10 @@ from arq.connections import ArqRedis
 from fastapi import FastAPI, HTTPException, Path, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from redis.asyncio import ConnectionPool
 
-from . import docs_ui, errors, jobs
+from . import docs_ui, errors, jobs, redis_connection
 from .config import get_settings
 from .deps import RedisDep, SettingsDep
-from .redis_connection import DeadlineConnection
 from .tasks import TASKS, Args
 
 
@@ -44,14 +42,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # per request, which many tutorials open, costs a TCP handshake each time and leaks connections
     # under load). Built by hand rather than with arq's create_pool so that every command has a
     # timeout: a Redis that is down or stuck costs a request about a second and a 503, not a hang.
-    # DeadlineConnection is redis-py's own `socket_timeout`, made cheaper (redis_connection.py).
     settings = get_settings()
-    pool = ConnectionPool.from_url(
-        settings.redis_url,
-        socket_connect_timeout=settings.redis_timeout_s,
-        connection_class=DeadlineConnection,
-        command_timeout=settings.redis_timeout_s,
-    )
+    pool = redis_connection.pool(settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.redis = ArqRedis(
         pool,
         job_serializer=jobs.serialize,

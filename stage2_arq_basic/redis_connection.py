@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from redis.asyncio import Connection
+from redis.asyncio import Connection, ConnectionPool
 
 from .errors import RedisTimeoutError
 
@@ -80,3 +80,19 @@ class DeadlineConnection(Connection):
             return await super().read_response(*args, **kwargs)
         finally:
             await self.stop_clock()
+
+
+# --8<-- [start:pool]
+
+
+def pool(url: str, timeout_s: float) -> ConnectionPool:
+    """The API's connection pool: connecting, and every command after, bounded by `timeout_s`."""
+    return ConnectionPool.from_url(
+        url,
+        socket_connect_timeout=timeout_s,
+        connection_class=DeadlineConnection,
+        command_timeout=timeout_s,
+    )
+
+
+# --8<-- [end:pool]

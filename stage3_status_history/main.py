@@ -28,9 +28,8 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Response
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
-from redis.asyncio import ConnectionPool
 
-from . import docs_ui, errors, history, jobs
+from . import docs_ui, errors, history, jobs, redis_connection
 from .config import get_settings
 from .deps import LedgerDep, RedisDep, SettingsDep
 from .jobstore import create_job, read_ledger_and_redis
@@ -54,11 +53,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # under load). Built by hand rather than with arq's create_pool so that every command has a
     # timeout: a Redis that is down or stuck costs a request about a second and a 503, not a hang.
     settings = get_settings()
-    pool = ConnectionPool.from_url(
-        settings.redis_url,
-        socket_connect_timeout=settings.redis_timeout_s,
-        socket_timeout=settings.redis_timeout_s,
-    )
+    pool = redis_connection.pool(settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.redis = ArqRedis(
         pool,
         job_serializer=jobs.serialize,
