@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import json
+import sqlite3
 import threading
 import time
 import uuid
@@ -11,6 +12,7 @@ from datetime import datetime
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 from arq.connections import ArqRedis
 from fastapi.testclient import TestClient
 
@@ -107,6 +109,30 @@ def test_the_row_is_written_before_the_job_is_enqueued(client, raw_redis):
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "queued"
     assert job["args"] == {"x": 1, "y": 2}
+
+
+def test_a_job_reaches_redis_only_once_its_row_is_committed(stage, client, raw_redis, database):
+    if database != "sqlite":
+        pytest.skip("holds SQLite's write lock")
+    path = sa.make_url(stage.module("config").get_settings().database_url).database
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the ledger's commit now waits (busy_timeout) for us
+    replies = []
+    poster = threading.Thread(
+        target=lambda: replies.append(client.post("/tasks/add", json={"x": 1, "y": 2}))
+    )
+    poster.start()
+    try:
+        deadline = time.monotonic() + 0.5  # well inside the ledger's 5 s busy_timeout
+        while time.monotonic() < deadline:
+            assert raw_redis.zcard("arq:queue") == 0, "enqueued before its row was committed"
+            time.sleep(0.01)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    poster.join()
+    assert replies[0].status_code == 202
+    assert raw_redis.zcard("arq:queue") == 1
 
 
 def over_max_tries(client, raw_redis) -> str:
