@@ -16,7 +16,7 @@ from arq.connections import ArqRedis
 from arq.jobs import Job, JobResult
 
 from .jobs import FINAL, JobView, deserialize, outcome
-from .tables import JOBS, create_engine, create_tables, now
+from .tables import JOBS, JobRecord, create_engine, create_tables, now
 
 # write_behind: writes gather this long, then commit together (each thread hand-over costs the loop)
 WRITE_BEHIND_S = 0.05
@@ -60,7 +60,7 @@ class Ledger:
     def create_schema(self) -> None:
         create_tables(self.engine)
 
-    async def add(self, record: JobView) -> None:
+    async def add(self, record: JobRecord) -> None:
         await self._write(self.insert_job, record.model_dump())
 
     async def update(self, job_id: str, *, overwrite_final: bool = False, **values: Any) -> None:
