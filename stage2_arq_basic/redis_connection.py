@@ -83,8 +83,6 @@ class DeadlineConnection(Connection):
 
 
 # --8<-- [start:pool]
-
-
 def pool(url: str, timeout_s: float) -> ConnectionPool:
     """The API's connection pool: connecting, and every command after, bounded by `timeout_s`."""
     return ConnectionPool.from_url(
