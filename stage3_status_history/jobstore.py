@@ -7,17 +7,14 @@ from redis.exceptions import WatchError
 from . import errors
 from .jobs import FINAL, JobView, read_from_redis
 from .ledger import Ledger
-from .tables import JobRecord, now
+from .tables import now
 
 
 # --8<-- [start:create_job]
 async def create_job(redis: ArqRedis, ledger: Ledger, name: str, job_id: str, kwargs: dict) -> None:
     """The row comes first, then the job goes to Redis, so a job Redis loses is still on
     record. (Enqueue first, and a crash in between leaves a job no one can look up.)"""
-    record = JobRecord(
-        job_id=job_id, function=name, args=kwargs, status="queued", enqueue_time=now()
-    )
-    await ledger.add(record)
+    await ledger.add(job_id, name, kwargs, status="queued")
     try:
         job = await redis.enqueue_job(name, _job_id=job_id, **kwargs)
     except (errors.RedisConnectionError, errors.RedisTimeoutError, WatchError) as exc:

@@ -9,7 +9,7 @@ from redis.exceptions import WatchError
 from . import errors
 from .jobs import FINAL, JobView, read_from_redis
 from .ledger import Ledger
-from .tables import JobRecord, now
+from .tables import now
 
 
 # --8<-- [start:create_job]
@@ -23,8 +23,7 @@ async def create_job(
     """The row comes first, then the job goes to Redis, so a job Redis loses is still on
     record. (Enqueue first, and a crash in between leaves a job no one can look up.)"""
     status = "deferred" if when else "queued"  # when: run_at or delay_seconds (scheduling.py)
-    record = JobRecord(job_id=job_id, function=name, args=kwargs, status=status, enqueue_time=now())
-    await ledger.add(record)
+    await ledger.add(job_id, name, kwargs, status=status)
     try:
         job = await redis.enqueue_job(name, _job_id=job_id, _defer_until=when, **kwargs)
     except (errors.RedisConnectionError, errors.RedisTimeoutError, WatchError) as exc:
