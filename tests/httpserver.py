@@ -96,6 +96,9 @@ def fetch_settings(monkeypatch: Any, stage: Any, allowlist: list[str]) -> None:
     monkeypatch.setenv("FETCH_ALLOWLIST", json.dumps(allowlist))
     monkeypatch.setenv("FETCH_BASE_DELAY_S", "0.01")
     monkeypatch.setenv("FETCH_MAX_DELAY_S", "0.05")
-    monkeypatch.setenv("FETCH_TIMEOUT_S", "0.2")
+    # Long enough for a connect on a busy machine (0.2 s once ran out there, a ConnectTimeout
+    # where a test waited for a ReadTimeout); a test that wants a read to time out delays
+    # its reply by longer.
+    monkeypatch.setenv("FETCH_TIMEOUT_S", "1.0")
     monkeypatch.setenv("FETCH_MAX_TRIES", "3")
     stage.module("config").get_settings.cache_clear()

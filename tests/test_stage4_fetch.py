@@ -86,7 +86,7 @@ def test_a_404_is_not_retried(fetch_env, client, drain, server):
 
 
 def test_a_timeout_is_retried_up_to_the_limit_then_fails(fetch_env, client, drain, server):
-    url = server.script("/slow", Reply(200, delay_s=1.0))
+    url = server.script("/slow", Reply(200, delay_s=3.0))  # over FETCH_TIMEOUT_S
     job_id = enqueue(client, "fetch", {"url": url})
     drain()
     job = client.get(f"/jobs/{job_id}").json()
