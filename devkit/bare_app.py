@@ -7,15 +7,28 @@ on the input. The bench runs it beside the stages, the same way, and prints ever
 figures as a ratio of this app's: absolute figures on a shared 2-core machine drift from
 day to day, ratios within one run do not.
 
+With BARE_DB=1 (the bench's "bare+db", the yardstick for stages 3 and 4) POST /tasks/add
+also commits the job's row to SQLite before it enqueues, as the stages' ledger does, in the
+plainest correct way: stdlib sqlite3, the columns and indexes of stage 3's jobs table, WAL,
+one connection in one thread of its own (so the event loop never waits on the file), one
+commit per request. What that costs is what a durable record costs, before any framework.
+
     uvicorn devkit.bare_app:app      # REDIS_URL (default redis://127.0.0.1:6379/0)
     arq devkit.bare_app.WorkerSettings
+    BARE_DB=1 uvicorn devkit.bare_app:app   # rows in $DATA_DIR/bare.db (default .data/bare)
 """
 
+import asyncio
 import json
 import os
+import sqlite3
+import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from arq import create_pool
@@ -26,6 +39,23 @@ from pydantic import BaseModel
 
 REDIS = RedisSettings.from_dsn(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
 POLL_DELAY_S = 0.05  # the stages' worker setting, so the latency phase compares code
+WRITE_ROWS = os.environ.get("BARE_DB") == "1"
+DB_FILE = Path(os.environ.get("DATA_DIR", ".data/bare")) / "bare.db"
+SCHEMA = """
+    CREATE TABLE IF NOT EXISTS jobs (
+        job_id VARCHAR(64) PRIMARY KEY, function VARCHAR(64) NOT NULL, args JSON NOT NULL,
+        status VARCHAR(16) NOT NULL, progress INTEGER NOT NULL DEFAULT 0, message VARCHAR,
+        result JSON, error VARCHAR, attempts INTEGER NOT NULL DEFAULT 0,
+        enqueue_time DATETIME NOT NULL, start_time DATETIME, finish_time DATETIME,
+        updated_at DATETIME NOT NULL);
+    CREATE INDEX IF NOT EXISTS ix_jobs_function ON jobs (function);
+    CREATE INDEX IF NOT EXISTS ix_jobs_status ON jobs (status);
+    CREATE INDEX IF NOT EXISTS jobs_newest_first ON jobs (enqueue_time, job_id);
+"""
+INSERT = (
+    "INSERT INTO jobs (job_id, function, args, status, enqueue_time, updated_at)"
+    " VALUES (?, ?, ?, 'queued', ?, ?)"
+)
 
 
 def serialize(data: dict[str, Any]) -> bytes:
@@ -37,8 +67,33 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.redis = await create_pool(
         REDIS, job_serializer=serialize, job_deserializer=json.loads
     )
+    if WRITE_ROWS:
+        app.state.db_thread = ThreadPoolExecutor(1)  # the connection is only used there
+        app.state.db = await in_db_thread(app, open_db)
     yield
     await app.state.redis.aclose()
+    if WRITE_ROWS:
+        await in_db_thread(app, app.state.db.close)
+        app.state.db_thread.shutdown()
+
+
+def open_db() -> sqlite3.Connection:
+    DB_FILE.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(DB_FILE, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")  # as the stages: synced at checkpoints
+    db.executescript(SCHEMA)
+    return db
+
+
+async def in_db_thread(app: FastAPI, call: Any, *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(app.state.db_thread, call, *args)
+
+
+def insert_row(db: sqlite3.Connection, job_id: str, function: str, args: dict) -> None:
+    when = datetime.now(UTC).isoformat()
+    with db:  # one transaction, committed on the way out
+        db.execute(INSERT, (job_id, function, json.dumps(args), when, when))
 
 
 app = FastAPI(lifespan=lifespan)
@@ -56,7 +111,12 @@ async def ping() -> dict[str, str]:
 
 @app.post("/tasks/add", status_code=202)
 async def add_task(args: AddArgs, request: Request, response: Response):
-    job = await request.app.state.redis.enqueue_job("add", x=args.x, y=args.y)
+    job_id = uuid.uuid4().hex  # ARQ's own default, made here so the row can come first
+    if WRITE_ROWS:
+        await in_db_thread(
+            request.app, insert_row, request.app.state.db, job_id, "add", args.model_dump()
+        )
+    job = await request.app.state.redis.enqueue_job("add", x=args.x, y=args.y, _job_id=job_id)
     response.headers["Location"] = f"/jobs/{job.job_id}"
     return {"job_id": job.job_id, "status_url": f"/jobs/{job.job_id}"}
 

@@ -4,7 +4,8 @@
 
 Every app runs at once, each on its own throwaway embedded Valkey and data folder, with one
 uvicorn process and no access log: the yardstick (devkit/bare_app.py, a bare FastAPI + ARQ
-app) and the stages. Then:
+app), with stages 3 and 4 also "bare+db" (the same app committing each job's row to SQLite
+before it enqueues, the plainest durable record), and the stages. Then:
 1. enqueue   POST /tasks/add at concurrency 10 for --duration s (wrk), no worker running;
              --repeat rounds, every app once a round (the order turns each round), after
              a short warm-up of each;
@@ -70,6 +71,11 @@ RATIO_TARGETS = [
      ">=", 0.90),
     *((f"stage {n} enqueue p99 / bare p99", "enqueue p99 ms", f"stage {n}", "bare", "<=", 1.5)
       for n in (2, 3, 4)),
+    # What a ledger can reach: against the bare app that also commits a row per enqueue.
+    *((f"stage {n} enqueue / bare+db", "enqueue req/s", f"stage {n}", "bare+db", ">=", 0.9)
+      for n in (3, 4)),
+    *((f"stage {n} enqueue p99 / bare+db p99", "enqueue p99 ms", f"stage {n}", "bare+db",
+       "<=", 1.5) for n in (3, 4)),
 ]  # fmt: skip
 RATIO_ROWS = ("req/s", "p99 ms")  # figures that also get a "vs bare" row per app
 
@@ -78,20 +84,25 @@ RATIO_ROWS = ("req/s", "p99 ms")  # figures that also get a "vs bare" row per ap
 class App:
     """One app under test: the yardstick or a stage, and what the bench measured of it."""
 
-    label: str  # "bare", "stage 2"
+    label: str  # "bare", "bare+db", "stage 2"
     runnable: harness.Runnable
+    env: dict[str, str] = field(default_factory=dict)  # more environment for its processes
     stack: harness.StageProcesses | None = None
     figures: dict[str, float | str] = field(default_factory=dict)  # measured once
     rounds: dict[str, list[float]] = field(default_factory=dict)  # one value per round
     finished: list[str] = field(default_factory=list)  # ids of completed jobs
 
+    @property
+    def slug(self) -> str:  # for file names: "stage_2", "bare_db"
+        return re.sub(r"\W", "_", self.label)
 
-def stage_processes(stage: harness.Runnable, workdir: Path) -> harness.StageProcesses:
+
+def stage_processes(app: App, workdir: Path) -> harness.StageProcesses:
     """Valkey + uvicorn for one app, no worker yet (each phase starts its own)."""
     return harness.StageProcesses(
-        stage, workdir, workers=0,
+        app.runnable, workdir, workers=0,
         api_args=("--no-access-log", "--log-level", "warning"),
-        env={**os.environ, "LOG_LEVEL": "WARNING"},
+        env={**os.environ, "LOG_LEVEL": "WARNING", **app.env},
     )  # fmt: skip
 
 
@@ -236,7 +247,7 @@ def bench_latency(app: App) -> None:
 
 def bench_status(apps: list[App], args: argparse.Namespace, scripts: Path) -> None:
     """4. status reads of finished jobs, in rounds like the enqueue phase."""
-    lua = {app.label: scripts / f"status_{app.label.replace(' ', '_')}.lua" for app in apps}
+    lua = {app.label: scripts / f"status_{app.slug}.lua" for app in apps}
     for app in apps:
         lua[app.label].write_text(
             "local ids = {" + ",".join(f'"{i}"' for i in app.finished) + "}\n"
@@ -352,12 +363,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     stages = args.stage or [n for n in STAGES if n >= 2]
     apps = [App("bare", BARE), *(App(f"stage {n}", n) for n in stages)]
+    if any(n >= 3 for n in stages):  # the yardstick for a ledger
+        apps.insert(1, App("bare+db", BARE, env={"BARE_DB": "1"}))
     with contextlib.ExitStack() as running:
         tmp = Path(running.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
         for app in apps:
             say(app, "starting its Valkey and API")
-            workdir = tmp / app.label.replace(" ", "")
-            app.stack = running.enter_context(stage_processes(app.runnable, workdir))
+            workdir = tmp / app.slug
+            app.stack = running.enter_context(stage_processes(app, workdir))
         post_add = tmp / "post_add.lua"
         post_add.write_text(
             'wrk.method = "POST"\nwrk.body = \'{"x": 5, "y": 10}\'\n'

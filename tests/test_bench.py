@@ -60,3 +60,18 @@ def test_a_target_whose_apps_did_not_run_is_left_out() -> None:
     out = table(app("bare", [1000] * 3, [1000] * 3), app("stage 2", [900] * 3, [1000] * 3))
     assert "stage 2 enqueue / bare" in out
     assert "stage 3" not in out and "stage 4" not in out
+
+
+def test_stages_3_and_4_are_also_set_against_the_bare_app_that_writes_a_row() -> None:
+    out = table(
+        app("bare", [1000] * 3, [1000] * 3),
+        app("bare+db", [500] * 3, [1000] * 3),
+        app("stage 2", [900] * 3, [1000] * 3),
+        app("stage 3", [480, 500, 400], [1000] * 3),
+        app("stage 4", [400] * 3, [1000] * 3),
+    )
+    assert re.search(r"^stage 3 enqueue / bare\+db\s+0\.96 \(0\.80-1\.00\).*>= 0\.90\s+meets$",
+                     out, re.M), out  # fmt: skip
+    assert re.search(r"^stage 4 enqueue / bare\+db\s+0\.80\s.*MISSES$", out, re.M), out
+    # The issue's own targets stay in the table, whatever the yardstick says.
+    assert re.search(r"^stage 3 enqueue / stage 2\s+0\.53 .*MISSES$", out, re.M), out

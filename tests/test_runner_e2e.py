@@ -6,14 +6,18 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
 import pytest
 import redis
 
+from devkit.harness import api_answers, api_command, wait_until
 from devkit.stages import newest_stage
 from devkit.valkey import free_port
 from tests import tools
@@ -114,6 +118,27 @@ def test_the_benchmark_runs_end_to_end_and_prints_every_figure(tmp_path):
     assert len(re.findall(rf"^  (req/s|p99) vs bare\s+1\.00\s+{ratio}$", out, re.M)) == 4, out
     assert re.search(rf"^stage 2 enqueue / bare\s+{ratio}\s+target >= 0\.85", out, re.M), out
     assert re.search(rf"^stage 2 enqueue p99 / bare p99\s+{ratio}\s+target <= 1\.50", out, re.M)
+
+
+def test_the_bench_yardstick_for_a_ledger_commits_each_row_before_it_enqueues(redis_url, tmp_path):
+    # "bare+db" must cost what a durable record costs, or its ratios mean nothing: while
+    # another connection holds SQLite's write lock, a POST waits and enqueues nothing.
+    port, data = free_port(), tmp_path / "data"
+    env = stage_env(redis_url, data, BARE_DB="1")
+    url = f"http://127.0.0.1:{port}"
+    with Processes(tmp_path / "logs") as procs, ThreadPoolExecutor(1) as client:
+        proc = procs.start("api", api_command("devkit.bare_app", port), env)
+        wait_until(lambda: api_answers(url), "the bare app", [proc])
+        locker = sqlite3.connect(data / "bare.db", isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")  # the write lock, until the ROLLBACK below
+        post = client.submit(httpx.post, f"{url}/tasks/add", json={"x": 1, "y": 2}, timeout=10)
+        time.sleep(1.0)
+        assert not post.done() and redis.Redis.from_url(redis_url).keys("arq:job:*") == []
+        locker.execute("ROLLBACK")
+        job_id = post.result().json()["job_id"]
+        assert redis.Redis.from_url(redis_url).exists(f"arq:job:{job_id}")
+        rows = locker.execute("SELECT job_id, function, args, status FROM jobs").fetchall()
+        assert rows == [(job_id, "add", '{"x": 1, "y": 2}', "queued")]
 
 
 def a_job_completes(url: str) -> bool:
