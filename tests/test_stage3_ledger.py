@@ -1,8 +1,9 @@
-"""Stage 3+: the job ledger. Every test runs on SQLite and, where one answers, PostgreSQL."""
+"""Stage 3+: the job ledger. Every test runs on SQLite and on PostgreSQL (tests/postgres.py)."""
 
 import asyncio
 import base64
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -15,29 +16,40 @@ import pytest
 import sqlalchemy as sa
 from arq.connections import ArqRedis
 from fastapi.testclient import TestClient
+from psycopg.conninfo import conninfo_to_dict
 
 from devkit.valkey import EmbeddedValkey
 from tests.helpers import enqueue
+from tests.postgres import own_postgres
 
 pytestmark = pytest.mark.since_stage(3)
 
-POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2"
 FINAL = {"complete", "failed"}
 
 
 @pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str | None]:
+def postgres_admin() -> Iterator[str | None]:
+    """A PostgreSQL server to make databases in: yours, or one of our own (tests/postgres.py)."""
+    if conninfo := os.environ.get("LEDGER_TEST_POSTGRES"):
+        yield conninfo
+        return
+    with own_postgres() as conninfo:
+        yield conninfo
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_admin: str | None) -> Iterator[str | None]:
     """A throwaway PostgreSQL database for this session (dropped after), or None."""
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True)
-    except psycopg.OperationalError:
+    if postgres_admin is None:
         yield None
         return
+    server = conninfo_to_dict(postgres_admin)
     name = f"jobs_test_{uuid.uuid4().hex[:12]}"
-    with admin:
+    with psycopg.connect(postgres_admin, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+            where = f"{server.get('host', '127.0.0.1')}:{server.get('port', 5432)}"
+            yield f"postgresql+psycopg://{server.get('user', 'postgres')}@{where}/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -48,7 +60,7 @@ def database(request, settings_env, postgres_database, monkeypatch, stage) -> st
     if request.param == "sqlite":
         return "sqlite"
     if postgres_database is None:
-        pytest.skip("no PostgreSQL answers on 127.0.0.1:5432 (user postgres)")
+        pytest.skip("PostgreSQL's server programs (initdb) are not installed here")
     with psycopg.connect(postgres_database.replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS jobs")
     monkeypatch.setenv("DATABASE_URL", postgres_database)
@@ -403,6 +415,16 @@ def test_a_locked_postgresql_table_costs_a_503_in_seconds_not_a_hang(
     assert all(seconds < HANG_S / 2 for _, seconds, _ in answers.values()), answers
     assert all("database" in text for *_, text in answers.values()), answers
     assert client.get(f"/jobs/{job_id}").status_code == 200  # and back once the lock is gone
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_the_postgresql_variant_runs_on_a_server_the_tests_started(postgres_database):
+    # Never on the machine's own PostgreSQL: the tests create and drop databases.
+    if os.environ.get("LEDGER_TEST_POSTGRES"):
+        pytest.skip("LEDGER_TEST_POSTGRES names a server of your choosing")
+    with psycopg.connect(postgres_database.replace("+psycopg", "")) as connection:
+        (data_dir,) = connection.execute("SELECT current_setting('data_directory')").fetchone()
+    assert "/ledger-postgres-" in data_dir, data_dir
 
 
 def test_the_ledger_is_a_sqlite_file_in_the_data_dir_unless_database_url_says_otherwise(

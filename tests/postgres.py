@@ -1,0 +1,103 @@
+"""A PostgreSQL server of the tests' own, for the ledger tests' PostgreSQL variant.
+
+The tests never write to a server they did not start: `own_postgres()` runs `initdb` in a
+throwaway folder and starts `postgres` on a free loopback port, and stops and deletes it
+afterwards. It yields None when PostgreSQL's server programs are not installed (Debian keeps
+them in /usr/lib/postgresql/<version>/bin, off the PATH). PostgreSQL refuses to run as root,
+so as root it runs them as the `postgres` user (or `nobody`).
+
+To run the same tests against a server of yours instead, give its admin connection in
+LEDGER_TEST_POSTGRES ("host=... port=... user=... dbname=postgres"): they create a
+throwaway database there and drop it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+from devkit.valkey import free_port
+
+START_DEADLINE_S = 30.0
+STOP_DEADLINE_S = 10.0
+
+
+def server_programs() -> Path | None:
+    """The folder holding initdb and postgres, or None; the newest version if several."""
+    if found := shutil.which("initdb"):
+        return Path(found).parent
+    versions = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")]
+    versions.sort(key=lambda bindir: int(bindir.parent.name) if bindir.parent.name.isdigit() else 0)
+    return versions[-1] if versions else None
+
+
+def unprivileged_user() -> str | None:
+    """Who runs the server: us, unless we are root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name).pw_name
+    raise RuntimeError("running as root, and no `postgres` or `nobody` user to run PostgreSQL as")
+
+
+def answers(conninfo: str) -> bool:
+    try:
+        psycopg.connect(conninfo).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def own_postgres() -> Iterator[str | None]:
+    """A fresh PostgreSQL cluster for this session: its admin conninfo, or None."""
+    bindir = server_programs()
+    if bindir is None:
+        yield None
+        return
+    user = unprivileged_user()
+    folder = Path(tempfile.mkdtemp(prefix="ledger-postgres-"))  # not pytest's: root-only
+    as_user = {"user": user, "group": pwd.getpwnam(user).pw_gid} if user else {}
+    if user:
+        shutil.chown(folder, **as_user)
+    data, log = folder / "data", folder / "postgres.log"
+    port = free_port()
+    conninfo = f"host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2"
+    try:
+        subprocess.run(
+            [bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync"],
+            check=True, capture_output=True, **as_user,
+        )  # fmt: skip
+        with log.open("w") as out:
+            server = subprocess.Popen(
+                [bindir / "postgres", "-D", data, "-p", str(port), "-k", folder,
+                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+                stdout=out, stderr=subprocess.STDOUT, **as_user,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + START_DEADLINE_S
+            while not answers(conninfo):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"our PostgreSQL did not start:\n{log.read_text()}")
+                time.sleep(0.1)
+            yield conninfo
+        finally:
+            server.send_signal(signal.SIGINT)  # a "fast" shutdown: open sessions end too
+            try:
+                server.wait(STOP_DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
