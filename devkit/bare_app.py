@@ -9,9 +9,10 @@ day to day, ratios within one run do not.
 
 With BARE_DB=1 (the bench's "bare+db", the yardstick for stages 3 and 4) POST /tasks/add
 also commits the job's row to SQLite before it enqueues, as the stages' ledger does, in the
-plainest correct way: stdlib sqlite3, the columns and indexes of stage 3's jobs table, WAL,
-one connection in one thread of its own (so the event loop never waits on the file), one
-commit per request. What that costs is what a durable record costs, before any framework.
+plainest correct way: stdlib sqlite3, stage 3's jobs table and pragmas (WAL, synchronous
+NORMAL: a commit survives the process, not a power cut), one connection in one thread of its
+own (so the event loop never waits on the file), one commit per request. What that costs is
+what a committed record costs, before any framework or batching.
 
     uvicorn devkit.bare_app:app      # REDIS_URL (default redis://127.0.0.1:6379/0)
     arq devkit.bare_app.WorkerSettings
@@ -43,18 +44,18 @@ WRITE_ROWS = os.environ.get("BARE_DB") == "1"
 DB_FILE = Path(os.environ.get("DATA_DIR", ".data/bare")) / "bare.db"
 SCHEMA = """
     CREATE TABLE IF NOT EXISTS jobs (
-        job_id VARCHAR(64) PRIMARY KEY, function VARCHAR(64) NOT NULL, args JSON NOT NULL,
-        status VARCHAR(16) NOT NULL, progress INTEGER NOT NULL DEFAULT 0, message VARCHAR,
-        result JSON, error VARCHAR, attempts INTEGER NOT NULL DEFAULT 0,
+        job_id VARCHAR(64) NOT NULL, function VARCHAR(64) NOT NULL, args JSON NOT NULL,
+        status VARCHAR(16) NOT NULL, progress INTEGER NOT NULL, message VARCHAR,
+        result JSON NOT NULL, error VARCHAR, attempts INTEGER NOT NULL,
         enqueue_time DATETIME NOT NULL, start_time DATETIME, finish_time DATETIME,
-        updated_at DATETIME NOT NULL);
+        updated_at DATETIME NOT NULL, PRIMARY KEY (job_id));
     CREATE INDEX IF NOT EXISTS ix_jobs_function ON jobs (function);
     CREATE INDEX IF NOT EXISTS ix_jobs_status ON jobs (status);
     CREATE INDEX IF NOT EXISTS jobs_newest_first ON jobs (enqueue_time, job_id);
-"""
+"""  # stage 3's, as SQLAlchemy creates it; and the same columns in its INSERT:
 INSERT = (
-    "INSERT INTO jobs (job_id, function, args, status, enqueue_time, updated_at)"
-    " VALUES (?, ?, ?, 'queued', ?, ?)"
+    "INSERT INTO jobs (job_id, function, args, status, progress, result, attempts,"
+    " enqueue_time, updated_at) VALUES (?, ?, ?, 'queued', 0, 'null', 0, ?, ?)"
 )
 
 
@@ -80,8 +81,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def open_db() -> sqlite3.Connection:
     DB_FILE.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(DB_FILE, check_same_thread=False)
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = NORMAL")  # as the stages: synced at checkpoints
+    db.execute("PRAGMA journal_mode = WAL")  # stage 3's pragmas (sqlite3's busy timeout is 5 s)
+    db.execute("PRAGMA synchronous = NORMAL")
     db.executescript(SCHEMA)
     return db
 

@@ -4,8 +4,8 @@
 
 Every app runs at once, each on its own throwaway embedded Valkey and data folder, with one
 uvicorn process and no access log: the yardstick (devkit/bare_app.py, a bare FastAPI + ARQ
-app), with stages 3 and 4 also "bare+db" (the same app committing each job's row to SQLite
-before it enqueues, the plainest durable record), and the stages. Then:
+app) and, when stage 3 or 4 runs, "bare+db" (the same app committing each job's row to
+SQLite before it enqueues: the plainest committed record; phase 1 only), and the stages:
 1. enqueue   POST /tasks/add at concurrency 10 for --duration s (wrk), no worker running;
              --repeat rounds, every app once a round (the order turns each round), after
              a short warm-up of each;
@@ -87,6 +87,7 @@ class App:
     label: str  # "bare", "bare+db", "stage 2"
     runnable: harness.Runnable
     env: dict[str, str] = field(default_factory=dict)  # more environment for its processes
+    enqueue_only: bool = False  # measured in phase 1 only (bare+db: the rest is bare's)
     stack: harness.StageProcesses | None = None
     figures: dict[str, float | str] = field(default_factory=dict)  # measured once
     rounds: dict[str, list[float]] = field(default_factory=dict)  # one value per round
@@ -95,6 +96,14 @@ class App:
     @property
     def slug(self) -> str:  # for file names: "stage_2", "bare_db"
         return re.sub(r"\W", "_", self.label)
+
+
+def apps_for(stages: list[int]) -> list[App]:
+    """The yardstick, its ledger variant if a stage with a ledger runs, then the stages."""
+    apps = [App("bare", BARE, env={"BARE_DB": "0"})]  # "0" whatever the shell says
+    if any(n >= 3 for n in stages):
+        apps.append(App("bare+db", BARE, env={"BARE_DB": "1"}, enqueue_only=True))
+    return [*apps, *(App(f"stage {n}", n) for n in stages)]
 
 
 def stage_processes(app: App, workdir: Path) -> harness.StageProcesses:
@@ -308,7 +317,8 @@ def figure_rows(apps: list[App]) -> list[tuple[str, list[str], str]]:
         rows.append((name, [cell(app, name) for app in apps], target))
         if bare is not None and name in bare.rounds and name.endswith(RATIO_ROWS):
             rows.append((f"  {name.split()[1]} vs bare",
-                         [spread(ratios(app, bare, name), 2) for app in apps], ""))  # fmt: skip
+                         [spread(ratios(app, bare, name), 2) if name in app.rounds else "-"
+                          for app in apps], ""))  # fmt: skip
     return rows
 
 
@@ -361,10 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed: `make tools`, `apt-get install wrk` or `brew install wrk`")
         return 1
-    stages = args.stage or [n for n in STAGES if n >= 2]
-    apps = [App("bare", BARE), *(App(f"stage {n}", n) for n in stages)]
-    if any(n >= 3 for n in stages):  # the yardstick for a ledger
-        apps.insert(1, App("bare+db", BARE, env={"BARE_DB": "1"}))
+    apps = apps_for(args.stage or [n for n in STAGES if n >= 2])
     with contextlib.ExitStack() as running:
         tmp = Path(running.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
         for app in apps:
@@ -377,10 +384,11 @@ def main(argv: list[str] | None = None) -> int:
             'wrk.headers["Content-Type"] = "application/json"\n'
         )
         bench_enqueue(apps, args, post_add)
-        for app in apps:
+        rest = [app for app in apps if not app.enqueue_only]
+        for app in rest:
             bench_worker(app, args)
             bench_latency(app)
-        bench_status(apps, args, tmp)
+        bench_status(rest, args, tmp)
     print(render(apps, args))
     return 0
 

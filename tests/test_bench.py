@@ -75,3 +75,21 @@ def test_stages_3_and_4_are_also_set_against_the_bare_app_that_writes_a_row() ->
     assert re.search(r"^stage 4 enqueue / bare\+db\s+0\.80\s.*MISSES$", out, re.M), out
     # The issue's own targets stay in the table, whatever the yardstick says.
     assert re.search(r"^stage 3 enqueue / stage 2\s+0\.53 .*MISSES$", out, re.M), out
+
+
+def test_the_ledger_yardstick_runs_only_beside_a_stage_with_a_ledger_and_only_phase_1() -> None:
+    def labels(stages: list[int]) -> list[str]:
+        return [app.label for app in bench.apps_for(stages)]
+
+    assert labels([2]) == ["bare", "stage 2"]
+    assert labels([2, 4]) == ["bare", "bare+db", "stage 2", "stage 4"]
+    bare, with_db, _ = bench.apps_for([3])
+    # BARE_DB is set both ways, so a BARE_DB=1 left in the shell cannot turn bare into bare+db.
+    assert (bare.env, bare.enqueue_only) == ({"BARE_DB": "0"}, False)
+    assert (with_db.env, with_db.enqueue_only) == ({"BARE_DB": "1"}, True)
+    assert {bare.slug, with_db.slug} == {"bare", "bare_db"}  # its folder and wrk script names
+    # Its status cells are empty rather than an error or a copy of bare's figures.
+    with_db.rounds = {"enqueue req/s": [500.0] * 3}
+    out = table(app("bare", [1000] * 3, [1000] * 3), with_db, app("stage 3", [500] * 3, [900] * 3))
+    assert re.search(r"^status req/s\s+1,000\s+-\s+900$", out, re.M), out
+    assert re.search(r"^  req/s vs bare\s+1\.00\s+-\s+0\.90$", out, re.M), out

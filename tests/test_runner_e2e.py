@@ -126,17 +126,22 @@ def test_the_bench_yardstick_for_a_ledger_commits_each_row_before_it_enqueues(re
     port, data = free_port(), tmp_path / "data"
     env = stage_env(redis_url, data, BARE_DB="1")
     url = f"http://127.0.0.1:{port}"
-    with Processes(tmp_path / "logs") as procs, ThreadPoolExecutor(1) as client:
+    with contextlib.ExitStack() as stack:
+        procs = stack.enter_context(Processes(tmp_path / "logs"))
+        client = stack.enter_context(ThreadPoolExecutor(1))
+        queue = stack.enter_context(redis.Redis.from_url(redis_url))
         proc = procs.start("api", api_command("devkit.bare_app", port), env)
         wait_until(lambda: api_answers(url), "the bare app", [proc])
-        locker = sqlite3.connect(data / "bare.db", isolation_level=None)
+        locker = stack.enter_context(
+            contextlib.closing(sqlite3.connect(data / "bare.db", isolation_level=None))
+        )
         locker.execute("BEGIN IMMEDIATE")  # the write lock, until the ROLLBACK below
         post = client.submit(httpx.post, f"{url}/tasks/add", json={"x": 1, "y": 2}, timeout=10)
         time.sleep(1.0)
-        assert not post.done() and redis.Redis.from_url(redis_url).keys("arq:job:*") == []
+        assert not post.done() and queue.keys("arq:job:*") == []
         locker.execute("ROLLBACK")
         job_id = post.result().json()["job_id"]
-        assert redis.Redis.from_url(redis_url).exists(f"arq:job:{job_id}")
+        assert queue.exists(f"arq:job:{job_id}")
         rows = locker.execute("SELECT job_id, function, args, status FROM jobs").fetchall()
         assert rows == [(job_id, "add", '{"x": 1, "y": 2}', "queued")]
 
