@@ -1,10 +1,11 @@
 """A PostgreSQL server of the tests' own, for the ledger tests' PostgreSQL variant.
 
 The tests never write to a server they did not start: `own_postgres()` runs `initdb` in a
-throwaway folder and starts `postgres` on a free loopback port, and stops and deletes it
-afterwards. It yields None when PostgreSQL's server programs are not installed (Debian keeps
-them in /usr/lib/postgresql/<version>/bin, off the PATH). PostgreSQL refuses to run as root,
-so as root it runs them as the `postgres` user (or `nobody`).
+throwaway folder, starts `postgres` listening on a Unix socket in that folder only (no TCP
+port to collide over), and stops and deletes it all afterwards. It yields None when
+PostgreSQL's server programs are not installed (Debian keeps them in
+/usr/lib/postgresql/<version>/bin, off the PATH). PostgreSQL refuses to run as root, so as
+root it runs them as the `postgres` user (or `nobody`).
 
 To run the same tests against a server of yours instead, give its admin connection in
 LEDGER_TEST_POSTGRES ("host=... port=... user=... dbname=postgres"): they create a
@@ -26,16 +27,15 @@ from pathlib import Path
 
 import psycopg
 
-from devkit.valkey import free_port
-
 START_DEADLINE_S = 30.0
+INITDB_DEADLINE_S = 120.0
 STOP_DEADLINE_S = 10.0
 
 
 def server_programs() -> Path | None:
     """The folder holding initdb and postgres, or None; the newest version if several."""
     if found := shutil.which("initdb"):
-        return Path(found).parent
+        return Path(found).resolve().parent  # where postgres is too, not a folder of links
     versions = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")]
     versions.sort(key=lambda bindir: int(bindir.parent.name) if bindir.parent.name.isdigit() else 0)
     return versions[-1] if versions else None
@@ -72,25 +72,29 @@ def own_postgres() -> Iterator[str | None]:
     if user:
         shutil.chown(folder, **as_user)
     data, log = folder / "data", folder / "postgres.log"
-    port = free_port()
-    conninfo = f"host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2"
+    conninfo = f"host={folder} user=postgres dbname=postgres connect_timeout=2"
     try:
-        subprocess.run(
-            [bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync"],
-            check=True, capture_output=True, **as_user,
+        initdb = subprocess.run(
+            [bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync",
+             "--locale=C", "--encoding=UTF8"],
+            capture_output=True, text=True, timeout=INITDB_DEADLINE_S, **as_user,
         )  # fmt: skip
+        if initdb.returncode != 0:
+            raise RuntimeError(f"initdb failed in {folder}:\n{initdb.stdout}{initdb.stderr}")
         with log.open("w") as out:
             server = subprocess.Popen(
-                [bindir / "postgres", "-D", data, "-p", str(port), "-k", folder,
-                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+                [bindir / "postgres", "-D", data, "-k", folder, "-c", "listen_addresses=",
+                 "-c", "fsync=off"],
                 stdout=out, stderr=subprocess.STDOUT, **as_user,
             )  # fmt: skip
         try:
             deadline = time.monotonic() + START_DEADLINE_S
-            while not answers(conninfo):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"our PostgreSQL did not start:\n{log.read_text()}")
+            while server.poll() is None and not answers(conninfo):
+                if time.monotonic() > deadline:
+                    break
                 time.sleep(0.1)
+            if server.poll() is not None or not answers(conninfo):
+                raise RuntimeError(f"our PostgreSQL did not start:\n{log.read_text()}")
             yield conninfo
         finally:
             server.send_signal(signal.SIGINT)  # a "fast" shutdown: open sessions end too

@@ -43,13 +43,15 @@ def postgres_database(postgres_admin: str | None) -> Iterator[str | None]:
     if postgres_admin is None:
         yield None
         return
-    server = conninfo_to_dict(postgres_admin)
     name = f"jobs_test_{uuid.uuid4().hex[:12]}"
+    # The admin connection's every parameter (host, even a socket folder, port, user,
+    # password), in the query of a URL that names the new database.
+    server = {k: str(v) for k, v in conninfo_to_dict(postgres_admin).items() if k != "dbname"}
+    url = sa.URL.create("postgresql+psycopg", database=name, query=server)
     with psycopg.connect(postgres_admin, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            where = f"{server.get('host', '127.0.0.1')}:{server.get('port', 5432)}"
-            yield f"postgresql+psycopg://{server.get('user', 'postgres')}@{where}/{name}"
+            yield url.render_as_string(hide_password=False)
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
