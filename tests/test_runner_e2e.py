@@ -121,7 +121,7 @@ def test_the_benchmark_runs_end_to_end_and_prints_every_figure(tmp_path):
 
 
 def test_the_bench_yardstick_for_a_ledger_commits_each_row_before_it_enqueues(redis_url, tmp_path):
-    # "bare+db" must cost what a durable record costs, or its ratios mean nothing: while
+    # "bare+db" must cost what a committed record costs, or its ratios mean nothing: while
     # another connection holds SQLite's write lock, a POST waits and enqueues nothing.
     port, data = free_port(), tmp_path / "data"
     env = stage_env(redis_url, data, BARE_DB="1")
