@@ -42,7 +42,9 @@ test: $(BIN)/.installed tools  ## everything CI checks: lint, types, tests, docs
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy $(STAGE_PACKAGES)
-	$(BIN)/python -m pytest $(addprefix --cov=,$(STAGE_PACKAGES)) --cov-report=term:skip-covered
+	$(BIN)/mypy --strict jobkit
+	$(BIN)/python -m pytest tests/jobkit --cov=jobkit --cov-report=term:skip-covered --cov-fail-under=90
+	$(BIN)/python -m pytest --ignore=tests/jobkit $(addprefix --cov=,$(STAGE_PACKAGES)) --cov-report=term:skip-covered
 	$(BIN)/mkdocs build --strict --quiet --site-dir .data/site
 
 # Chromium and wrk come from apt-get (as root), not pip: tests drive them but never install

@@ -13,8 +13,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from jobkit.http import invalid
+
 from .config import get_settings
-from .errors import invalid
 from .fetch import fetch
 from .timeouts import in_stoppable_thread, timeout_s
 from .urls import UnsafeURL, check_url
@@ -51,7 +52,7 @@ class Args(BaseModel):
     # What generic code needs to know about a task besides its arguments: the route and the
     # worker ask the task's model, rather than test `if name == "fetch"`.
     async def check_before_enqueue(self) -> None:
-        """Checks that need I/O, which a validator cannot make: raise errors.invalid (422)."""
+        """Checks that need I/O, which a validator cannot make: raise jobkit.http.invalid (422)."""
 
     @classmethod
     def max_tries(cls) -> int | None:
