@@ -26,8 +26,9 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from jobkit.http import BODY_ERRORS, refuse_bad_input
+from jobkit.redis_pool import open_pool
 
-from . import errors, jobs, redis_connection
+from . import errors, jobs
 from .config import get_settings
 from .deps import RedisDep, SettingsDep
 from .tasks import TASKS, Args
@@ -44,9 +45,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # One connection pool for the whole app, opened once and shared by every request (a pool
     # per request, which many tutorials open, costs a TCP handshake each time and leaks connections
     # under load). Built by hand rather than with arq's create_pool so that every command has a
-    # timeout: a Redis that is down or stuck costs a request about a second and a 503, not a hang.
+    # timeout (jobkit/redis_pool.py): a Redis that is down or stuck costs a request about a
+    # second and a 503, not a hang.
     settings = get_settings()
-    pool = redis_connection.pool(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    pool = open_pool(settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.redis = ArqRedis(
         pool,
         job_serializer=jobs.serialize,

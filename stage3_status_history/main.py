@@ -31,8 +31,9 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from jobkit.http import BODY_ERRORS, refuse_bad_input
+from jobkit.redis_pool import open_pool
 
-from . import errors, history, jobs, redis_connection
+from . import errors, history, jobs
 from .config import get_settings
 from .deps import LedgerDep, RedisDep, SettingsDep
 from .jobstore import create_job, read_ledger_and_redis
@@ -54,9 +55,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # One connection pool for the whole app, opened once and shared by every request (a pool
     # per request, which many tutorials open, costs a TCP handshake each time and leaks connections
     # under load). Built by hand rather than with arq's create_pool so that every command has a
-    # timeout: a Redis that is down or stuck costs a request about a second and a 503, not a hang.
+    # timeout (jobkit/redis_pool.py): a Redis that is down or stuck costs a request about a
+    # second and a 503, not a hang.
     settings = get_settings()
-    pool = redis_connection.pool(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    pool = open_pool(settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.redis = ArqRedis(
         pool,
         job_serializer=jobs.serialize,
