@@ -6,7 +6,6 @@ in time however far behind it is: it checks at most a budget of rows, and the ne
 carries on where this one stopped.
 """
 
-import asyncio
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
@@ -63,15 +62,14 @@ async def prune(ledger: Ledger) -> dict[str, int]:
     orphan = ~sa.exists().where(JOBS.c.job_id == ATTEMPTS.c.job_id)
     orphans = sa.select(ATTEMPTS.c.job_id).where(orphan).limit(MAINTENANCE_ROW_BUDGET)
 
-    def delete() -> dict[str, int]:
-        with ledger.engine.begin() as connection:
-            ids = connection.execute(oldest.limit(MAINTENANCE_ROW_BUDGET)).scalars().all()
-            connection.execute(ATTEMPTS.delete().where(ATTEMPTS.c.job_id.in_(ids)))
-            pruned = connection.execute(JOBS.delete().where(JOBS.c.job_id.in_(ids))).rowcount
-            gone = ATTEMPTS.delete().where(ATTEMPTS.c.job_id.in_(orphans))
-            return {"pruned": pruned, "orphaned_attempts_pruned": connection.execute(gone).rowcount}
+    def delete(connection: sa.Connection) -> dict[str, int]:
+        ids = connection.execute(oldest.limit(MAINTENANCE_ROW_BUDGET)).scalars().all()
+        connection.execute(ATTEMPTS.delete().where(ATTEMPTS.c.job_id.in_(ids)))
+        pruned = connection.execute(JOBS.delete().where(JOBS.c.job_id.in_(ids))).rowcount
+        gone = ATTEMPTS.delete().where(ATTEMPTS.c.job_id.in_(orphans))
+        return {"pruned": pruned, "orphaned_attempts_pruned": connection.execute(gone).rowcount}
 
-    return await asyncio.to_thread(delete)
+    return await ledger.db.run(delete)
 
 
 # --8<-- [end:cron]

@@ -117,12 +117,7 @@ async def rows_to_check(ledger: Ledger, redis: ArqRedis, budget: int) -> list[Jo
         same_time = sa.and_(JOBS.c.enqueue_time == after, JOBS.c.job_id > job_id)
         query = query.where(sa.or_(JOBS.c.enqueue_time > after, same_time))
     query = query.order_by(JOBS.c.enqueue_time, JOBS.c.job_id).limit(budget)
-
-    def read_rows() -> list[JobView]:
-        with ledger.engine.connect() as connection:
-            return [JobView.model_validate(row) for row in connection.execute(query).mappings()]
-
-    return await asyncio.to_thread(read_rows)
+    return await ledger.db.read(query, JobView.model_validate)
 
 
 async def carry_on_after(redis: ArqRedis, checked: list[JobView], budget: int) -> None:

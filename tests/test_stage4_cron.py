@@ -28,7 +28,7 @@ async def run_maintenance(stage, redis_url):
 def age_row(stage, job_id, **shift):
     """Move a row's times into the past, as if the clock had run on."""
     ledger = stage.module("ledger")
-    engine = ledger.Ledger(stage.module("config").get_settings().database_url).engine
+    engine = ledger.Ledger(stage.module("config").get_settings().database_url).db.engine
     table = ledger.JOBS
     with engine.begin() as connection:
         row = connection.execute(table.select().where(table.c.job_id == job_id)).mappings().one()
