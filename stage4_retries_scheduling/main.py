@@ -32,6 +32,7 @@ from pydantic import BaseModel
 
 from jobkit.http import BODY_ERRORS, refuse_bad_input
 from jobkit.redis_pool import open_pool
+from jobkit.tuning import freeze_startup_objects
 
 from . import attempts, cancel, errors, history, idempotency, jobs
 from .config import get_settings
@@ -66,6 +67,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.ledger = Ledger(settings.database_url)
     await asyncio.to_thread(app.state.ledger.create_schema)
+    # What start-up made lives as long as the app (the ORM's tables, compiled statements):
+    # jobkit.tuning takes it out of the garbage collector's full scans, which stall requests.
+    freeze_startup_objects()
     try:
         yield
     finally:
