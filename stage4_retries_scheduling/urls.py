@@ -90,7 +90,11 @@ def parse_url(url: str) -> httpx.URL:
         raise UnsafeURL(f"malformed URL: {exc}") from None
     if parsed.scheme not in DEFAULT_PORTS:
         raise UnsafeURL(f"only http and https URLs are fetched, not {parsed.scheme or 'none'!r}")
-    if not parsed.host:
+    try:
+        host = parsed.host  # decodes an IDNA ("xn--") name, and refuses one that doesn't decode
+    except UnicodeError as exc:  # idna.IDNAError
+        raise UnsafeURL(f"malformed URL: the host is not a valid IDNA name ({exc})") from None
+    if not host:
         raise UnsafeURL("the URL has no host")
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise UnsafeURL(f"bad port: {parsed.port}")

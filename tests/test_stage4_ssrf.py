@@ -134,6 +134,37 @@ def test_urls_with_whitespace_or_control_characters_are_refused_up_front(
     assert raw_redis.zcard("arq:queue") == 0
 
 
+NOT_IDNA = ["http://xn--/", "http://xn--zz.example/", "http://xn--ls8h.example/"]
+
+
+@pytest.mark.parametrize("url", NOT_IDNA)
+def test_a_host_that_is_not_a_valid_idna_name_is_a_422_malformed_url(
+    settings_env, client, raw_redis, url
+):
+    # "xn--" names are IDNA's encoding of non-ASCII names; httpx decodes them and raised
+    # idna.IDNAError for one that does not decode: a plain-text 500.
+    response = client.post("/tasks/fetch", json={"url": url})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "url"]
+    assert "malformed URL" in error["msg"] and "IDNA" in error["msg"], error["msg"]
+    assert raw_redis.zcard("arq:queue") == 0
+
+
+def test_a_redirect_to_a_host_that_is_not_a_valid_idna_name_is_a_final_failure(
+    server, client, drain
+):
+    url = server.script("/go", Reply(302, headers={"Location": NOT_IDNA[1]}))
+    job_id = enqueue(client, "fetch", {"url": url})
+    drain()
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "failed", job
+    assert job["error"].startswith("FetchFailed: bad redirect Location"), job["error"]
+    assert "IDNA" in job["error"]
+    assert job["attempts"] == 1
+    assert len(server.hits["/go"]) == 1
+
+
 def test_a_redirect_to_a_private_address_is_refused_by_the_worker(server, client, drain):
     url = server.script("/go", Reply(302, headers={"Location": "http://169.254.169.254/"}))
     job_id = enqueue(client, "fetch", {"url": url})
