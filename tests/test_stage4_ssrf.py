@@ -333,6 +333,24 @@ def test_a_pinned_https_fetch_verifies_the_certificate_against_the_host_name(
         assert "Hostname mismatch" in job["error"] and "other.test" in job["error"]
 
 
+def test_a_certificate_that_fails_verification_is_a_final_failure_not_retried(
+    twin_env, fake_dns, certificate, client, drain
+):
+    # Self-signed, and not trusted here (no SSL_CERT_FILE): asking again gets the same
+    # certificate. It was retried as if the network had failed, FETCH_MAX_TRIES times.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    fake_dns("tls.test", "127.0.0.2")
+    with ScriptedServer(host="127.0.0.2", tls=context) as server:
+        server.script("/page", Reply(200, body=b"over tls"))
+        job_id = enqueue(client, "fetch", {"url": f"https://tls.test:{server.port}/page"})
+        drain()
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "failed", job
+    assert "CERTIFICATE_VERIFY_FAILED" in job["error"], job["error"]
+    assert job["attempts"] == 1, job["attempt_log"]
+
+
 # --- slow DNS: bounded in time, and on threads of its own ------------------------------
 
 SLOW_SUBMISSIONS = 8  # more than asyncio's default executor has threads on 2 cores
