@@ -109,11 +109,12 @@ def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueu
         key: idempotency.Key = None,
     ) -> Enqueued:
         args: Args = body  # this task's own model, which FastAPI has validated
-        await args.check_before_enqueue()  # e.g. fetch's SSRF guard; most have none
         job_id, kwargs = uuid.uuid4().hex, args.model_dump()
         fingerprint = idempotency.request_fingerprint(name, kwargs, schedule.as_asked)
         async with idempotency.claimed(redis, key, job_id, fingerprint) as earlier:
             if earlier is None:  # no Idempotency-Key, or the first request with it
+                # Checked for a new job only: a replay's job was checked when it was made.
+                await args.check_before_enqueue()  # e.g. fetch's SSRF guard; most have none
                 await create_job(redis, ledger, name, job_id, kwargs, schedule.defer_until)
         if earlier is not None:  # the same request came before: its job, not a second one
             response.headers["Idempotent-Replayed"] = "true"

@@ -294,6 +294,29 @@ def test_a_name_whose_first_address_is_unreachable_is_fetched_from_the_next(
     assert job["result"]["sha256"] == sha256(b"safe")
 
 
+def test_an_idempotent_retry_of_an_accepted_fetch_replays_it_without_a_second_lookup(
+    twin_env, fake_dns, client, raw_redis
+):
+    # Allowed when first asked, loopback since: the retry's own lookup refused it (422)
+    # while the first request's job was live. The key is looked up first now, and only a
+    # new claim is checked.
+    dns = fake_dns("moving.test", "127.0.0.2", "127.0.0.1")
+    body = {"url": "http://moving.test:9/page"}
+    first = client.post("/tasks/fetch", json=body, headers={"Idempotency-Key": "fetch-1"})
+    retry = client.post("/tasks/fetch", json=body, headers={"Idempotency-Key": "fetch-1"})
+    new_claim = client.post("/tasks/fetch", json=body, headers={"Idempotency-Key": "fetch-2"})
+
+    assert first.status_code == 202, first.text
+    assert retry.status_code == 202, retry.text
+    assert retry.json()["job_id"] == first.json()["job_id"]
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert new_claim.status_code == 422, new_claim.text  # a new claim is still checked...
+    assert "127.0.0.1" in new_claim.json()["detail"][0]["msg"]
+    assert not raw_redis.exists("idempotency:fetch-2")  # ...and a refused one frees its key
+    assert dns.lookups == 2  # the first request's and the new claim's, not the replay's
+    assert raw_redis.zcard("arq:queue") == 1
+
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     """A self-signed certificate for the name tls.test only: (certificate, key) files."""
