@@ -1,5 +1,5 @@
 """What the routes ask FastAPI for, one alias each: `redis: RedisDep`, `ledger: LedgerDep`,
-`settings: SettingsDep`, and for a task route `schedule: ScheduleDep`."""
+`settings: SettingsDep`, `client: ClientDep`, and for a task route `schedule: ScheduleDep`."""
 
 from typing import Annotated
 
@@ -26,7 +26,15 @@ async def read_settings() -> Settings:
     return get_settings()  # read from the environment once, then cached
 
 
+async def client_address(request: Request) -> str:
+    # Who asks, for the limits per client: the address the connection came from. Behind a
+    # proxy that is the proxy's, unless the server reads X-Forwarded-For (uvicorn does, from
+    # --forwarded-allow-ips); a real application would count per authenticated user.
+    return request.client.host if request.client else "unknown"
+
+
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
 LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 SettingsDep = Annotated[Settings, Depends(read_settings)]
+ClientDep = Annotated[str, Depends(client_address)]
 ScheduleDep = Annotated[Schedule, Depends(read_schedule)]  # run_at / delay_seconds: scheduling.py

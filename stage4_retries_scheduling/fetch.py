@@ -7,7 +7,7 @@ never were.) So this task decides, per failure, whether another try can help:
 - connection errors, timeouts, 5xx and 429: yes, after a backoff delay;
 - any other 4xx, or a TLS certificate that fails verification: no, asking again gets the
   same answer;
-- a DNS lookup that timed out: yes;
+- a DNS lookup that timed out, or found no lookup thread free: yes;
 - an unsafe or malformed URL (SSRF guard), a malformed redirect or an oversized response: no.
 
 Which addresses it may reach, and how it reaches them, is the SSRF guard's: urls.py, pinned.py.
@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 from arq import Retry
 
+from .lookups import LookupsBusy
 from .pinned import FetchFailed, get_checked
 from .urls import LookupTimedOut, UnsafeURL
 
@@ -32,7 +33,7 @@ async def fetch(ctx: dict[str, Any], url: str) -> dict[str, Any]:
     """GET `url`; retry connection errors, timeouts, 5xx and 429 with backoff; not other 4xx."""
     try:
         got = await get_checked(ctx["http"], url, ctx["settings"])
-    except LookupTimedOut as exc:  # slow DNS: worth another try
+    except (LookupTimedOut, LookupsBusy) as exc:  # slow DNS, or no thread free: try again
         raise retry_later(ctx, str(exc)) from None
     except UnsafeURL as exc:
         raise FetchFailed(f"refused: {exc}") from None

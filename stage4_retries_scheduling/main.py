@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from . import attempts, cancel, docs_ui, errors, history, idempotency, jobs, redis_connection
 from .config import get_settings
-from .deps import LedgerDep, RedisDep, ScheduleDep, SettingsDep
+from .deps import ClientDep, LedgerDep, RedisDep, ScheduleDep, SettingsDep
 from .jobstore import create_job, read_ledger_and_redis
 from .ledger import Ledger
 from .tasks import TASKS, Args
@@ -106,6 +106,7 @@ def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueu
         ledger: LedgerDep,
         response: Response,
         schedule: ScheduleDep,
+        client: ClientDep,
         key: idempotency.Key = None,
     ) -> Enqueued:
         args: Args = body  # this task's own model, which FastAPI has validated
@@ -114,7 +115,7 @@ def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueu
         async with idempotency.claimed(redis, key, job_id, fingerprint) as earlier:
             if earlier is None:  # no Idempotency-Key, or the first request with it
                 # Checked for a new job only: a replay's job was checked when it was made.
-                await args.check_before_enqueue()  # e.g. fetch's SSRF guard; most have none
+                await args.check_before_enqueue(client)  # e.g. fetch's SSRF guard; most: none
                 await create_job(redis, ledger, name, job_id, kwargs, schedule.defer_until)
         if earlier is not None:  # the same request came before: its job, not a second one
             response.headers["Idempotent-Replayed"] = "true"

@@ -11,13 +11,15 @@ from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
 
+from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .config import get_settings
 from .errors import invalid
 from .fetch import fetch
+from .lookups import LookupsBusy
 from .timeouts import in_stoppable_thread, timeout_s
-from .urls import UnsafeURL, check_url
+from .urls import LOOKUP_TIMEOUT_S, UnsafeURL, check_url
 
 # --8<-- [start:limits]
 MAX_INT = 10**12  # keeps sums exact and JSON numbers small
@@ -50,8 +52,9 @@ class Args(BaseModel):
 
     # What generic code needs to know about a task besides its arguments: the route and the
     # worker ask the task's model, rather than test `if name == "fetch"`.
-    async def check_before_enqueue(self) -> None:
-        """Checks that need I/O, which a validator cannot make: raise errors.invalid (422)."""
+    async def check_before_enqueue(self, client: str) -> None:
+        """Checks that need I/O, which a validator cannot make: raise errors.invalid (422).
+        `client`: who asks (deps.ClientDep), for checks that share something between clients."""
 
     @classmethod
     def max_tries(cls) -> int | None:
@@ -101,14 +104,18 @@ class ReportArgs(Args):
 class FetchArgs(Args):
     url: str = Field(max_length=2048, examples=["https://example.org/"])
 
-    async def check_before_enqueue(self) -> None:
+    async def check_before_enqueue(self, client: str) -> None:
         # Resolve and check the host now (the SSRF guard, urls.py): a refused URL is the
         # client's error, a 422, not a job that fails later. The worker checks again before
         # each request, as the name may resolve differently by then.
         try:
-            await check_url(self.url, get_settings().fetch_allowlist_networks)
+            await check_url(self.url, get_settings().fetch_allowlist_networks, client)
         except UnsafeURL as exc:
             raise invalid(("body", "url"), f"URL refused: {exc}") from None
+        except LookupsBusy as exc:  # no thread to look the name up with: ours to fix, not theirs
+            status = 429 if exc.client_share else 503
+            retry_after = {"Retry-After": f"{LOOKUP_TIMEOUT_S:.0f}"}
+            raise HTTPException(status, f"Try again shortly: {exc}", headers=retry_after) from None
 
     @classmethod
     def max_tries(cls) -> int:

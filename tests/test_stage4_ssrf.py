@@ -215,15 +215,15 @@ SLOW_DNS_S = 15  # the guard must give up long before this
 class FakeDNS:
     """A DNS server (an attacker's, or a broken one) for one made-up name: each lookup of it
     takes the next answer ("127.0.0.2", "127.0.0.3,127.0.0.2" or SLOW), and the last one
-    repeats. With a zero TTL, every lookup asks."""
+    repeats. With a zero TTL, every lookup asks. Other names go to `others`."""
 
-    def __init__(self, name: str, *answers: str):
-        self.name, self.answers, self.lookups = name, list(answers), 0
+    def __init__(self, name: str, *answers: str, others=REAL_GETADDRINFO):
+        self.name, self.answers, self.lookups, self.others = name, list(answers), 0, others
         self.release = threading.Event()  # ends the SLOW answers still waiting
 
     def __call__(self, host, port, *args, **kwargs):
         if (host.decode() if isinstance(host, bytes) else host) != self.name:
-            return REAL_GETADDRINFO(host, port, *args, **kwargs)
+            return self.others(host, port, *args, **kwargs)
         self.lookups += 1
         answer = self.answers[min(self.lookups, len(self.answers)) - 1]
         if answer == SLOW:
@@ -235,12 +235,13 @@ class FakeDNS:
 
 
 @pytest.fixture
-def fake_dns(monkeypatch):
-    """fake_dns(name, *answers) replaces socket.getaddrinfo for that name."""
+def fake_dns(stage, monkeypatch):
+    """fake_dns(name, *answers) replaces socket.getaddrinfo for that name (and keeps the
+    names installed before it)."""
     installed = []
 
     def install(name: str, *answers: str) -> FakeDNS:
-        dns = FakeDNS(name, *answers)
+        dns = FakeDNS(name, *answers, others=socket.getaddrinfo)
         monkeypatch.setattr(socket, "getaddrinfo", dns)
         installed.append(dns)
         return dns
@@ -248,6 +249,9 @@ def fake_dns(monkeypatch):
     yield install
     for dns in installed:
         dns.release.set()
+    # The lookup threads are the process's: the next test starts with all of them free.
+    lookup_threads = stage.module("lookups").lookup_threads
+    poll(lambda: lookup_threads.in_flight() == 0, SLOW_DNS_S, "the slow lookups to end")
 
 
 @pytest.mark.parametrize("via_redirect", [False, True], ids=["direct", "redirect-hop"])
@@ -380,7 +384,7 @@ SLOW_SUBMISSIONS = 8  # more than asyncio's default executor has threads on 2 co
 
 
 def test_slow_dns_gets_a_422_in_time_and_does_not_stall_other_requests(
-    settings_env, fake_dns, client
+    stage, settings_env, fake_dns, client
 ):
     def timed(method, path, **kwargs):
         began = time.monotonic()
@@ -388,6 +392,7 @@ def test_slow_dns_gets_a_422_in_time_and_does_not_stall_other_requests(
         return response, time.monotonic() - began
 
     dns = fake_dns("slow.test", SLOW)
+    share = stage.module("lookups").LOOKUP_THREADS_PER_CLIENT
     slots = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor
     count = max(SLOW_SUBMISSIONS, slots + 2)
     with ThreadPoolExecutor(count) as pool:
@@ -395,17 +400,72 @@ def test_slow_dns_gets_a_422_in_time_and_does_not_stall_other_requests(
             pool.submit(timed, "post", "/tasks/fetch", json={"url": "http://slow.test/"})
             for _ in range(count)
         ]
-        poll(lambda: dns.lookups >= 2, 10, "the slow lookups to start")
+        poll(lambda: dns.lookups >= share, 10, "the slow lookups to start")
         add, add_s = timed("post", "/tasks/add", json={"x": 1, "y": 2})
         health, health_s = timed("get", "/health")
         answers = [future.result() for future in slow]
     # Before: the add waited 15 s, until the slow lookups gave their threads back.
     assert add.status_code == 202 and add_s < 5, (add.status_code, add_s)
     assert health.status_code == 200 and health_s < 5, (health.status_code, health_s)
+    # This client's share of the lookup threads ran out of time; the rest never had one.
+    statuses = sorted(response.status_code for response, _ in answers)
+    assert statuses == [422] * share + [429] * (count - share), statuses
     for response, took in answers:
-        assert response.status_code == 422, response.text
-        assert "could not resolve 'slow.test' in time" in response.json()["detail"][0]["msg"]
         assert took < 8, f"the lookup was bounded at about 2 s, yet took {took:.1f} s"
+        if response.status_code == 422:
+            assert "could not resolve 'slow.test' in time" in response.json()["detail"][0]["msg"]
+        else:
+            assert "DNS lookups in flight" in response.json()["detail"]
+            assert response.headers["retry-after"]
+
+
+def test_a_full_lookup_pool_answers_a_valid_url_503_not_422(
+    stage, settings_env, fake_dns, client, monkeypatch
+):
+    # Four slow names in flight held every lookup thread, and every other fetch got
+    # "422 URL refused: could not resolve 'public.test' in time": a 4xx blaming a valid URL
+    # for the server's shortage.
+    lookups = stage.module("lookups")
+    threads = lookups.LOOKUP_THREADS
+    monkeypatch.setattr(lookups, "LOOKUP_THREADS_PER_CLIENT", threads)  # one client plays many
+    fake_dns("public.test", "8.8.8.8")
+    slow = fake_dns("slow.test", SLOW)
+    with ThreadPoolExecutor(threads) as pool:
+        waiting = [
+            pool.submit(client.post, "/tasks/fetch", json={"url": "http://slow.test/"})
+            for _ in range(threads)
+        ]
+        poll(lambda: slow.lookups == threads, 10, "the slow lookups to take every thread")
+        busy = client.post("/tasks/fetch", json={"url": "http://public.test/"})
+        slow.release.set()
+        for future in waiting:
+            future.result()
+    assert busy.status_code == 503, busy.text
+    assert f"all {threads} DNS lookup threads are busy" in busy.json()["detail"]
+    assert busy.headers["retry-after"] == "2"
+    poll(lambda: lookups.lookup_threads.in_flight() == 0, 10, "the slow lookups to end")
+    enqueue(client, "fetch", {"url": "http://public.test/"})  # accepted once a thread is free
+
+
+def test_one_client_may_hold_only_its_share_of_the_lookup_threads(
+    stage, settings_env, fake_dns, client
+):
+    share = stage.module("lookups").LOOKUP_THREADS_PER_CLIENT
+    fake_dns("public.test", "8.8.8.8")
+    slow = fake_dns("slow.test", SLOW)
+    with ThreadPoolExecutor(share) as pool:
+        waiting = [
+            pool.submit(client.post, "/tasks/fetch", json={"url": "http://slow.test/"})
+            for _ in range(share)
+        ]
+        poll(lambda: slow.lookups == share, 10, "this client's slow lookups to start")
+        refused = client.post("/tasks/fetch", json={"url": "http://public.test/"})
+        slow.release.set()
+        for future in waiting:
+            future.result()
+    assert refused.status_code == 429, refused.text
+    assert f"this client already has {share} DNS lookups in flight" in refused.json()["detail"]
+    assert refused.headers["retry-after"] == "2"
 
 
 def test_a_lookup_that_times_out_in_the_worker_is_retried(server, fake_dns, client, drain):
