@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from arq.connections import RedisSettings
+from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker, get_kwargs
 
 T = TypeVar("T")
@@ -27,6 +27,23 @@ def enqueue(client: Any, task: str, body: dict[str, Any], **params: Any) -> str:
     assert response.json()["status_url"] == f"/jobs/{job_id}"
     assert response.headers["location"] == f"/jobs/{job_id}"
     return job_id
+
+
+def enqueue_behind_the_apis_back(
+    stage: Any, redis_url: str, function: str, job_id: str, **kwargs: Any
+) -> None:
+    """Put a job in Redis as other code does (ARQ's cron, another program): no ledger row."""
+    jobs = stage.module("jobs")
+
+    async def enqueue_directly() -> None:
+        pool = await create_pool(RedisSettings.from_dsn(redis_url), job_serializer=jobs.serialize,
+                                 job_deserializer=jobs.deserialize)  # fmt: skip
+        try:
+            assert await pool.enqueue_job(function, _job_id=job_id, **kwargs) is not None
+        finally:
+            await pool.aclose()
+
+    asyncio.run(enqueue_directly())
 
 
 def job(client: Any, job_id: str) -> dict[str, Any]:
