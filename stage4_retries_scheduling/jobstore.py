@@ -32,14 +32,26 @@ async def create_job(
         error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
         await ledger.update(job_id, status="failed", error=error, finish_time=now())
         raise errors.RedisConnectionError(error) from exc  # errors.redis_unavailable: 503
+    if job is None and await cancelled_meanwhile(redis, ledger, job_id):
+        return  # the job exists, cancelled: GET /jobs/{id} says so
     if job is None:
         # The connection died with the transaction in flight (ARQ reports that as None, "id
-        # taken"; ours is a fresh uuid). Redis may have stored it, and then a worker runs it.
-        # So the row stays open, not "failed": the worker records how it ends if it runs,
-        # reconcile() marks it lost if it never arrived.
+        # taken"). Redis may have stored it, and then a worker runs it. So the row stays
+        # open, not "failed": the worker records how it ends if it runs, reconcile() marks
+        # it lost if it never arrived.
         error = "not confirmed: Redis did not answer the enqueue in time"
         await ledger.update(job_id, error=error)
         raise EnqueueUnconfirmed(error)
+
+
+async def cancelled_meanwhile(redis: ArqRedis, ledger: Ledger, job_id: str) -> bool:
+    """Did a DELETE get in between the row and the enqueue? Our id is a fresh uuid, so ARQ's
+    "id taken" can only be the cancelled result DELETE stores (cancel.py): it is recorded."""
+    try:
+        ended = await ledger.record_result_from_redis(redis, job_id, redis.default_queue_name)
+    except (errors.RedisConnectionError, errors.RedisTimeoutError):
+        return False  # Redis is gone: we cannot tell, and the job stays unconfirmed
+    return ended.get("status") == "cancelled"
 
 
 # --8<-- [end:create_job]

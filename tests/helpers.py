@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from arq.connections import RedisSettings, create_pool
+from arq.jobs import Job
 from arq.worker import Worker, get_kwargs
 
 T = TypeVar("T")
@@ -31,19 +32,20 @@ def enqueue(client: Any, task: str, body: dict[str, Any], **params: Any) -> str:
 
 def enqueue_behind_the_apis_back(
     stage: Any, redis_url: str, function: str, job_id: str, **kwargs: Any
-) -> None:
-    """Put a job in Redis as other code does (ARQ's cron, another program): no ledger row."""
+) -> Job | None:
+    """Put a job in Redis as other code does (ARQ's cron, another program, or an enqueue
+    that comes late), with no ledger row of its own: ARQ's Job, or None if ARQ refused it."""
     jobs = stage.module("jobs")
 
-    async def enqueue_directly() -> None:
+    async def enqueue_directly() -> Job | None:
         pool = await create_pool(RedisSettings.from_dsn(redis_url), job_serializer=jobs.serialize,
                                  job_deserializer=jobs.deserialize)  # fmt: skip
         try:
-            assert await pool.enqueue_job(function, _job_id=job_id, **kwargs) is not None
+            return await pool.enqueue_job(function, _job_id=job_id, **kwargs)
         finally:
             await pool.aclose()
 
-    asyncio.run(enqueue_directly())
+    return asyncio.run(enqueue_directly())
 
 
 def job(client: Any, job_id: str) -> dict[str, Any]:

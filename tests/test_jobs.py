@@ -142,7 +142,7 @@ def test_a_job_that_finishes_between_two_redis_reads_is_not_reported_unknown(
 def test_a_job_not_on_record_is_unknown_to_the_job_routes(stage, client, redis_url, raw_redis):
     # From stage 3 the ledger is the record: Redis also holds jobs this API never made (ARQ's
     # cron runs, another program's jobs), which were served from Redis to anyone who asked.
-    enqueue_behind_the_apis_back(stage, redis_url, "add", "not-on-record", x=1, y=2)
+    assert enqueue_behind_the_apis_back(stage, redis_url, "add", "not-on-record", x=1, y=2)
     assert client.get("/jobs/not-on-record").status_code == 404
     assert client.get("/jobs/not-on-record/events").status_code == 404
     if stage.number >= 4:
