@@ -72,10 +72,14 @@ def test_cancelling_a_finished_job_is_a_409_and_an_unknown_one_a_404(client, dra
 
 
 def test_cancelling_a_crunch_stops_its_thread_before_answering(
-    stage, client, redis_url, settings_env
+    stage, client, redis_url, settings_env, monkeypatch
 ):
     # A thread cannot be killed: crunch's loop must notice the cancel and stop by itself.
     burn_cpu = stage.module("tasks").burn_cpu
+    # A worker that runs one job at a time may take a crunch this long (tasks.crunch_max_ms):
+    # long enough to be certain to be running still when the DELETE comes.
+    monkeypatch.setenv("MAX_JOBS", "1")
+    stage.module("config").get_settings.cache_clear()
     job_id = enqueue(client, "crunch", {"ms": 5_000})
     worker = BackgroundWorker(stage, redis_url)
     poll(lambda: threads_running(burn_cpu), POLL_DEADLINE_S, "crunch's thread to start")
