@@ -47,7 +47,7 @@ BODY_ERRORS: dict[int | str, dict] = {
     400: {"description": "The body cannot be decoded: not UTF-8, or a number too long to read"},
     413: {"description": "The body is over the size limit"},
 }
-REDIS_DOWN: dict[int | str, dict] = {503: {"description": "Redis is unavailable"}}
+REDIS_DOWN: dict[int | str, dict] = {503: {"description": "Redis is unavailable, or too busy"}}
 NOT_JSON: dict[int | str, dict] = {502: {"description": "The job's data in Redis is not JSON"}}
 
 
