@@ -56,6 +56,13 @@ def test_event_streams_are_capped_per_client_and_in_all_with_a_json_429(stage, a
             why: stream.read() if stream.status_code != 200 else b"(a stream)"
             for why, stream in [("client", over_its_share), ("total", over_the_total)]
         }
+        opened[0].close()  # the client goes away: its place is free again
+
+        def reopened() -> bool:
+            with first.stream("GET", path, timeout=DEADLINE_S) as again:
+                return again.status_code == 200
+
+        poll(reopened, DEADLINE_S, "the closed stream's place to be freed")
 
     assert [stream.status_code for stream in opened] == [200, 200, 200]
     for stream, why in [(over_its_share, "client"), (over_the_total, "total")]:
