@@ -19,6 +19,16 @@ async def validation_error(_: Request, exc: RequestValidationError) -> JSONRespo
     return JSONResponse(status_code=422, content={"detail": errors})
 
 
+class RedisBusy(RedisConnectionError):
+    """Redis answers, but every connection of our pool stayed in use (redis_connection.py)."""
+
+
+async def redis_busy(_: Request, exc: Exception) -> JSONResponse:
+    # Not Redis's fault, and not the client's: too many requests at once for this process.
+    detail = f"The server is busy: {exc}"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
+
+
 async def redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
     # The pool reconnects by itself on the next request once Redis is back.
     detail = f"Redis is unavailable: {type(exc).__name__}"
@@ -37,7 +47,7 @@ BODY_ERRORS: dict[int | str, dict] = {
     400: {"description": "The body cannot be decoded: not UTF-8, or a number too long to read"},
     413: {"description": "The body is over the size limit"},
 }
-REDIS_DOWN: dict[int | str, dict] = {503: {"description": "Redis is unavailable"}}
+REDIS_DOWN: dict[int | str, dict] = {503: {"description": "Redis is unavailable, or too busy"}}
 NOT_JSON: dict[int | str, dict] = {502: {"description": "The job's data in Redis is not JSON"}}
 
 
@@ -81,6 +91,7 @@ class LimitBodySize:
 
 def install(app: FastAPI, max_body_bytes: int) -> None:
     app.exception_handler(RequestValidationError)(validation_error)
+    app.exception_handler(RedisBusy)(redis_busy)  # before its base class's, below
     app.exception_handler(RedisConnectionError)(redis_unavailable)
     app.exception_handler(RedisTimeoutError)(redis_unavailable)
     # redis-py raises WatchError when the connection drops while a key is WATCHed.

@@ -1,4 +1,5 @@
-"""A Redis connection whose every command has a deadline, for one timer per connection.
+"""A Redis connection whose every command has a deadline, for one timer per connection, and
+a pool that holds a bounded number of them.
 
 redis-py can do this itself: `ConnectionPool(..., socket_timeout=1.0)` bounds every write and
 every read. But it arms a new asyncio timer for each: nine for one enqueue (WATCH, EXISTS,
@@ -16,7 +17,13 @@ from typing import Any
 
 from redis.asyncio import Connection, ConnectionPool
 
-from .errors import RedisTimeoutError
+from .errors import RedisBusy, RedisTimeoutError
+
+# At most this many connections to Redis per API process. A request holds one only while a
+# command runs, so this many are in use only under a burst; beyond them a command waits for
+# one, up to its timeout, then gets a 503. Unbounded, a burst opened a connection each, and
+# kept them all open after.
+MAX_CONNECTIONS = 64
 
 
 class DeadlineConnection(Connection):
@@ -82,14 +89,63 @@ class DeadlineConnection(Connection):
             await self.stop_clock()
 
 
+class PoolFull(Exception):
+    """Every connection is in use: wait for one (BoundedPool)."""
+
+
+class BoundedPool(ConnectionPool):
+    """redis-py's pool, where a command that finds every connection in use waits for one, for
+    up to `wait_s`, then fails with RedisBusy. (redis-py's own pool fails it at once; its
+    BlockingConnectionPool waits, but arms a timer for every command, busy or not.)"""
+
+    def __init__(self, *, wait_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.wait_s, self.waiting = wait_s, 0
+        self.freed = asyncio.Condition()
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        deadline = None
+        while True:
+            try:
+                return await super().get_connection(*args, **kwargs)
+            except PoolFull:  # rare, and only then a deadline and a wait
+                deadline = deadline or asyncio.get_running_loop().time() + self.wait_s
+                await self.wait_until_freed(deadline)
+
+    def get_available_connection(self) -> Any:
+        if not self.can_get_connection():  # where redis-py's raises "Too many connections"
+            raise PoolFull
+        return super().get_available_connection()
+
+    async def wait_until_freed(self, deadline: float) -> None:
+        self.waiting += 1
+        try:
+            async with self.freed, asyncio.timeout_at(deadline):
+                await self.freed.wait()
+        except TimeoutError:
+            busy = f"all {self.max_connections} Redis connections stayed in use {self.wait_s:g} s"
+            raise RedisBusy(busy) from None
+        finally:
+            self.waiting -= 1
+
+    async def release(self, connection: Any) -> None:
+        await super().release(connection)
+        if self.waiting:  # wake one waiting command
+            async with self.freed:
+                self.freed.notify()
+
+
 # --8<-- [start:pool]
 def pool(url: str, timeout_s: float) -> ConnectionPool:
-    """The API's connection pool: connecting, and every command after, bounded by `timeout_s`."""
-    return ConnectionPool.from_url(
+    """The API's connection pool: connecting, and every command after, bounded by `timeout_s`,
+    and so is the wait for a connection when all MAX_CONNECTIONS are in use."""
+    return BoundedPool.from_url(
         url,
         socket_connect_timeout=timeout_s,
         connection_class=DeadlineConnection,
         command_timeout=timeout_s,
+        max_connections=MAX_CONNECTIONS,
+        wait_s=timeout_s,
     )
 
 
