@@ -13,6 +13,7 @@ class Settings(BaseSettings):
     queue_name: str = "arq:queue"
     redis_timeout_s: float = 1.0  # Redis down or stuck: a 503 after this, not a hang
     job_timeout_s: float = 30.0  # the worker's job timeout; worker.py says why it matters
+    max_jobs: int = 10  # how many jobs a worker runs at once; worker.py says more
     max_body_bytes: int = 16 * 1024  # task arguments are a few numbers; 16 KiB is plenty
     log_level: str = "INFO"
 

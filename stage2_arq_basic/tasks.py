@@ -9,10 +9,11 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .config import get_settings
 
 MAX_INT = 10**12  # keeps sums exact and JSON numbers small
-MAX_CRUNCH_MS = 5_000
 MAX_WAIT_S = 20.0
 
 Int = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
@@ -35,8 +36,41 @@ class DivideArgs(Args):
     y: Finite
 
 
+# --8<-- [start:crunch_limit]
+# A crunch shares its worker's core with every other crunch the worker runs at once (their
+# threads share one GIL), up to MAX_JOBS of them, and each must still end within its job
+# timeout. So together they may fill this share of it; the rest is headroom for a machine
+# whose other processes take CPU from the worker.
+CRUNCH_TIMEOUT_SHARE = 0.5
+
+
+def crunch_timeout_s() -> float:
+    return get_settings().job_timeout_s  # the worker's JOB_TIMEOUT_S
+
+
+def crunch_max_ms() -> int:
+    """The longest crunch (in CPU ms) of which a worker can run MAX_JOBS at once in time."""
+    return int(crunch_timeout_s() * CRUNCH_TIMEOUT_SHARE / get_settings().max_jobs * 1000)
+
+
 class CrunchArgs(Args):
-    ms: int = Field(200, ge=1, le=MAX_CRUNCH_MS, description="CPU time to burn, in milliseconds")
+    ms: int = Field(200, ge=1, description="CPU time to burn, in milliseconds")
+
+    @field_validator("ms")
+    @classmethod
+    def fits_its_timeout(cls, ms: int) -> int:
+        # Refused now, with a 422 that says why, rather than a 202 for a job that times out
+        # whenever other clients' crunches run beside it.
+        if ms > (longest := crunch_max_ms()):
+            raise ValueError(
+                f"a crunch may burn at most {longest} ms of CPU: a worker runs up to "
+                f"{get_settings().max_jobs} at once, on one core, each within its "
+                f"{crunch_timeout_s():g} s job timeout"
+            )
+        return ms
+
+
+# --8<-- [end:crunch_limit]
 
 
 class WaitArgs(Args):

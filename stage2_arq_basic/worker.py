@@ -22,7 +22,8 @@ KEEP_RESULT_S = 3600
 # queue wait on average; 0.05 s makes pick-up near-instant for 20 cheap queries a second.
 POLL_DELAY_S = 0.05
 # How many jobs one worker runs at once (on one event loop; more processes scale further).
-MAX_JOBS = 10
+# MAX_JOBS sets it; the API reads it too, for the longest crunch it accepts (tasks.py).
+MAX_JOBS = get_settings().max_jobs
 # How often the worker writes its health-check key (`arq --check` reads it). ARQ's default
 # of an hour lets a dead worker look healthy for an hour.
 HEALTH_CHECK_INTERVAL_S = 10

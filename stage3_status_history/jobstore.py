@@ -40,17 +40,19 @@ async def create_job(redis: ArqRedis, ledger: Ledger, name: str, job_id: str, kw
 async def read_ledger_and_redis(
     redis: ArqRedis, ledger: Ledger, job_id: str, queue_name: str
 ) -> JobView | None:
-    """The ledger's story plus Redis's live status; None if neither knows the job."""
+    """The ledger's story plus Redis's live status; None for a job not on record."""
     record = await ledger.get(job_id)
-    if record is not None and record.status in FINAL:
+    if record is None:
+        # Not a job this API made: Redis also holds other code's jobs (ARQ's cron runs, say),
+        # and the ledger, not Redis, says which jobs are ours to show.
+        return None
+    if record.status in FINAL:
         return record  # finished: the ledger remembers after Redis has forgotten
     # Unfinished as far as the ledger knows. If Redis holds a result, record it now:
     # ARQ skips the worker's hooks for some endings (max tries, expired).
-    if record is not None and await ledger.record_result_from_redis(redis, job_id, queue_name):
+    if await ledger.record_result_from_redis(redis, job_id, queue_name):
         return await ledger.get(job_id)
     view = await read_from_redis(redis, job_id, queue_name)
-    if record is None:
-        return view  # not on record: enqueued by something else
     if view is not None and view.status in FINAL:
         # It ended between our two reads. Record it and answer from the ledger: Redis's view
         # has no progress, and would show a job that just completed at 0 %.

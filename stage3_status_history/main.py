@@ -17,10 +17,10 @@ soon as a worker is free (no scheduling), and nothing cancels a job. Stage 4 add
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Annotated
 
 from arq.connections import ArqRedis
@@ -34,15 +34,12 @@ from jobkit.http import BODY_ERRORS, refuse_bad_input
 from jobkit.redis_pool import open_pool
 from jobkit.tuning import freeze_startup_objects
 
-from . import errors, history, jobs
+from . import errors, history, jobs, streams
 from .config import get_settings
-from .deps import LedgerDep, RedisDep, SettingsDep
+from .deps import LedgerDep, RedisDep, SettingsDep, StreamPlaceDep, StreamsDep
 from .jobstore import create_job, read_ledger_and_redis
 from .ledger import Ledger
 from .tasks import TASKS, Args
-
-EVENTS_POLL_S = 0.2  # how often an event stream looks for a change in the job
-EVENTS_MAX_S = 600  # a stream ends after this even if the job has not
 
 
 class Enqueued(BaseModel):
@@ -68,12 +65,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.ledger = Ledger(settings.database_url)
     await asyncio.to_thread(app.state.ledger.create_schema)
+    app.state.streams = streams.Streams()  # GET /jobs/{id}/events: streams.py
     # What start-up made lives as long as the app (the ORM's tables, compiled statements):
     # jobkit.tuning takes it out of the garbage collector's full scans, which stall requests.
     freeze_startup_objects()
     try:
         yield
     finally:
+        app.state.streams.close()
         await app.state.redis.aclose()
         await pool.aclose()
         app.state.ledger.close()
@@ -177,27 +176,23 @@ async def get_job(
     "/jobs/{job_id}/events",
     response_class=EventSourceResponse,
     tags=["jobs"],
-    responses={404: {"description": "Unknown job"}},
+    responses={404: {"description": "Unknown job"}, **streams.RESPONSES},
 )
 async def job_events(
+    place: StreamPlaceDep,  # first: a 429 costs no read of the job
     job: Annotated[jobs.JobView, Depends(get_job)],
     redis: RedisDep,
     ledger: LedgerDep,
     settings: SettingsDep,
+    streams: StreamsDep,
 ) -> AsyncIterator[jobs.JobView]:
     """Server-Sent Events: the job's state each time it changes, until it has finished."""
     # Polling the ledger is simple and works across processes; a real application with
-    # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY).
-    deadline = time.monotonic() + EVENTS_MAX_S
-    yield job
-    while time.monotonic() < deadline:
-        await asyncio.sleep(EVENTS_POLL_S)
-        latest = await get_job(job.job_id, redis, ledger, settings)
-        if latest != job:
-            job = latest
-            yield job
-        elif job.status in jobs.FINAL:  # ended a poll ago: the worker's late writes are in
-            return
+    # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY). One
+    # poll per job, however many watch it (streams.py).
+    read = partial(get_job, redis=redis, ledger=ledger, settings=settings)
+    async for latest in streams.follow(job, read):
+        yield latest
 
 
 # --8<-- [end:events]

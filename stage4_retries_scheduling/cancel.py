@@ -7,6 +7,7 @@ on it. Here the API does what it safely can itself, and asks only for a job that
 
 import asyncio
 import time
+from datetime import timedelta
 from typing import Annotated, Literal, NamedTuple
 
 from arq.connections import ArqRedis
@@ -27,7 +28,16 @@ from redis.exceptions import WatchError
 
 from .attempts import with_attempt_log
 from .deps import LedgerDep, RedisDep, SettingsDep
-from .jobs import BETWEEN_TRIES, FINAL, KEEP_RESULT_S, NOT_RUN, JobView, deserialize, serialize
+from .jobs import (
+    BETWEEN_TRIES,
+    FINAL,
+    KEEP_RESULT_S,
+    LOST_IN_REDIS,
+    NOT_RUN,
+    JobView,
+    deserialize,
+    serialize,
+)
 from .jobstore import read_ledger_and_redis
 from .ledger import Ledger
 from .tables import now
@@ -39,8 +49,10 @@ CANCEL_WAIT_S = 5.0
 CANCEL_POLL_S = 0.05
 # How many times one cancel looks again when the job changed under its transaction.
 CANCEL_ROUNDS = 10
-# The error a job gets when DELETE finds it on record but nowhere in Redis.
-LOST_IN_REDIS = "CancelledError: cancelled; Redis no longer had this job"
+# A job on record that Redis has no trace of may still be on its way there, for this long:
+# the row is written first, then the job enqueued, a few Redis round trips later (each
+# bounded by REDIS_TIMEOUT_S), perhaps by another API process. Older, Redis has lost it.
+CREATING_GRACE_S = 30
 
 CancelOutcome = Literal["removed", "aborting", "finished"]
 router = APIRouter(tags=["jobs"])
@@ -81,24 +93,18 @@ async def cancel_job(
     view = await read_ledger_and_redis(redis, ledger, job_id, queue_name)
     if view is None or view.status in FINAL:
         return view
-    how = await cancel_and_wait(redis, job_id, queue_name, wait_s)
+    await cancel_and_wait(redis, view, queue_name, wait_s)
     # Redis now has its result (unless it is still stopping); reading copies that into the
     # ledger, so the two agree however the race went.
-    view = await read_ledger_and_redis(redis, ledger, job_id, queue_name)
-    if how == "finished" and view is not None and view.status not in FINAL:
-        # On record, but Redis has no trace of it (flushed, or restarted without its data):
-        # nothing will run it, so the ledger records the cancel itself.
-        await ledger.update(job_id, status="cancelled", finish_time=now(), error=LOST_IN_REDIS)
-        view = await read_ledger_and_redis(redis, ledger, job_id, queue_name)
-    return view
+    return await read_ledger_and_redis(redis, ledger, job_id, queue_name)
 
 
 async def cancel_and_wait(
-    redis: ArqRedis, job_id: str, queue_name: str, wait_s: float
+    redis: ArqRedis, job: JobView, queue_name: str, wait_s: float
 ) -> CancelOutcome:
     """Cancel, and give a running job up to `wait_s` to stop: "aborting" if it still runs."""
     deadline = time.monotonic() + wait_s
-    while (how := await cancel(redis, job_id, queue_name)) == "aborting":
+    while (how := await cancel(redis, job, queue_name)) == "aborting":
         if time.monotonic() > deadline:
             break
         # Asking again is the point, not a formality: a try that ended in a retry before the
@@ -112,39 +118,41 @@ async def cancel_and_wait(
 
 
 # --8<-- [start:cancel]
-async def cancel(redis: ArqRedis, job_id: str, queue_name: str) -> CancelOutcome:
-    """Cancel the job if it has not ended. Returns "removed" (taken off the queue: not
-    started, or between tries), "aborting" (a worker runs it and has been asked to stop) or
-    "finished" (it has ended: nothing to cancel)."""
+async def cancel(redis: ArqRedis, job: JobView, queue_name: str) -> CancelOutcome:
+    """Cancel the job (one on record) if it has not ended. Returns "removed" (taken off the
+    queue, or kept from ever reaching it), "aborting" (a worker runs it and has been asked to
+    stop) or "finished" (it has ended: nothing to cancel)."""
     async with redis.pipeline(transaction=True) as pipe:
         for _ in range(CANCEL_ROUNDS):
-            job = await watch(pipe, job_id, queue_name)
-            if job is None:
-                return "finished"  # or Redis no longer has it: nothing left to stop
+            found = await watch(pipe, job.job_id)
+            if found is None:
+                return "finished"
             pipe.multi()
-            if job.running:
+            if found.running:
                 # Only the worker can stop a running job: ARQ's abort set, read on every poll.
                 # ARQ removes the entry when the job finishes and keeps it when the try ends in
                 # a retry, so the next try is stopped before it runs; our hooks leave it alone.
-                pipe.zadd(abort_jobs_ss, {job_id: timestamp_ms()})
+                pipe.zadd(abort_jobs_ss, {job.job_id: timestamp_ms()})
             else:
-                take_off_the_queue(pipe, job_id, job, queue_name)
+                take_off_the_queue(pipe, job, found, queue_name)
             try:
                 await pipe.execute()
             except WatchError:
                 continue  # a worker claimed, retried or finished the job meanwhile: look again
-            return "aborting" if job.running else "removed"
+            return "aborting" if found.running else "removed"
     # A job changes state a handful of times in its life; this many rounds in a row is not one.
-    raise RedisTimeoutError(f"cancel: job {job_id} kept changing under {CANCEL_ROUNDS} attempts")
+    raise RedisTimeoutError(
+        f"cancel: job {job.job_id} kept changing under {CANCEL_ROUNDS} attempts"
+    )
 
 
 class Unfinished(NamedTuple):
     running: bool  # a worker holds it
-    raw: bytes  # the queued job, as ARQ stored it
+    raw: bytes | None  # the job, as ARQ stored it; None: Redis has no trace of it
     attempts: int  # tries so far
 
 
-async def watch(pipe: Pipeline, job_id: str, queue_name: str) -> Unfinished | None:
+async def watch(pipe: Pipeline, job_id: str) -> Unfinished | None:
     """WATCH the job's keys and read them: what is left to cancel, or None if nothing is."""
     in_progress, result = in_progress_key_prefix + job_id, result_key_prefix + job_id
     job_key = job_key_prefix + job_id
@@ -155,42 +163,60 @@ async def watch(pipe: Pipeline, job_id: str, queue_name: str) -> Unfinished | No
         # just finished: we would overwrite its result.
         await pipe.watch(in_progress, result, job_key)
         running, done = await pipe.exists(in_progress), await pipe.exists(result)
-        raw, score = await pipe.get(job_key), await pipe.zscore(queue_name, job_id)
+        raw = await pipe.get(job_key)
         attempts = int(await pipe.get(retry_key_prefix + job_id) or 0)
     except WatchError as exc:
         # Here, before EXEC, redis-py's WatchError means the connection was lost while
         # keys were WATCHed: Redis is down or stuck, a 503, not a retry.
         raise RedisConnectionError(f"cancel: {exc}") from exc
-    if done or not raw or (score is None and not running):
-        return None  # ended, or Redis no longer has it
+    if done:
+        return None  # it has ended: a worker, or another cancel, stored its result
     return Unfinished(bool(running), raw, attempts)
 
 
-def take_off_the_queue(pipe: Pipeline, job_id: str, job: Unfinished, queue_name: str) -> None:
-    """Queue the commands that remove a job no worker runs, with "cancelled" as its result."""
-    why = BETWEEN_TRIES if job.attempts else NOT_RUN
-    result = cancelled_result(job.raw, job_id, job.attempts, why, queue_name)
-    in_progress = in_progress_key_prefix + job_id
+def take_off_the_queue(pipe: Pipeline, job: JobView, found: Unfinished, queue_name: str) -> None:
+    """Queue the commands that remove a job no worker runs, with "cancelled" as its result.
+    A job Redis has no trace of gets that result too: a tombstone its enqueue cannot pass."""
+    job_id = job.job_id
+    in_progress, job_key = in_progress_key_prefix + job_id, job_key_prefix + job_id
+    result = cancelled_result(job, found, queue_name)
     pipe.zrem(queue_name, job_id)
     pipe.zrem(abort_jobs_ss, job_id)
-    pipe.delete(job_key_prefix + job_id, retry_key_prefix + job_id)
     pipe.set(result_key_prefix + job_id, result, ex=KEEP_RESULT_S)
-    # A worker may have read this id from the queue before our ZREM and be about to claim
-    # it: it WATCHes the in-progress key, so writing that key (and deleting it again) makes
-    # its claim fail. Left alone, it would run the job, find no job key and store "job
-    # expired" over our result.
+    # An enqueue of this id may be in flight: the job is on record before it is in Redis,
+    # and another request, or another API process, may be between the two. ARQ's enqueue
+    # refuses an id that has a result, and WATCHes the job key while it checks, so writing
+    # that key (and deleting it again) makes an enqueue that checked before us fail too.
+    pipe.set(job_key, b"cancelled")
+    pipe.delete(job_key, retry_key_prefix + job_id)
+    # Likewise a worker may have read this id from the queue before our ZREM and be about
+    # to claim it: it WATCHes the in-progress key. Left alone, it would run the job, find no
+    # job key and store "job expired" over our result.
     pipe.set(in_progress, b"cancelled")
     pipe.delete(in_progress)
 
 
-def cancelled_result(raw: bytes, job_id: str, attempts: int, why: str, queue: str) -> bytes:
+def why_cancelled(job: JobView, found: Unfinished) -> str:
+    if found.raw is None:  # not in Redis: still on its way there, or lost with Redis's data
+        young = job.enqueue_time > now() - timedelta(seconds=CREATING_GRACE_S)
+        return NOT_RUN if young else LOST_IN_REDIS
+    return BETWEEN_TRIES if found.attempts else NOT_RUN
+
+
+def cancelled_result(job: JobView, found: Unfinished, queue: str) -> bytes:
     """The result ARQ would store for the job, failed with CancelledError(why)."""
-    function, args, kwargs, _, enqueue_ms = deserialize_job_raw(raw, deserializer=deserialize)
-    at, ref, error = timestamp_ms(), f"{job_id}:{function}", asyncio.CancelledError(why)
+    if found.raw is not None:  # the job as ARQ stored it
+        raw = deserialize_job_raw(found.raw, deserializer=deserialize)
+        (function, args, kwargs, _, enqueue_ms), attempts = raw, found.attempts
+    else:  # the job as the ledger has it
+        function, args, kwargs, attempts = job.function, (), job.args, job.attempts
+        enqueue_ms = int(job.enqueue_time.timestamp() * 1000)
+    error = asyncio.CancelledError(why_cancelled(job, found))
+    at, ref = timestamp_ms(), f"{job.job_id}:{function}"
     fields = (function, args, kwargs, attempts, enqueue_ms, False, error, at, at, ref, queue)
-    result = serialize_result(*fields, job_id, serializer=serialize)
+    result = serialize_result(*fields, job.job_id, serializer=serialize)
     if result is None:  # ARQ's answer when it cannot serialize even the error
-        raise TypeError(f"cancel: cannot store the cancelled result of job {job_id}")
+        raise TypeError(f"cancel: cannot store the cancelled result of job {job.job_id}")
     return result
 
 

@@ -5,8 +5,9 @@ first try. (The reference blog project relied on plain exceptions being retried:
 never were.) So this task decides, per failure, whether another try can help:
 
 - connection errors, timeouts, 5xx and 429: yes, after a backoff delay;
-- any other 4xx: no, asking again gets the same answer;
-- a DNS lookup that timed out: yes;
+- any other 4xx, or a TLS certificate that fails verification: no, asking again gets the
+  same answer;
+- a DNS lookup that timed out, or found no lookup thread free: yes;
 - an unsafe or malformed URL (SSRF guard), a malformed redirect or an oversized response: no.
 
 Which addresses it may reach, and how it reaches them, is the SSRF guard's: urls.py, pinned.py.
@@ -14,6 +15,7 @@ Which addresses it may reach, and how it reaches them, is the SSRF guard's: urls
 
 import hashlib
 import random
+import ssl
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import httpx
 from arq import Retry
 
+from .lookups import LookupsBusy
 from .pinned import FetchFailed, get_checked
 from .urls import LookupTimedOut, UnsafeURL
 
@@ -30,12 +33,14 @@ async def fetch(ctx: dict[str, Any], url: str) -> dict[str, Any]:
     """GET `url`; retry connection errors, timeouts, 5xx and 429 with backoff; not other 4xx."""
     try:
         got = await get_checked(ctx["http"], url, ctx["settings"])
-    except LookupTimedOut as exc:  # slow DNS: worth another try
+    except (LookupTimedOut, LookupsBusy) as exc:  # slow DNS, or no thread free: try again
         raise retry_later(ctx, str(exc)) from None
     except UnsafeURL as exc:
         raise FetchFailed(f"refused: {exc}") from None
     except httpx.TransportError as exc:  # connect errors, timeouts, broken connections
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if certificate_refused(exc):  # untrusted, expired, or for another name
+            raise FetchFailed(f"{reason} (not retried: the certificate won't change)") from None
         raise retry_later(ctx, reason) from None
     response = got["response"]
     if response.status_code < 400:
@@ -50,6 +55,17 @@ async def fetch(ctx: dict[str, Any], url: str) -> dict[str, Any]:
     if response.status_code != 429 and response.status_code < 500:
         raise FetchFailed(f"{reason} from {got['url']} (not retried: a 4xx won't change)")
     raise retry_later(ctx, reason, retry_after_seconds(response.headers.get("retry-after")))
+
+
+def certificate_refused(exc: BaseException) -> bool:
+    """Did TLS refuse the server's certificate? httpx reports it as a ConnectError, like a
+    network failure; the ssl module's error is further down the chain of causes."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def retry_later(ctx: dict[str, Any], reason: str, retry_after: float | None = None) -> Exception:

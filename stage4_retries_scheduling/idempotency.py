@@ -117,6 +117,19 @@ return 0
 """
 
 
+def read_earlier(raw: bytes) -> dict[str, Any] | None:
+    """What an earlier request stored under the key; None if it is not ours to read."""
+    try:
+        earlier = json.loads(raw)
+        fields = {"job_id": str(earlier["job_id"]), "fingerprint": earlier["fingerprint"]}
+    except (ValueError, TypeError, KeyError):  # not JSON, or not one of our records
+        return None
+    # The previous release stored no "done": it pointed the key at the job as it created it,
+    # and replayed that job to every retry. Its keys live on after an upgrade (for their
+    # IDEMPOTENCY_TTL_S), and are read the way it read them.
+    return fields | {"done": earlier.get("done", True)}
+
+
 class Claim:
     """One request's hold on an Idempotency-Key: take it, then confirm it or release it."""
 
@@ -134,8 +147,8 @@ class Claim:
             if await redis.set(self.redis_key, self.claimed, nx=True, ex=claim_ttl_s):
                 return None
             if (raw := await redis.get(self.redis_key)) is not None:
-                earlier = json.loads(raw)
-                if earlier["fingerprint"] != self.fingerprint:
+                earlier = read_earlier(raw)
+                if earlier is None or earlier["fingerprint"] != self.fingerprint:
                     raise HTTPException(
                         409, "This Idempotency-Key was used for a different request"
                     )

@@ -48,6 +48,7 @@ FINAL = ("complete", "failed", "cancelled")  # a job in one of these states will
 # Why DELETE took a job off the queue (cancel.py): it ended between tries, not in one.
 NOT_RUN = "cancelled before it ran"
 BETWEEN_TRIES = "cancelled while waiting for its next try"
+LOST_IN_REDIS = "cancelled; Redis no longer had this job"  # flushed, or restarted without it
 
 
 class Attempt(BaseModel):
@@ -131,5 +132,6 @@ def outcome(info: JobResult) -> dict[str, Any]:
 
 
 def cancelled_between_tries(status: str, error: str | None) -> bool:
-    """Cancelled by DELETE while no try was running: before the first, or between two."""
-    return status == "cancelled" and (error or "").endswith((NOT_RUN, BETWEEN_TRIES))
+    """Cancelled by DELETE while no try was running: before the first, between two, or once
+    Redis had lost the job."""
+    return status == "cancelled" and (error or "").endswith((NOT_RUN, BETWEEN_TRIES, LOST_IN_REDIS))

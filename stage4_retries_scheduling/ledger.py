@@ -31,6 +31,7 @@ class Ledger:
         self.insert_job = JOBS.insert()
         self.update_any = JOBS.update().where(JOBS.c.job_id == sa.bindparam("_job_id"))
         self.update_unfinished = self.update_any.where(*(JOBS.c.status != s for s in FINAL))
+        self.update_uncancelled = self.update_any.where(JOBS.c.status != "cancelled")
         self.insert_attempt = insert_attempt_if_on_record()  # Retries: the attempt log
 
     def create_schema(self) -> None:
@@ -98,7 +99,11 @@ class Ledger:
     async def record_outcome(self, job_id: str, info: JobResult) -> dict[str, Any]:
         ended = outcome(info)
         progress = {"progress": 100} if info.success else {}
-        await self.update(job_id, overwrite_final=True, **ended, **progress)
+        # Over an ending recorded before (a "lost" job that turned up after all), but never
+        # over a cancel: its client was told "cancelled", and Redis keeps the cancelled
+        # result where the job's enqueue and its worker both find it (cancel.py).
+        values = {"_job_id": job_id, **ended, **progress, "updated_at": now()}
+        await self.db.write(self.update_uncancelled, values)
         return ended
 
     # --- Retries: the attempt log, a row per try (tables.AttemptRecord) ---

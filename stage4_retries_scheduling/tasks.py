@@ -11,18 +11,19 @@ from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi import HTTPException
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobkit.http import invalid
 
 from .config import get_settings
 from .fetch import fetch
+from .lookups import LookupsBusy
 from .timeouts import in_stoppable_thread, timeout_s
-from .urls import UnsafeURL, check_url
+from .urls import LOOKUP_TIMEOUT_S, UnsafeURL, check_url
 
 # --8<-- [start:limits]
 MAX_INT = 10**12  # keeps sums exact and JSON numbers small
-MAX_CRUNCH_MS = 5_000
 MAX_WAIT_S = 20.0
 MAX_STEPS = 100
 MAX_STEP_S = 2.0
@@ -51,8 +52,9 @@ class Args(BaseModel):
 
     # What generic code needs to know about a task besides its arguments: the route and the
     # worker ask the task's model, rather than test `if name == "fetch"`.
-    async def check_before_enqueue(self) -> None:
-        """Checks that need I/O, which a validator cannot make: raise jobkit.http.invalid (422)."""
+    async def check_before_enqueue(self, client: str) -> None:
+        """Checks that need I/O, which a validator cannot make: raise jobkit.http.invalid (422).
+        `client`: who asks (deps.ClientDep), for checks that share something between clients."""
 
     @classmethod
     def max_tries(cls) -> int | None:
@@ -70,8 +72,37 @@ class DivideArgs(Args):
     y: Finite
 
 
+# A crunch shares its worker's core with every other crunch the worker runs at once (their
+# threads share one GIL), up to MAX_JOBS of them, and each must still end within its job
+# timeout. So together they may fill this share of it; the rest is headroom for a machine
+# whose other processes take CPU from the worker.
+CRUNCH_TIMEOUT_SHARE = 0.5
+
+
+def crunch_timeout_s() -> float:
+    return timeout_s("crunch")  # its own timeout, the one the worker gives it
+
+
+def crunch_max_ms() -> int:
+    """The longest crunch (in CPU ms) of which a worker can run MAX_JOBS at once in time."""
+    return int(crunch_timeout_s() * CRUNCH_TIMEOUT_SHARE / get_settings().max_jobs * 1000)
+
+
 class CrunchArgs(Args):
-    ms: int = Field(200, ge=1, le=MAX_CRUNCH_MS, description="CPU time to burn, in milliseconds")
+    ms: int = Field(200, ge=1, description="CPU time to burn, in milliseconds")
+
+    @field_validator("ms")
+    @classmethod
+    def fits_its_timeout(cls, ms: int) -> int:
+        # Refused now, with a 422 that says why, rather than a 202 for a job that times out
+        # whenever other clients' crunches run beside it.
+        if ms > (longest := crunch_max_ms()):
+            raise ValueError(
+                f"a crunch may burn at most {longest} ms of CPU: a worker runs up to "
+                f"{get_settings().max_jobs} at once, on one core, each within its "
+                f"{crunch_timeout_s():g} s job timeout"
+            )
+        return ms
 
 
 class WaitArgs(Args):
@@ -102,14 +133,18 @@ class ReportArgs(Args):
 class FetchArgs(Args):
     url: str = Field(max_length=2048, examples=["https://example.org/"])
 
-    async def check_before_enqueue(self) -> None:
+    async def check_before_enqueue(self, client: str) -> None:
         # Resolve and check the host now (the SSRF guard, urls.py): a refused URL is the
         # client's error, a 422, not a job that fails later. The worker checks again before
         # each request, as the name may resolve differently by then.
         try:
-            await check_url(self.url, get_settings().fetch_allowlist_networks)
+            await check_url(self.url, get_settings().fetch_allowlist_networks, client)
         except UnsafeURL as exc:
             raise invalid(("body", "url"), f"URL refused: {exc}") from None
+        except LookupsBusy as exc:  # no thread to look the name up with: ours to fix, not theirs
+            status = 429 if exc.client_share else 503
+            retry_after = {"Retry-After": f"{LOOKUP_TIMEOUT_S:.0f}"}
+            raise HTTPException(status, f"Try again shortly: {exc}", headers=retry_after) from None
 
     @classmethod
     def max_tries(cls) -> int:

@@ -22,7 +22,7 @@ T = TypeVar("T")
 # ARQ holds a dead worker's jobs for the LONGEST timeout of any task + 10 s, so one slow
 # task's timeout would delay crash recovery for every job.
 TASK_TIMEOUTS_S: dict[str, float] = {
-    **{"add": 5, "divide": 5, "crunch": 10, "wait": 25, "fetch": 25},
+    **{"add": 5, "divide": 5, "crunch": 20, "wait": 25, "fetch": 25},
     "report": 25,  # the API refuses a report too long for it (tasks.ReportArgs)
 }
 # Graceful shutdown (SIGTERM, a deploy): stop taking jobs, give running ones this long to

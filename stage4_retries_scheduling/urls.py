@@ -8,18 +8,17 @@ credentials, and admin ports on 127.0.0.1 or 10.x trust whoever reaches them.
 import asyncio
 import ipaddress
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import httpx
+
+from .lookups import lookup_threads
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # A DNS lookup that takes longer than this fails: a 422 in the API, a retry in the worker.
 LOOKUP_TIMEOUT_S = 2.0
-# Threads for DNS lookups, apart from asyncio's default executor (see resolve()).
-LOOKUP_THREADS = 4
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -90,7 +89,11 @@ def parse_url(url: str) -> httpx.URL:
         raise UnsafeURL(f"malformed URL: {exc}") from None
     if parsed.scheme not in DEFAULT_PORTS:
         raise UnsafeURL(f"only http and https URLs are fetched, not {parsed.scheme or 'none'!r}")
-    if not parsed.host:
+    try:
+        host = parsed.host  # decodes an IDNA ("xn--") name, and refuses one that doesn't decode
+    except UnicodeError as exc:  # idna.IDNAError
+        raise UnsafeURL(f"malformed URL: the host is not a valid IDNA name ({exc})") from None
+    if not host:
         raise UnsafeURL("the URL has no host")
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise UnsafeURL(f"bad port: {parsed.port}")
@@ -99,21 +102,14 @@ def parse_url(url: str) -> httpx.URL:
 
 # --8<-- [end:parse_url]
 
-# getaddrinfo blocks, so lookups run in threads: their own few, not asyncio's default
-# executor (min(32, CPUs + 4) threads, shared with every asyncio.to_thread). There, six
-# slow lookups were enough to stall every other request behind them. A real application
-# would use an async resolver with its own timeouts and a cache (aiodns, or a local one).
-_lookup_threads = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="dns")
 
-
-async def resolve(host: str, port: int) -> list[IPAddress]:
-    """The guard's one DNS lookup: every address of `host`, within LOOKUP_TIMEOUT_S."""
+async def resolve(host: str, port: int, client: str | None = None) -> list[IPAddress]:
+    """The guard's one DNS lookup: every address of `host`, within LOOKUP_TIMEOUT_S.
+    `client`: the API client that asks, held to its share of the threads."""
     lookup = partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        infos = await asyncio.wait_for(
-            asyncio.get_running_loop().run_in_executor(_lookup_threads, lookup),
-            LOOKUP_TIMEOUT_S,
-        )
+        started = lookup_threads.start(lookup, client)  # or LookupsBusy: lookups.py
+        infos = await asyncio.wait_for(asyncio.wrap_future(started), LOOKUP_TIMEOUT_S)
     except TimeoutError:  # the thread carries on, but nobody waits for it
         raise LookupTimedOut(
             f"could not resolve {host!r} in time ({LOOKUP_TIMEOUT_S:g} s)"
@@ -125,12 +121,14 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
 
 
 # --8<-- [start:check_url]
-async def check_url(url: str, allowlist: list[IPNetwork]) -> list[IPAddress]:
+async def check_url(
+    url: str, allowlist: list[IPNetwork], client: str | None = None
+) -> list[IPAddress]:
     """Raise UnsafeURL unless `url` is http(s) and every address its host resolves to is
     public (or in the allowlist); return those addresses, the only ones to connect to."""
     parsed = parse_url(url)
     host = parsed.raw_host.decode("ascii")  # IDNA-encoded, as DNS wants it
-    addresses = await resolve(host, parsed.port or DEFAULT_PORTS[parsed.scheme])
+    addresses = await resolve(host, parsed.port or DEFAULT_PORTS[parsed.scheme], client)
     # Check every address, not just the first: a name may resolve to one public and one
     # private address, and a client that connects by name may pick either.
     for ip in addresses:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.helpers import enqueue
+from tests.helpers import enqueue, enqueue_behind_the_apis_back
 
 pytestmark = pytest.mark.since_stage(2)
 
@@ -136,3 +136,16 @@ def test_a_job_that_finishes_between_two_redis_reads_is_not_reported_unknown(
     assert view is not None
     assert view.status == "complete"
     assert view.result == 15
+
+
+@pytest.mark.since_stage(3)
+def test_a_job_not_on_record_is_unknown_to_the_job_routes(stage, client, redis_url, raw_redis):
+    # From stage 3 the ledger is the record: Redis also holds jobs this API never made (ARQ's
+    # cron runs, another program's jobs), which were served from Redis to anyone who asked.
+    assert enqueue_behind_the_apis_back(stage, redis_url, "add", "not-on-record", x=1, y=2)
+    assert client.get("/jobs/not-on-record").status_code == 404
+    assert client.get("/jobs/not-on-record/events").status_code == 404
+    if stage.number >= 4:
+        assert client.delete("/jobs/not-on-record").status_code == 404
+    assert "not-on-record" in client.get("/jobs/not-on-record").json()["detail"]
+    assert raw_redis.zscore("arq:queue", "not-on-record") is not None  # left alone

@@ -48,15 +48,19 @@ def test_a_pickle_planted_in_redis_is_never_executed_and_the_worker_keeps_workin
     stage, client, raw_redis, redis_url, tmp_path
 ):
     marker = tmp_path / "pwned"
-    raw_redis.set("arq:job:evil", evil_payload(marker))
-    raw_redis.zadd("arq:queue", {"evil": 1})
+    # Planted over a job the API made (from stage 3 the job routes serve only jobs on record,
+    # so a job planted under an id of its own is a 404 there, never read at all).
+    evil_id = client.post("/tasks/add", json={"x": 1, "y": 1}).json()["job_id"]
+    raw_redis.set(f"arq:job:{evil_id}", evil_payload(marker))
     with Processes(tmp_path / "logs") as procs:
         worker = procs.worker(stage, stage_env(redis_url, tmp_path / "data"))
         # Until the worker has failed it, the API answers 502 (not JSON in Redis): keep polling.
         poll(
-            lambda: client.get("/jobs/evil").json().get("status") == "failed", 20, "the planted job"
+            lambda: client.get(f"/jobs/{evil_id}").json().get("status") == "failed",
+            20,
+            "the planted job",
         )
-        evil = client.get("/jobs/evil").json()
+        evil = client.get(f"/jobs/{evil_id}").json()
         assert "Deserializ" in evil["error"], evil
 
         job_id = client.post("/tasks/add", json={"x": 2, "y": 3}).json()["job_id"]
@@ -67,7 +71,7 @@ def test_a_pickle_planted_in_redis_is_never_executed_and_the_worker_keeps_workin
         )
         assert done["result"] == 5
         assert worker.running()
-    assert "deserializing job evil failed" in worker.output()
+    assert f"deserializing job {evil_id} failed" in worker.output()
     assert not marker.exists(), "the worker unpickled the planted payload"
 
 
@@ -79,9 +83,9 @@ def test_a_job_whose_data_in_redis_is_not_json_is_a_json_502_and_never_unpickled
 ):
     # Found while planting the pickle: GET /jobs/{id} answered a 500 with a traceback.
     marker = tmp_path / "pwned"
-    raw_redis.set(key.format("planted"), evil_payload(marker) if payload == "pickle" else b"\x80{")
-    raw_redis.zadd("arq:queue", {"planted": 1})
-    response = client.get("/jobs/planted")
+    planted = client.post("/tasks/add", json={"x": 1, "y": 1}).json()["job_id"]  # on record
+    raw_redis.set(key.format(planted), evil_payload(marker) if payload == "pickle" else b"\x80{")
+    response = client.get(f"/jobs/{planted}")
     assert response.status_code == 502
     assert "not JSON" in response.json()["detail"]
     assert not marker.exists()

@@ -241,7 +241,7 @@ def test_progress_shows_while_running_and_ends_at_100(client, drain):
 def test_progress_events_arrive_in_order_and_end_with_the_final_state(
     stage, client, drain, monkeypatch
 ):
-    monkeypatch.setattr(stage.module("main"), "EVENTS_MAX_S", 30)  # if the worker never came
+    monkeypatch.setattr(stage.module("streams"), "EVENTS_MAX_S", 30)  # if the worker never came
     job_id = enqueue(client, "report", {"steps": 5, "step_seconds": 0.2})
     worker = threading.Thread(target=drain)
     worker.start()

@@ -1,6 +1,7 @@
 """Stage 4: the ledger maintenance cron job, run directly instead of waiting for the clock."""
 
 import asyncio
+import json
 import uuid
 from datetime import timedelta
 
@@ -8,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from arq.connections import RedisSettings, create_pool
 
-from tests.helpers import enqueue
+from tests.helpers import enqueue, enqueue_behind_the_apis_back
 
 pytestmark = pytest.mark.since_stage(4)
 
@@ -138,18 +139,10 @@ def unfinished_rows(stage, count: int, age_s: float) -> list[dict]:
 
 def test_a_cron_run_or_a_job_not_on_record_leaves_no_attempt_row(stage, client, drain, redis_url):
     # ARQ runs the job hooks for every job; a job with no ledger row must not get an attempt.
-    async def enqueue_directly():
-        jobs = stage.module("jobs")
-        pool = await create_pool(RedisSettings.from_dsn(redis_url), job_serializer=jobs.serialize,
-                                 job_deserializer=jobs.deserialize)  # fmt: skip
-        try:  # what ARQ's cron enqueues every tick, and a job from other code
-            await pool.enqueue_job("cron:maintain_ledger", _job_id="cron:maintain_ledger:1")
-            await pool.enqueue_job("add", x=1, y=2, _job_id="not-on-record")
-        finally:
-            await pool.aclose()
-
     on_record = enqueue(client, "add", {"x": 1, "y": 1})
-    asyncio.run(enqueue_directly())
+    # What ARQ's cron enqueues every tick, and a job from other code:
+    enqueue_behind_the_apis_back(stage, redis_url, "cron:maintain_ledger", "cron:maintain_ledger:1")
+    enqueue_behind_the_apis_back(stage, redis_url, "add", "not-on-record", x=1, y=2)
     drain()
     assert attempt_job_ids(stage) == [on_record]
 
@@ -204,3 +197,19 @@ def test_each_run_checks_its_budget_of_rows_and_the_next_carries_on(
     assert settled == [3, 3, 1, 0]
     failed = client.get("/jobs", params={"status": "failed"}).json()["jobs"]
     assert sorted(job["job_id"] for job in failed) == sorted(row["job_id"] for row in lost)
+
+
+def test_the_cron_job_cannot_be_read_or_cancelled_through_the_job_routes(
+    stage, client, drain, redis_url, raw_redis
+):
+    # ARQ's cron job id is predictable (the tick's time in ms): DELETE /jobs/<it> switched
+    # the ledger's maintenance off, run after run, for anyone.
+    cron_id = "cron:maintain_ledger:1795407000000"  # what ARQ enqueues at that tick
+    enqueue_behind_the_apis_back(stage, redis_url, "cron:maintain_ledger", cron_id)
+    assert client.get(f"/jobs/{cron_id}").status_code == 404
+    assert client.get(f"/jobs/{cron_id}/events").status_code == 404
+    assert client.delete(f"/jobs/{cron_id}").status_code == 404
+    worker = drain()
+    assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)  # it ran, not cancelled
+    report = json.loads(raw_redis.get(f"arq:result:{cron_id}"))
+    assert report["s"] and "settled" in report["r"]

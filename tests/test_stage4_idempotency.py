@@ -1,5 +1,6 @@
 """Stage 4: the Idempotency-Key header."""
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -187,3 +188,29 @@ def test_a_key_a_crashed_api_left_claimed_frees_itself_soon_not_after_a_day(
         assert retry.status_code == 202, retry.text
         assert "idempotent-replayed" not in retry.headers
         assert httpx.get(f"{url}/jobs/{retry.json()['job_id']}").status_code == 200
+
+
+def test_a_key_the_previous_release_stored_replays_its_job_and_is_never_a_500(
+    stage, client, raw_redis
+):
+    # The previous release stored {job_id, fingerprint}, with no "done", as it created the
+    # job, and replayed that job to a retry. Embedded Valkey keeps such keys across an
+    # upgrade for their 24 h: reading one raised KeyError, a 500.
+    idempotency = stage.module("idempotency")
+    earlier = client.post("/tasks/add", json=ADD).json()["job_id"]
+    schedule = {"run_at": None, "delay_seconds": None}
+    fingerprint = idempotency.request_fingerprint("add", ADD, schedule)
+    raw_redis.set("idempotency:old", json.dumps({"job_id": earlier, "fingerprint": fingerprint}))
+    raw_redis.set("idempotency:unreadable", b"\x80 not json")
+
+    replay = client.post("/tasks/add", json=ADD, headers={"Idempotency-Key": "old"})
+    other = client.post("/tasks/add", json={"x": 9, "y": 9}, headers={"Idempotency-Key": "old"})
+    unreadable = client.post("/tasks/add", json=ADD, headers={"Idempotency-Key": "unreadable"})
+
+    assert replay.status_code == 202, replay.text
+    assert replay.json()["job_id"] == earlier
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert other.status_code == 409 and "different request" in other.json()["detail"]
+    assert unreadable.status_code == 409, unreadable.text  # never replays a job it can't read
+    assert "different request" in unreadable.json()["detail"]
+    assert raw_redis.zcard("arq:queue") == 1

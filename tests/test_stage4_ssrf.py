@@ -134,6 +134,37 @@ def test_urls_with_whitespace_or_control_characters_are_refused_up_front(
     assert raw_redis.zcard("arq:queue") == 0
 
 
+NOT_IDNA = ["http://xn--/", "http://xn--zz.example/", "http://xn--ls8h.example/"]
+
+
+@pytest.mark.parametrize("url", NOT_IDNA)
+def test_a_host_that_is_not_a_valid_idna_name_is_a_422_malformed_url(
+    settings_env, client, raw_redis, url
+):
+    # "xn--" names are IDNA's encoding of non-ASCII names; httpx decodes them and raised
+    # idna.IDNAError for one that does not decode: a plain-text 500.
+    response = client.post("/tasks/fetch", json={"url": url})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "url"]
+    assert "malformed URL" in error["msg"] and "IDNA" in error["msg"], error["msg"]
+    assert raw_redis.zcard("arq:queue") == 0
+
+
+def test_a_redirect_to_a_host_that_is_not_a_valid_idna_name_is_a_final_failure(
+    server, client, drain
+):
+    url = server.script("/go", Reply(302, headers={"Location": NOT_IDNA[1]}))
+    job_id = enqueue(client, "fetch", {"url": url})
+    drain()
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "failed", job
+    assert job["error"].startswith("FetchFailed: bad redirect Location"), job["error"]
+    assert "IDNA" in job["error"]
+    assert job["attempts"] == 1
+    assert len(server.hits["/go"]) == 1
+
+
 def test_a_redirect_to_a_private_address_is_refused_by_the_worker(server, client, drain):
     url = server.script("/go", Reply(302, headers={"Location": "http://169.254.169.254/"}))
     job_id = enqueue(client, "fetch", {"url": url})
@@ -184,15 +215,15 @@ SLOW_DNS_S = 15  # the guard must give up long before this
 class FakeDNS:
     """A DNS server (an attacker's, or a broken one) for one made-up name: each lookup of it
     takes the next answer ("127.0.0.2", "127.0.0.3,127.0.0.2" or SLOW), and the last one
-    repeats. With a zero TTL, every lookup asks."""
+    repeats. With a zero TTL, every lookup asks. Other names go to `others`."""
 
-    def __init__(self, name: str, *answers: str):
-        self.name, self.answers, self.lookups = name, list(answers), 0
+    def __init__(self, name: str, *answers: str, others=REAL_GETADDRINFO):
+        self.name, self.answers, self.lookups, self.others = name, list(answers), 0, others
         self.release = threading.Event()  # ends the SLOW answers still waiting
 
     def __call__(self, host, port, *args, **kwargs):
         if (host.decode() if isinstance(host, bytes) else host) != self.name:
-            return REAL_GETADDRINFO(host, port, *args, **kwargs)
+            return self.others(host, port, *args, **kwargs)
         self.lookups += 1
         answer = self.answers[min(self.lookups, len(self.answers)) - 1]
         if answer == SLOW:
@@ -204,12 +235,13 @@ class FakeDNS:
 
 
 @pytest.fixture
-def fake_dns(monkeypatch):
-    """fake_dns(name, *answers) replaces socket.getaddrinfo for that name."""
+def fake_dns(stage, monkeypatch):
+    """fake_dns(name, *answers) replaces socket.getaddrinfo for that name (and keeps the
+    names installed before it)."""
     installed = []
 
     def install(name: str, *answers: str) -> FakeDNS:
-        dns = FakeDNS(name, *answers)
+        dns = FakeDNS(name, *answers, others=socket.getaddrinfo)
         monkeypatch.setattr(socket, "getaddrinfo", dns)
         installed.append(dns)
         return dns
@@ -217,6 +249,9 @@ def fake_dns(monkeypatch):
     yield install
     for dns in installed:
         dns.release.set()
+    # The lookup threads are the process's: the next test starts with all of them free.
+    lookup_threads = stage.module("lookups").lookup_threads
+    poll(lambda: lookup_threads.in_flight() == 0, SLOW_DNS_S, "the slow lookups to end")
 
 
 @pytest.mark.parametrize("via_redirect", [False, True], ids=["direct", "redirect-hop"])
@@ -263,6 +298,29 @@ def test_a_name_whose_first_address_is_unreachable_is_fetched_from_the_next(
     assert job["result"]["sha256"] == sha256(b"safe")
 
 
+def test_an_idempotent_retry_of_an_accepted_fetch_replays_it_without_a_second_lookup(
+    twin_env, fake_dns, client, raw_redis
+):
+    # Allowed when first asked, loopback since: the retry's own lookup refused it (422)
+    # while the first request's job was live. The key is looked up first now, and only a
+    # new claim is checked.
+    dns = fake_dns("moving.test", "127.0.0.2", "127.0.0.1")
+    body = {"url": "http://moving.test:9/page"}
+    first = client.post("/tasks/fetch", json=body, headers={"Idempotency-Key": "fetch-1"})
+    retry = client.post("/tasks/fetch", json=body, headers={"Idempotency-Key": "fetch-1"})
+    new_claim = client.post("/tasks/fetch", json=body, headers={"Idempotency-Key": "fetch-2"})
+
+    assert first.status_code == 202, first.text
+    assert retry.status_code == 202, retry.text
+    assert retry.json()["job_id"] == first.json()["job_id"]
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert new_claim.status_code == 422, new_claim.text  # a new claim is still checked...
+    assert "127.0.0.1" in new_claim.json()["detail"][0]["msg"]
+    assert not raw_redis.exists("idempotency:fetch-2")  # ...and a refused one frees its key
+    assert dns.lookups == 2  # the first request's and the new claim's, not the replay's
+    assert raw_redis.zcard("arq:queue") == 1
+
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     """A self-signed certificate for the name tls.test only: (certificate, key) files."""
@@ -302,13 +360,31 @@ def test_a_pinned_https_fetch_verifies_the_certificate_against_the_host_name(
         assert "Hostname mismatch" in job["error"] and "other.test" in job["error"]
 
 
+def test_a_certificate_that_fails_verification_is_a_final_failure_not_retried(
+    twin_env, fake_dns, certificate, client, drain
+):
+    # Self-signed, and not trusted here (no SSL_CERT_FILE): asking again gets the same
+    # certificate. It was retried as if the network had failed, FETCH_MAX_TRIES times.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    fake_dns("tls.test", "127.0.0.2")
+    with ScriptedServer(host="127.0.0.2", tls=context) as server:
+        server.script("/page", Reply(200, body=b"over tls"))
+        job_id = enqueue(client, "fetch", {"url": f"https://tls.test:{server.port}/page"})
+        drain()
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "failed", job
+    assert "CERTIFICATE_VERIFY_FAILED" in job["error"], job["error"]
+    assert job["attempts"] == 1, job["attempt_log"]
+
+
 # --- slow DNS: bounded in time, and on threads of its own ------------------------------
 
 SLOW_SUBMISSIONS = 8  # more than asyncio's default executor has threads on 2 cores
 
 
 def test_slow_dns_gets_a_422_in_time_and_does_not_stall_other_requests(
-    settings_env, fake_dns, client
+    stage, settings_env, fake_dns, client
 ):
     def timed(method, path, **kwargs):
         began = time.monotonic()
@@ -316,6 +392,7 @@ def test_slow_dns_gets_a_422_in_time_and_does_not_stall_other_requests(
         return response, time.monotonic() - began
 
     dns = fake_dns("slow.test", SLOW)
+    share = stage.module("lookups").LOOKUP_THREADS_PER_CLIENT
     slots = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor
     count = max(SLOW_SUBMISSIONS, slots + 2)
     with ThreadPoolExecutor(count) as pool:
@@ -323,17 +400,72 @@ def test_slow_dns_gets_a_422_in_time_and_does_not_stall_other_requests(
             pool.submit(timed, "post", "/tasks/fetch", json={"url": "http://slow.test/"})
             for _ in range(count)
         ]
-        poll(lambda: dns.lookups >= 2, 10, "the slow lookups to start")
+        poll(lambda: dns.lookups >= share, 10, "the slow lookups to start")
         add, add_s = timed("post", "/tasks/add", json={"x": 1, "y": 2})
         health, health_s = timed("get", "/health")
         answers = [future.result() for future in slow]
     # Before: the add waited 15 s, until the slow lookups gave their threads back.
     assert add.status_code == 202 and add_s < 5, (add.status_code, add_s)
     assert health.status_code == 200 and health_s < 5, (health.status_code, health_s)
+    # This client's share of the lookup threads ran out of time; the rest never had one.
+    statuses = sorted(response.status_code for response, _ in answers)
+    assert statuses == [422] * share + [429] * (count - share), statuses
     for response, took in answers:
-        assert response.status_code == 422, response.text
-        assert "could not resolve 'slow.test' in time" in response.json()["detail"][0]["msg"]
         assert took < 8, f"the lookup was bounded at about 2 s, yet took {took:.1f} s"
+        if response.status_code == 422:
+            assert "could not resolve 'slow.test' in time" in response.json()["detail"][0]["msg"]
+        else:
+            assert "DNS lookups in flight" in response.json()["detail"]
+            assert response.headers["retry-after"]
+
+
+def test_a_full_lookup_pool_answers_a_valid_url_503_not_422(
+    stage, settings_env, fake_dns, client, monkeypatch
+):
+    # Four slow names in flight held every lookup thread, and every other fetch got
+    # "422 URL refused: could not resolve 'public.test' in time": a 4xx blaming a valid URL
+    # for the server's shortage.
+    lookups = stage.module("lookups")
+    threads = lookups.LOOKUP_THREADS
+    monkeypatch.setattr(lookups, "LOOKUP_THREADS_PER_CLIENT", threads)  # one client plays many
+    fake_dns("public.test", "8.8.8.8")
+    slow = fake_dns("slow.test", SLOW)
+    with ThreadPoolExecutor(threads) as pool:
+        waiting = [
+            pool.submit(client.post, "/tasks/fetch", json={"url": "http://slow.test/"})
+            for _ in range(threads)
+        ]
+        poll(lambda: slow.lookups == threads, 10, "the slow lookups to take every thread")
+        busy = client.post("/tasks/fetch", json={"url": "http://public.test/"})
+        slow.release.set()
+        for future in waiting:
+            future.result()
+    assert busy.status_code == 503, busy.text
+    assert f"all {threads} DNS lookup threads are busy" in busy.json()["detail"]
+    assert busy.headers["retry-after"] == "2"
+    poll(lambda: lookups.lookup_threads.in_flight() == 0, 10, "the slow lookups to end")
+    enqueue(client, "fetch", {"url": "http://public.test/"})  # accepted once a thread is free
+
+
+def test_one_client_may_hold_only_its_share_of_the_lookup_threads(
+    stage, settings_env, fake_dns, client
+):
+    share = stage.module("lookups").LOOKUP_THREADS_PER_CLIENT
+    fake_dns("public.test", "8.8.8.8")
+    slow = fake_dns("slow.test", SLOW)
+    with ThreadPoolExecutor(share) as pool:
+        waiting = [
+            pool.submit(client.post, "/tasks/fetch", json={"url": "http://slow.test/"})
+            for _ in range(share)
+        ]
+        poll(lambda: slow.lookups == share, 10, "this client's slow lookups to start")
+        refused = client.post("/tasks/fetch", json={"url": "http://public.test/"})
+        slow.release.set()
+        for future in waiting:
+            future.result()
+    assert refused.status_code == 429, refused.text
+    assert f"this client already has {share} DNS lookups in flight" in refused.json()["detail"]
+    assert refused.headers["retry-after"] == "2"
 
 
 def test_a_lookup_that_times_out_in_the_worker_is_retried(server, fake_dns, client, drain):
