@@ -1,7 +1,7 @@
 """Stage 4: retries, scheduling, cancel and idempotency, on top of stage 3's ledger.
 
 What it adds, a module each: fetch's retries and the attempt log (fetch.py, attempts.py),
-the SSRF guard (urls.py, pinned.py), `run_at`/`delay_seconds` (scheduling.py), the
+the SSRF guard (fetch.py, over jobkit.ssrf), `run_at`/`delay_seconds` (scheduling.py), the
 `Idempotency-Key` header (idempotency.py), `DELETE /jobs/{id}` (cancel.py), a timeout per
 task and graceful shutdown (timeouts.py), and a cron job for the ledger (maintenance.py).
 

@@ -15,12 +15,11 @@ from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobkit.http import invalid
+from jobkit.ssrf import LOOKUP_TIMEOUT_S, LookupsBusy, UnsafeURL, check_url
 
 from .config import get_settings
 from .fetch import fetch
-from .lookups import LookupsBusy
 from .timeouts import in_stoppable_thread, timeout_s
-from .urls import LOOKUP_TIMEOUT_S, UnsafeURL, check_url
 
 # --8<-- [start:limits]
 MAX_INT = 10**12  # keeps sums exact and JSON numbers small
@@ -134,7 +133,7 @@ class FetchArgs(Args):
     url: str = Field(max_length=2048, examples=["https://example.org/"])
 
     async def check_before_enqueue(self, client: str) -> None:
-        # Resolve and check the host now (the SSRF guard, urls.py): a refused URL is the
+        # Resolve and check the host now (the SSRF guard, fetch.get_checked): a refused URL is the
         # client's error, a 422, not a job that fails later. The worker checks again before
         # each request, as the name may resolve differently by then.
         try:

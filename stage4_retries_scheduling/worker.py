@@ -14,11 +14,12 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import Function, func
 
+from jobkit import pinned_http
+
 from . import attempts, jobs, maintenance
 from .config import get_settings
 from .jobs import KEEP_RESULT_S
 from .ledger import Ledger
-from .pinned import make_client
 from .tasks import TASKS
 from .timeouts import JOB_COMPLETION_WAIT_S, timeout_s
 
@@ -58,9 +59,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     # first, those writes are lost, but Redis still has the results: the cron job copies them.
     ctx["ledger"] = Ledger(get_settings().database_url, write_behind=True)
     await asyncio.to_thread(ctx["ledger"].create_schema)
-    # For fetch: its settings, and one HTTP client per worker process for every job (pinned.py).
+    # For fetch: its settings, and one HTTP client per worker process for every job.
     ctx["settings"] = get_settings()
-    ctx["http"] = make_client(ctx["settings"])
+    ctx["http"] = pinned_http.make_client(ctx["settings"].fetch_timeout_s)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
