@@ -2,7 +2,7 @@
 
 The API writes a job's row *before* it enqueues, the worker records start, progress and end,
 and an ending the worker's hooks missed (ARQ skips them for some) is recorded from Redis:
-by GET /jobs/{id} for one job, by the cron job (reconcile.py) for all of them."""
+by GET /jobs/{id} for one job, by the cron job (maintenance.reconcile) for all of them."""
 
 from collections import defaultdict
 from collections.abc import Callable

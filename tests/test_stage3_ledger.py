@@ -71,7 +71,7 @@ def database(request, settings_env, postgres_database, monkeypatch, stage) -> st
 
 
 def run_reconcile(stage) -> int:
-    """One sweep of stage 4's cron job over the unfinished rows (reconcile.py)."""
+    """One sweep of stage 4's cron job over the unfinished rows (maintenance.reconcile)."""
     settings = stage.module("config").get_settings()
     budget = stage.module("maintenance").MAINTENANCE_ROW_BUDGET
 
@@ -79,7 +79,7 @@ def run_reconcile(stage) -> int:
         ledger = stage.module("ledger").Ledger(settings.database_url)
         redis = ArqRedis.from_url(settings.redis_url)
         try:
-            return await stage.module("reconcile").reconcile(ledger, redis, budget)
+            return await stage.module("maintenance").reconcile(ledger, redis, budget)
         finally:
             await redis.aclose()
             ledger.close()
@@ -210,7 +210,7 @@ def test_reconcile_marks_a_job_that_redis_lost_failed(stage, client, raw_redis, 
     job_id = enqueue(client, "add", {"x": 1, "y": 2})
     raw_redis.flushall()
     assert run_reconcile(stage) == 0  # not yet: it might still be on its way to Redis
-    monkeypatch.setattr(stage.module("reconcile"), "LOST_AFTER_S", 0)
+    monkeypatch.setattr(stage.module("maintenance"), "LOST_AFTER_S", 0)
     assert run_reconcile(stage) == 1
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "failed"

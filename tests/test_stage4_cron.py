@@ -185,7 +185,7 @@ def test_a_run_over_many_unfinished_rows_still_prunes_within_its_timeout(
 def test_each_run_checks_its_budget_of_rows_and_the_next_carries_on(
     stage, client, redis_url, monkeypatch
 ):
-    reconcile = stage.module("reconcile")
+    reconcile = stage.module("maintenance")
     monkeypatch.setattr(stage.module("maintenance"), "MAINTENANCE_ROW_BUDGET", 3)
     monkeypatch.setattr(reconcile, "RECONCILE_BATCH", 2)
     client.get("/health")  # the app has created the schema
