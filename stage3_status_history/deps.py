@@ -8,9 +8,10 @@ from typing import Annotated
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
 
+from jobkit.streams import Streams
+
 from .config import Settings, get_settings
 from .ledger import Ledger
-from .streams import Streams
 
 
 # FastAPI runs a plain `def` dependency in a worker thread, in case it blocks. These only
@@ -53,4 +54,4 @@ LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 SettingsDep = Annotated[Settings, Depends(read_settings)]
 ClientDep = Annotated[str, Depends(client_address)]
 StreamsDep = Annotated[Streams, Depends(get_streams)]
-StreamPlaceDep = Annotated[None, Depends(hold_a_stream_place)]  # events: streams.py
+StreamPlaceDep = Annotated[None, Depends(hold_a_stream_place)]  # events: jobkit.streams

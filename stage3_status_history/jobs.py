@@ -34,6 +34,10 @@ Status = Literal["queued", "deferred", "in_progress", "complete", "failed"]
 FINAL = ("complete", "failed")  # a job in one of these states will not change any more
 
 
+def has_ended(job: "JobView") -> bool:
+    return job.status in FINAL
+
+
 class JobView(BaseModel):
     job_id: str
     status: Status

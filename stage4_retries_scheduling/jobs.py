@@ -45,6 +45,12 @@ def deserialize(data: bytes) -> dict[str, Any]:
 # --8<-- [start:job_view]
 Status = Literal["queued", "deferred", "in_progress", "complete", "failed", "cancelled"]
 FINAL = ("complete", "failed", "cancelled")  # a job in one of these states will not change any more
+
+
+def has_ended(job: "JobView") -> bool:
+    return job.status in FINAL
+
+
 # Why DELETE took a job off the queue (cancel.py): it ended between tries, not in one.
 NOT_RUN = "cancelled before it ran"
 BETWEEN_TRIES = "cancelled while waiting for its next try"

@@ -32,10 +32,12 @@ from pydantic import BaseModel
 
 from jobkit.http import BODY_ERRORS, refuse_bad_input
 from jobkit.redis_pool import open_pool
+from jobkit.streams import RESPONSES as STREAM_LIMITS
+from jobkit.streams import Streams
 from jobkit.tuning import freeze_startup_objects
 
-from . import attempts, cancel, errors, history, idempotency, jobs, streams
-from .config import get_settings
+from . import attempts, cancel, errors, history, idempotency, jobs
+from .config import Settings, get_settings
 from .deps import (
     ClientDep,
     LedgerDep,
@@ -72,7 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.ledger = Ledger(settings.database_url)
     await asyncio.to_thread(app.state.ledger.create_schema)
-    app.state.streams = streams.Streams()  # GET /jobs/{id}/events: streams.py
+    app.state.streams = Streams()  # GET /jobs/{id}/events: one poll per job, capped
     # What start-up made lives as long as the app (the ORM's tables, compiled statements):
     # jobkit.tuning takes it out of the garbage collector's full scans, which stall requests.
     freeze_startup_objects()
@@ -173,6 +175,13 @@ async def get_job(
     settings: SettingsDep,
 ) -> jobs.JobView:
     """A job's status, progress and attempts, and its result or error once it has ended."""
+    return await read_job(job_id, redis, ledger, settings)
+
+
+async def read_job(
+    job_id: str, redis: ArqRedis, ledger: Ledger, settings: Settings
+) -> jobs.JobView:
+    """The job as GET /jobs/{id} answers it (its event stream reads it the same way)."""
     view = await read_ledger_and_redis(redis, ledger, job_id, settings.queue_name)
     if view is None:
         raise HTTPException(404, f"No job {job_id!r}")
@@ -183,11 +192,11 @@ async def get_job(
     "/jobs/{job_id}/events",
     response_class=EventSourceResponse,
     tags=["jobs"],
-    responses={404: {"description": "Unknown job"}, **streams.RESPONSES},
+    responses={404: {"description": "Unknown job"}, **STREAM_LIMITS},
 )
 async def job_events(
     place: StreamPlaceDep,  # first: a 429 costs no read of the job
-    job: Annotated[jobs.JobView, Depends(get_job)],
+    job: Annotated[jobs.JobView, Depends(get_job)],  # a 404 before the stream starts
     redis: RedisDep,
     ledger: LedgerDep,
     settings: SettingsDep,
@@ -195,10 +204,10 @@ async def job_events(
 ) -> AsyncIterator[jobs.JobView]:
     """Server-Sent Events: the job's state each time it changes, until it has finished."""
     # Polling the ledger is simple and works across processes; a real application with
-    # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY). One
-    # poll per job, however many watch it (streams.py).
-    read = partial(get_job, redis=redis, ledger=ledger, settings=settings)
-    async for latest in streams.follow(job, read):
+    # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY).
+    # jobkit.streams polls each job once, however many watch it, and caps the streams.
+    read = partial(read_job, redis=redis, ledger=ledger, settings=settings)
+    async for latest in streams.follow(job.job_id, job, read, ended=jobs.has_ended):
         yield latest
 
 

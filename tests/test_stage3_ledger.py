@@ -18,6 +18,7 @@ from arq.connections import ArqRedis
 from fastapi.testclient import TestClient
 from psycopg.conninfo import conninfo_to_dict
 
+import jobkit.streams
 from devkit.valkey import EmbeddedValkey
 from tests.helpers import enqueue
 from tests.postgres import own_postgres
@@ -241,7 +242,7 @@ def test_progress_shows_while_running_and_ends_at_100(client, drain):
 def test_progress_events_arrive_in_order_and_end_with_the_final_state(
     stage, client, drain, monkeypatch
 ):
-    monkeypatch.setattr(stage.module("streams"), "EVENTS_MAX_S", 30)  # if the worker never came
+    monkeypatch.setattr(jobkit.streams, "EVENTS_MAX_S", 30)  # if the worker never came
     job_id = enqueue(client, "report", {"steps": 5, "step_seconds": 0.2})
     worker = threading.Thread(target=drain)
     worker.start()
