@@ -43,6 +43,10 @@ EVENTS_MAX_S = 600  # a stream ends after this even if the job has not
 class Enqueued(BaseModel):
     job_id: str
     status_url: str
+    detail: str | None = None  # only when there is something to say: a run_at already past
+
+
+RUNS_NOW = "run_at is in the past: the job runs now"
 
 
 @asynccontextmanager
@@ -119,7 +123,8 @@ def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueu
             response.headers["Idempotent-Replayed"] = "true"
             job_id = earlier
         response.headers["Location"] = f"/jobs/{job_id}"
-        return Enqueued(job_id=job_id, status_url=f"/jobs/{job_id}")
+        detail = RUNS_NOW if schedule.past and earlier is None else None
+        return Enqueued(job_id=job_id, status_url=f"/jobs/{job_id}", detail=detail)
 
     return submit
 
@@ -138,6 +143,7 @@ for name, (model, function) in TASKS.items():
         description=(function.__doc__ or "").strip(),
         tags=["tasks"],
         responses={**errors.BODY_ERRORS, **errors.REDIS_DOWN, **idempotency.RESPONSES},
+        response_model_exclude_none=True,  # no "detail": null when there is nothing to say
     )(submit_route(name, model))
 
 
