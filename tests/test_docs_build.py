@@ -5,6 +5,7 @@ browser, seconds."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,18 @@ def test_a_link_to_a_heading_that_is_not_there_fails_the_strict_build(tmp_path, 
 def test_the_docs_build_strictly_with_every_link_and_anchor_found(tmp_path):
     build_strictly(ROOT / "docs", tmp_path / "site")
     assert (tmp_path / "site" / "stages" / "stage4" / "index.html").exists()
+
+
+def make_run_variables(page: str, heading: str) -> list[str]:
+    """The variables in the first column of the table under `heading` on `page`."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    section = text[text.index(heading) :].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return [name for row in rows for name in re.findall(r"`([A-Z_]+)`", row.split("|")[1])]
+
+
+def test_the_reference_names_every_variable_the_readme_gives_make_run():
+    readme = make_run_variables("README.md", "## Options")
+    reference = make_run_variables("docs/reference.md", "## `make run`")
+    assert "DATABASE_URL" in readme
+    assert reference == readme

@@ -160,3 +160,9 @@ def test_cancelling_a_job_redis_has_lost_does_not_answer_still_running(client, r
     response = client.delete(f"/jobs/{job_id}")
     assert response.status_code != 202, response.text
     assert client.get(f"/jobs/{job_id}").json()["status"] in ("cancelled", "failed")
+
+
+def test_the_api_docs_call_delete_a_cancel(client):
+    # FastAPI would name it after the function: "Delete Job". It cancels; nothing is deleted.
+    delete = client.get("/openapi.json").json()["paths"]["/jobs/{job_id}"]["delete"]
+    assert delete["summary"] == "Cancel a job"
