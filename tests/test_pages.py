@@ -130,6 +130,22 @@ def test_no_page_shows_a_placeholder_a_reader_would_have_to_replace():
     assert found == []
 
 
+API_PORT = re.compile(r"(?:127\.0\.0\.1|localhost):8000\b")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_a_page_names_the_apis_port_in_one_line_that_sets_api(page):
+    # `make run PORT=8080` (the README's answer to "port taken?") costs a reader one line
+    # per page, API=http://127.0.0.1:8080, not a rewrite of every curl.
+    mine = [step for step in STEPS if step.page == page and step.kind in ("run", "skip")]
+    naming = [step.command for step in mine if API_PORT.search(step.command)]
+    assert naming in ([], ["API=http://127.0.0.1:8000"]), naming
+    using = [index for index, step in enumerate(mine) if "$API" in step.command]
+    if using:
+        setting = [i for i, step in enumerate(mine) if step.command.startswith("API=")]
+        assert setting and setting[0] < using[0], f"{page} uses $API before it sets it"
+
+
 def test_no_command_on_a_page_depends_on_the_day_it_is_read():
     # A fixed run_at in a command is in the past some day: compute times from "now".
     dated = [f"{s.id}: {s.command}" for s in STEPS if re.search(r"\b\d{4}-\d\d-\d\d", s.command)]
