@@ -14,8 +14,6 @@ import pytest
 from tests.pagerun import Session
 from tests.pages import ROOT, Step, declaration_problems, steps
 
-pytestmark = pytest.mark.e2e
-
 PAGES = [
     "README.md",
     "docs/index.md",
@@ -98,6 +96,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pages]:
     opened.close()
 
 
+@pytest.mark.e2e  # the pages' own commands: make run, curl, uvicorn, ...
 @pytest.mark.parametrize("step", STEPS, ids=[step.id for step in STEPS])
 def test_each_command_on_a_page_prints_what_the_page_shows(step, pages):
     if step.kind == "skip":

@@ -168,6 +168,7 @@ def test_the_in_progress_409_is_declared_with_a_json_body(client):
     assert "application/json" in conflict["content"]
 
 
+@pytest.mark.e2e  # a real API process, killed
 def test_a_key_a_crashed_api_left_claimed_frees_itself_soon_not_after_a_day(
     stage, redis_url, raw_redis, tmp_path
 ):
