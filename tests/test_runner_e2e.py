@@ -266,3 +266,49 @@ def test_workers_0_is_said_in_one_line_and_its_jobs_wait_in_the_queue(tmp_path):
     assert len(warnings) == 1, output
     assert "no worker: jobs wait in the queue until one runs" in warnings[0]
     assert "arq stage2_arq_basic.worker.WorkerSettings" in warnings[0]
+
+
+def start_waiting_job(url: str, seconds: float) -> str:
+    job_id = httpx.post(f"{url}/tasks/wait", json={"seconds": seconds}).json()["job_id"]
+    poll(lambda: job_states(url, [job_id])[0][0] == "in_progress", JOB_DEADLINE_S, "the job")
+    return job_id
+
+
+def test_ctrl_c_in_stage2_says_its_running_job_goes_back_in_the_queue(redis_url, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with Processes(tmp_path / "logs") as procs, redis.Redis.from_url(redis_url) as queue:
+        runner = procs.runner(2, port, tmp_path / "data", stage_env(redis_url, tmp_path))
+        job_id = start_waiting_job(url, 20)
+        runner.process.send_signal(signal.SIGINT)
+        code, output = exited(runner)
+        assert code == 0, output
+        assert "stopping the worker, then the API (your Redis keeps running)" in output
+        assert "1 running job: cancelled, back in the queue; the next start runs it again" in output
+        # ... which is what ARQ did: queued again, no longer marked in progress.
+        assert queue.zscore("arq:queue", job_id) is not None
+        assert not queue.exists(f"arq:in-progress:{job_id}")
+
+
+@pytest.mark.since_stage(newest_stage())
+def test_with_your_own_redis_a_second_ctrl_c_says_when_arq_runs_the_job_again(
+    stage, redis_url, tmp_path
+):
+    # Other workers may share your Redis: their in-progress marks look like ours, so the
+    # runner leaves every mark alone and says when this one expires.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with Processes(tmp_path / "logs") as procs, redis.Redis.from_url(redis_url) as queue:
+        runner = procs.runner(stage, port, tmp_path / "data", stage_env(redis_url, tmp_path))
+        job_id = start_waiting_job(url, 20)
+        runner.process.send_signal(signal.SIGINT)
+        said(runner, "waiting up to 8 s for 1 running job; Ctrl-C again to stop it now")
+        runner.process.send_signal(signal.SIGINT)
+        code, output = exited(runner)
+        assert code == 0, output
+        stopped = re.search(r"stopped 1 running job: ARQ runs it again once its in-progress "
+                            r"mark expires, in about (\d+) s", output)  # fmt: skip
+        assert stopped, output
+        left_s = queue.pttl(f"arq:in-progress:{job_id}") / 1000
+        assert 0 < left_s <= int(stopped[1]) + 1
+        assert queue.zscore("arq:queue", job_id) is not None
