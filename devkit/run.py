@@ -290,8 +290,12 @@ def put_back(stack: harness.StageProcesses, queue: str, killed: list[harness.Pro
         seconds = max(jobs.values()) / 1000
         return (f"stopped {count(jobs, 'running job')}: ARQ runs {them} again once {mark} "
                 f"in-progress mark expires, in about {seconds:.0f} s")  # fmt: skip
-    with redis.Redis.from_url(stack.redis_url, socket_timeout=REDIS_TIMEOUT_S) as client:
-        client.delete(*(in_progress_key_prefix + job_id for job_id in jobs))
+    try:
+        with redis.Redis.from_url(stack.redis_url, socket_timeout=REDIS_TIMEOUT_S) as client:
+            client.delete(*(in_progress_key_prefix + job_id for job_id in jobs))
+    except redis.RedisError as exc:
+        return (f"stopped {count(jobs, 'running job')}; could not put {them} back ({exc}): "
+                f"ARQ runs {them} again once {mark} in-progress mark expires")  # fmt: skip
     return (f"stopped {count(jobs, 'running job')}: {they} back in the queue, and the next "
             f"start runs {them} again")  # fmt: skip
 

@@ -44,8 +44,8 @@ Key = Annotated[
         max_length=MAX_KEY_LENGTH,
         description="Send the same key when you retry: the retry replays the first job",
     ),
-    # After the length check, not before: a check after a validator is no longer a string's
-    # and would count "items".
+    # After Header's max_length, not before it: pydantic would then check the length of
+    # whatever the validator returned, and say "items" where it means characters.
     AfterValidator(not_blank),
 ]
 
