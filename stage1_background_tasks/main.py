@@ -34,7 +34,12 @@ class Accepted(BaseModel):
 # --8<-- [start:app]
 logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
 # FastAPI's own /docs and /redoc load from a CDN; docs_ui serves them from local files.
-app = FastAPI(title=get_settings().app_name, docs_url=None, redoc_url=None)
+app = FastAPI(
+    title=get_settings().app_name,
+    description=get_settings().app_description,
+    docs_url=None,
+    redoc_url=None,
+)
 errors.install(app, get_settings().max_body_bytes)
 docs_ui.install(app)
 

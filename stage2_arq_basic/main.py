@@ -62,7 +62,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
 # FastAPI's own /docs and /redoc load from a CDN; docs_ui serves them from local files.
-app = FastAPI(title=get_settings().app_name, lifespan=lifespan, docs_url=None, redoc_url=None)
+app = FastAPI(
+    title=get_settings().app_name,
+    description=get_settings().app_description,
+    lifespan=lifespan,
+    docs_url=None,
+    redoc_url=None,
+)
 errors.install(app, get_settings().max_body_bytes)
 docs_ui.install(app)
 

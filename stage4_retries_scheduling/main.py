@@ -58,6 +58,10 @@ from .tasks import TASKS, Args
 class Enqueued(BaseModel):
     job_id: str
     status_url: str
+    detail: str | None = None  # only when there is something to say: a run_at already past
+
+
+RUNS_NOW = "run_at is in the past: the job runs now"
 
 
 @asynccontextmanager
@@ -88,7 +92,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
 # FastAPI's own /docs and /redoc load from a CDN; docs_ui serves them from local files.
-app = FastAPI(title=get_settings().app_name, lifespan=lifespan, docs_url=None, redoc_url=None)
+app = FastAPI(
+    title=get_settings().app_name,
+    description=get_settings().app_description,
+    lifespan=lifespan,
+    docs_url=None,
+    redoc_url=None,
+)
 errors.install(app, get_settings().max_body_bytes)
 docs_ui.install(app)
 
@@ -138,7 +148,8 @@ def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueu
             response.headers["Idempotent-Replayed"] = "true"
             job_id = earlier
         response.headers["Location"] = f"/jobs/{job_id}"
-        return Enqueued(job_id=job_id, status_url=f"/jobs/{job_id}")
+        detail = RUNS_NOW if schedule.past and earlier is None else None
+        return Enqueued(job_id=job_id, status_url=f"/jobs/{job_id}", detail=detail)
 
     return submit
 
@@ -157,6 +168,7 @@ for name, (model, function) in TASKS.items():
         description=(function.__doc__ or "").strip(),
         tags=["tasks"],
         responses={**errors.BODY_ERRORS, **errors.REDIS_DOWN, **idempotency.RESPONSES},
+        response_model_exclude_none=True,  # no "detail": null when there is nothing to say
     )(submit_route(name, model))
 
 
