@@ -24,7 +24,7 @@ LOADTEST_ARGS ?=
 STAGE_PACKAGES := $(patsubst %/,%,$(dir $(wildcard stage*_*/main.py)))
 
 .DEFAULT_GOAL := help
-.PHONY: help run test tools chaos lint format bench loadtest docs lock clean
+.PHONY: help run test check tools chaos lint format bench loadtest docs lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -46,9 +46,21 @@ test: $(BIN)/.installed tools  ## everything CI checks: lint, types, tests, docs
 	$(BIN)/python -m pytest --ignore=tests/jobkit $(addprefix --cov=,$(STAGE_PACKAGES)) --cov-report=term:skip-covered
 	$(BIN)/mkdocs build --strict --quiet --site-dir .data/site
 
-# Chromium and wrk come from apt-get (as root), not pip: tests drive them but never install
-# them, and fail with "run `make tools`" when one is missing. Installed ones are left alone.
-tools: $(BIN)/.installed  ## install the programs tests drive (Chromium, wrk) if missing
+# The contributor's loop: what `make test` checks, less the tests that start processes of
+# their own (marked e2e or browser: uvicorn, arq, the runner, a server, Chromium, the pages,
+# the benchmark and load-test smoke runs) and the docs build. About a minute; tests/conftest.py
+# fails a test that starts a process without saying so.
+CHECK_MARKERS := not e2e and not browser
+check: $(BIN)/.installed  ## the fast lane (about a minute): lint, types, the tests that start no process
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(STAGE_PACKAGES) jobkit
+	$(BIN)/python -m pytest -m "$(CHECK_MARKERS)" -q
+
+# Chromium, wrk, redis-server, PostgreSQL and openssl come from apt-get (as root), not pip:
+# tests drive them but never install them, and fail with "run `make tools`" when one is
+# missing (a skip would hide the coverage). Installed ones are left alone.
+tools: $(BIN)/.installed  ## install the programs tests drive (Chromium, wrk, redis-server, PostgreSQL, openssl)
 	$(BIN)/python -m devkit.tools
 
 chaos: $(BIN)/.installed  ## failure injection at full size: kills, Redis crash, 15 s of load, long fuzzing

@@ -363,7 +363,9 @@ def render(apps: list[App], args: argparse.Namespace) -> str:
     width = max(len(name) for name, _, _ in rows) + 2
     column = max(14, *(len(c) + 2 for _, cells, _ in rows for c in cells))
     lines = [
-        f"machine: {os.cpu_count()} CPUs, {platform.platform()}, "
+        # Not platform.platform(): it runs `uname -p`, a process, for a word we do not show.
+        f"machine: {os.cpu_count()} CPUs, {platform.system()} {platform.release()} "
+        f"{platform.machine()}, "
         f"Python {platform.python_version()}",
         "load generator: wrk (1 thread); API: 1 uvicorn process; 1 ARQ worker",
         f"enqueue and status: {args.repeat} rounds of {args.duration} s, every app once a round; "

@@ -161,19 +161,30 @@ class Process:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signum)
 
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM, as a supervisor sends it; SIGKILL after `timeout_s`. The exit code."""
+    def stop(
+        self, timeout_s: float = STOP_TIMEOUT_S, interrupt: threading.Event | None = None
+    ) -> int | None:
+        """SIGTERM, as a supervisor sends it; SIGKILL after `timeout_s`, or as soon as
+        `interrupt` is set (a second Ctrl-C). The exit code."""
         if self.running():
             self.signal(signal.SIGTERM)
-        return self.wait_or_kill(timeout_s)
+        return self.wait_or_kill(timeout_s, interrupt)
 
-    def wait_or_kill(self, timeout_s: float) -> int | None:
+    def wait_or_kill(
+        self, timeout_s: float, interrupt: threading.Event | None = None
+    ) -> int | None:
+        self.wait(time.monotonic() + timeout_s, interrupt)
         if self.running():
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
+            self.kill()
         return self.exit_code()
+
+    def wait(self, deadline: float, interrupt: threading.Event | None = None) -> None:
+        """Until it exits, the monotonic `deadline` passes or `interrupt` is set."""
+        while self.running() and time.monotonic() < deadline:
+            if interrupt is not None and interrupt.is_set():
+                return
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(min(POLL_EVERY_S, max(0.0, deadline - time.monotonic())))
 
     def kill(self) -> None:
         """SIGKILL the process group and reap it: what a crash or the OOM killer does."""
@@ -385,11 +396,20 @@ class StageProcesses:
         self.stop()
 
 
-def stop_together(procs: Iterable[Process], timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM them all at once, then wait: N workers stop in one timeout, not N."""
+def stop_together(
+    procs: Iterable[Process],
+    timeout_s: float = STOP_TIMEOUT_S,
+    interrupt: threading.Event | None = None,
+) -> list[Process]:
+    """SIGTERM them all at once, then wait: N workers stop in one timeout, not N. Those still
+    running after it, or once `interrupt` is set, are SIGKILLed; returns them."""
     running = [proc for proc in procs if proc.running()]
     for proc in running:
         proc.signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     for proc in running:
-        proc.wait_or_kill(max(0.0, deadline - time.monotonic()))
+        proc.wait(deadline, interrupt)
+    killed = [proc for proc in running if proc.running()]
+    for proc in killed:
+        proc.kill()
+    return killed

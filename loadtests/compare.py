@@ -41,24 +41,15 @@ from pathlib import Path
 from devkit.stages import ROOT, STAGES
 from loadtests import charts, knee, report, steps
 from loadtests.stack import Stack
+from loadtests.steps import Variant
 
 DOCS_RESULTS = ROOT / "docs" / "results"
 CHARTS = {"prober_latency.png": charts.prober_chart, "queue_wait.png": charts.queue_chart}
 CPU_RATES = "0.25,0.5,1,2,3,4,6,8"
 IO_RATES = "2,4,8,16,32,64,128"
 TWO_WORKERS = "stage2-w2"  # the worker-count comparison: the first queued stage, two workers
-BROKEN_STEPS = 2  # steps in a row past both bars of knee.py, after which higher rates are skipped
+PAST_BOTH_BARS_STEPS = 2  # steps in a row past both bars of knee.py: higher rates are not run
 VARIANT_NAME = re.compile(r"stage(\d+)(?:-w(\d+))?$")
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    stage: int
-    crunch_task: str
-    where: str  # where the CPU work runs, for the report
-    workers: int = 1
-    io: bool = True  # stage1-def's I/O task is the same `async def wait` as stage1-async's
 
 
 def stage1_variants() -> list[Variant]:
@@ -118,10 +109,11 @@ class Runner:
                 done.append(step)
                 if not step.drained:  # its backlog would spill into the next step
                     stack = self.fresh_stack()
-                in_a_row = in_a_row + 1 if knee.broken(asdict(step), idle_p95) else 0
-                if in_a_row == BROKEN_STEPS and not self.args.all_steps:
+                in_a_row = in_a_row + 1 if knee.past_both_bars(asdict(step), idle_p95) else 0
+                if in_a_row == PAST_BOTH_BARS_STEPS and not self.args.all_steps:
                     if rate < max(rates):
-                        steps.say(f"{self.variant.name}: broken at {rate:g}/s; skip the rest")
+                        loaded = [asdict(s) for s in done if s.load == load]
+                        steps.say(knee.skipping(self.variant.name, load, loaded, idle_p95))
                     break
         return done
 
@@ -153,7 +145,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"wait jobs/s, one step each (default {IO_RATES})")  # fmt: skip
     parser.add_argument("--loads", default="cpu,io", help="which steps after idle: cpu, io")
     parser.add_argument("--all-steps", action="store_true",
-                        help="run the rates above a variant's breaking point too")  # fmt: skip
+                        help="run the rates above those past both bars too")  # fmt: skip
     parser.add_argument("--prober-rate", type=float, default=10.0, help="GET /ping per second")
     parser.add_argument("--crunch-ms", type=int, default=200)
     parser.add_argument("--wait-seconds", type=float, default=1.0)

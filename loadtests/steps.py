@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import redis
 from arq.constants import default_queue_name
@@ -23,9 +22,6 @@ from arq.constants import default_queue_name
 from devkit.stages import ROOT
 from loadtests import measure
 from loadtests.stack import Stack
-
-if TYPE_CHECKING:
-    from loadtests.compare import Variant
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 USERS = {"idle": ["Prober"], "cpu": ["Prober", "CpuSubmitter"], "io": ["Prober", "IoSubmitter"]}
@@ -40,6 +36,19 @@ STAGE1_STALL_S = 3.0
 # What a step costs beyond --step-seconds, measured: Locust's start and stop, the settling.
 STEP_OVERHEAD_S = 5.0
 STACK_START_S = 3.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a step runs against: a stage, how many workers, which crunch task. The runner
+    (compare.py) makes the list; a step only reads it."""
+
+    name: str
+    stage: int
+    crunch_task: str
+    where: str  # where the CPU work runs, for the report
+    workers: int = 1
+    io: bool = True  # stage1-def's I/O task is the same `async def wait` as stage1-async's
 
 
 @dataclass

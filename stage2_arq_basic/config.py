@@ -9,6 +9,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     app_name: str = "Stage 2: ARQ + Redis"
+    app_description: str = (  # the top of /docs and /redoc: where this stage is explained
+        "Explained in the tutorial's `docs/stages/stage2.md`, which `make docs` serves at "
+        "http://127.0.0.1:8001/stages/stage2/"
+    )
     redis_url: str = "redis://127.0.0.1:6379/0"  # `make run` sets this to its embedded Valkey
     queue_name: str = "arq:queue"
     redis_timeout_s: float = 1.0  # Redis down or stuck: a 503 after this, not a hang

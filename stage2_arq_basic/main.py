@@ -67,7 +67,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
 # FastAPIOffline is FastAPI whose /docs and /redoc load their files from this machine, not a CDN.
-app = FastAPIOffline(title=get_settings().app_name, lifespan=lifespan)
+app = FastAPIOffline(
+    title=get_settings().app_name,
+    description=get_settings().app_description,
+    lifespan=lifespan,
+)
 # Armour every app needs and this chapter doesn't teach (jobkit/http.py): a JSON 413 for an
 # oversized body, and a 422 that never echoes the bad input back.
 refuse_bad_input(app, get_settings().max_body_bytes)

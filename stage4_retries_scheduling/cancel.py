@@ -50,6 +50,7 @@ router = APIRouter(tags=["jobs"])
 # --8<-- [start:delete]
 @router.delete(
     "/jobs/{job_id}",
+    summary="Cancel a job",  # FastAPI would call it "Delete Job", after the function
     responses={
         202: {"description": "Still running: cancellation requested"},
         404: {"description": "Unknown job"},

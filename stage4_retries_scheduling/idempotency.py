@@ -39,12 +39,14 @@ def not_blank(key: str | None) -> str | None:
 
 Key = Annotated[
     str | None,
-    AfterValidator(not_blank),
     Header(
         alias="idempotency-key",  # `key: Key` in a route: HTTP header names are case-blind
         max_length=MAX_KEY_LENGTH,
         description="Send the same key when you retry: the retry replays the first job",
     ),
+    # After Header's max_length, not before it: pydantic would then check the length of
+    # whatever the validator returned, and say "items" where it means characters.
+    AfterValidator(not_blank),
 ]
 
 

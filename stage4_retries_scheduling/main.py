@@ -55,6 +55,10 @@ from .tasks import TASKS, Args
 class Enqueued(BaseModel):
     job_id: str
     status_url: str
+    detail: str | None = None  # only when there is something to say: a run_at already past
+
+
+RUNS_NOW = "run_at is in the past: the job runs now"
 
 
 @asynccontextmanager
@@ -89,7 +93,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
 # FastAPIOffline is FastAPI whose /docs and /redoc load their files from this machine, not a CDN.
-app = FastAPIOffline(title=get_settings().app_name, lifespan=lifespan)
+app = FastAPIOffline(
+    title=get_settings().app_name,
+    description=get_settings().app_description,
+    lifespan=lifespan,
+)
 # Armour every app needs and this chapter doesn't teach (jobkit/http.py): a JSON 413 for an
 # oversized body, and a 422 that never echoes the bad input back.
 refuse_bad_input(app, get_settings().max_body_bytes)
@@ -141,7 +149,8 @@ def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueu
             response.headers["Idempotent-Replayed"] = "true"
             job_id = earlier
         response.headers["Location"] = f"/jobs/{job_id}"
-        return Enqueued(job_id=job_id, status_url=f"/jobs/{job_id}")
+        detail = RUNS_NOW if schedule.past and earlier is None else None
+        return Enqueued(job_id=job_id, status_url=f"/jobs/{job_id}", detail=detail)
 
     return submit
 
@@ -160,6 +169,7 @@ for name, (model, function) in TASKS.items():
         description=(function.__doc__ or "").strip(),
         tags=["tasks"],
         responses={**BODY_ERRORS, **errors.REDIS_DOWN, **idempotency.RESPONSES},
+        response_model_exclude_none=True,  # no "detail": null when there is nothing to say
     )(submit_route(name, model))
 
 

@@ -40,12 +40,16 @@ DelaySeconds = Annotated[float | None, Query(ge=0, description="Run this many se
 class Schedule(NamedTuple):
     as_asked: dict[str, Any]  # run_at and delay_seconds as sent: part of "the same request"
     defer_until: datetime | None  # ARQ's _defer_until; None: run now
+    past: bool  # a run_at already past: the job runs now, and the answer says so
 
 
 async def read_schedule(run_at: RunAt = None, delay_seconds: DelaySeconds = None) -> Schedule:
     """The dependency every task route has (deps.ScheduleDep)."""
     when = defer_until(run_at, delay_seconds, get_settings().max_defer_s)
-    return Schedule({"run_at": run_at, "delay_seconds": delay_seconds}, when)
+    # Not a 422: a client's clock a little behind ours, or a retry that arrives after its
+    # run_at, still gets its job (as ARQ and most queues do); the answer tells it why now.
+    past = run_at is not None and when is None
+    return Schedule({"run_at": run_at, "delay_seconds": delay_seconds}, when, past)
 
 
 def defer_until(

@@ -9,13 +9,19 @@
   before each test.
 - `drain()` runs the stage's own WorkerSettings as an in-process burst worker: it returns when
   the queue is empty, so a test needs no sleep to "wait for the worker".
+- A test that starts a process says so, with `@pytest.mark.e2e` (or `browser`, for Chromium):
+  `make check` runs only the tests with neither, in about a minute. The session's Valkey is
+  the one process they share. A test that starts another without the marker fails, naming
+  what it started (ProcessWatch below), so the split stays honest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +38,70 @@ from devkit.valkey import EmbeddedValkey
 from tests.helpers import run_burst_worker
 
 pytest_plugins = ["tests.browser"]  # the `chromium` fixture
+
+# Markers that say a test starts processes; `make check` deselects them.
+PROCESS_MARKERS = ("e2e", "browser")
+# What starting a program raises as an audit event (sys.addaudithook), whatever the API used.
+PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.posix_spawn", "os.spawn", "os.system",
+                            "os.exec", "os.fork", "os.forkpty"})  # fmt: skip
+
+
+class ProcessWatch:
+    """Sees every process a test starts; a test without a process marker may start none."""
+
+    def __init__(self) -> None:
+        self.watching = False
+        self.shared = 0  # > 0 while a fixture starts the process every test shares
+        self.started: list[str] = []
+
+    def audit(self, event: str, args: tuple) -> None:
+        if event in PROCESS_EVENTS and self.watching and not self.shared:
+            program = args[1] if event == "subprocess.Popen" else args[0] if args else ""
+            self.started.append(f"{event}: {program}"[:200])
+
+    @contextlib.contextmanager
+    def shared_process(self):
+        self.shared += 1
+        try:
+            yield
+        finally:
+            self.shared -= 1
+
+    def phase(self, item: pytest.Item):
+        self.started, self.watching = (
+            [],
+            not any(item.get_closest_marker(m) for m in PROCESS_MARKERS),
+        )
+        try:
+            result = yield
+        finally:
+            self.watching = False
+        if self.started:
+            pytest.fail(
+                f"{item.nodeid} started a process without saying so: mark it "
+                f"@pytest.mark.e2e (or browser), or `make check` runs it: {self.started}",
+                pytrace=False,
+            )
+        return result
+
+
+WATCH = ProcessWatch()
+sys.addaudithook(WATCH.audit)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    return (yield from WATCH.phase(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    return (yield from WATCH.phase(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item):
+    return (yield from WATCH.phase(item))
 
 
 @dataclass(frozen=True)
@@ -70,8 +140,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url := os.environ.get("REDIS_URL"):
         yield url
         return
-    with EmbeddedValkey(tmp_path_factory.mktemp("valkey"), persist=False) as server:
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"), persist=False)
+    with WATCH.shared_process():  # the one process the fast lane's tests share
+        server.start()
+    try:
         yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture

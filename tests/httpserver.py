@@ -22,6 +22,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 HOLD_MAX_S = 30.0  # a held reply is sent after this even if the test never releases it
+# How often the server loop looks for shutdown(); socketserver's 0.5 s default made every
+# test that used a server wait half a second in its teardown.
+SHUTDOWN_POLL_S = 0.02
 
 
 @dataclass
@@ -81,7 +84,8 @@ class ScriptedServer:
         return self.url(path)
 
     def __enter__(self) -> ScriptedServer:
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        serve = self.httpd.serve_forever
+        threading.Thread(target=serve, args=(SHUTDOWN_POLL_S,), daemon=True).start()
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -24,6 +24,7 @@ Further lines in a declaration name single commands by how they begin:
     start make run              start it in the background; the lines under it are lines
                                 it prints
     stop run                    before the block: Ctrl-C to the background process `run`
+                                (on a `log` block too: the lines it prints as it stops)
 
 The parsing uses Sybil's Markdown lexers (fences inside tabs and admonitions, directives in
 HTML comments); running the steps is tests/pagerun.py.
@@ -61,7 +62,7 @@ class Step:
 
     @property
     def id(self) -> str:
-        return f"{self.page}:L{self.line}"
+        return f"{self.page}:L{self.line}" + ("-stop" if self.kind == "stop" else "")
 
 
 @dataclass
@@ -161,6 +162,8 @@ def steps(page: str) -> list[Step]:
         if block.verb is None or block.problems:
             continue
         if block.verb == "log":
+            found += [Step(page, block.line, "stop", c["target"], block=number)
+                      for c in block.clauses if c["verb"] == "stop"]  # fmt: skip
             found.append(Step(page, block.line, "log", block.argument, block.source.strip("\n")))
         elif block.language in SHELL_LANGUAGES:
             found += _block_steps(page, number, block)
@@ -204,6 +207,8 @@ def declaration_problems(page: str) -> list[str]:
         if block.language in SHELL_LANGUAGES and block.verb is None:
             problems.append(f"{where}: a {block.language} block with no `<!-- page: ... -->`")
         problems += [f"{where}: {problem}" for problem in block.problems]
+        if block.verb == "log" and any(c["verb"] != "stop" for c in block.clauses):
+            problems.append(f"{where}: a `log` block takes only `stop` lines")
         if block.verb and block.language in SHELL_LANGUAGES:
             shown = [strip_comment(c) for _, c, _ in commands(block)]
             for clause in block.clauses:

@@ -2,10 +2,10 @@
 
 The tests never write to a server they did not start: `own_postgres()` runs `initdb` in a
 throwaway folder, starts `postgres` listening on a Unix socket in that folder only (no TCP
-port to collide over), and stops and deletes it all afterwards. It yields None when
-PostgreSQL's server programs are not installed (Debian keeps them in
-/usr/lib/postgresql/<version>/bin, off the PATH). PostgreSQL refuses to run as root, so as
-root it runs them as the `postgres` user (or `nobody`).
+port to collide over), and stops and deletes it all afterwards. When PostgreSQL's server
+programs are not installed, the test fails and says to run `make tools`, which installs
+them (a skip would hide the coverage). PostgreSQL refuses to run as root, so as root it runs
+them as the `postgres` user (or `nobody`).
 
 To run the same tests against a server of yours instead, give its admin connection in
 LEDGER_TEST_POSTGRES ("host=... port=... user=... dbname=postgres"): they create a
@@ -27,18 +27,17 @@ from pathlib import Path
 
 import psycopg
 
+from tests.tools import require
+
 START_DEADLINE_S = 30.0
 INITDB_DEADLINE_S = 120.0
 STOP_DEADLINE_S = 10.0
 
 
-def server_programs() -> Path | None:
-    """The folder holding initdb and postgres, or None; the newest version if several."""
-    if found := shutil.which("initdb"):
-        return Path(found).resolve().parent  # where postgres is too, not a folder of links
-    versions = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")]
-    versions.sort(key=lambda bindir: int(bindir.parent.name) if bindir.parent.name.isdigit() else 0)
-    return versions[-1] if versions else None
+def server_programs() -> Path:
+    """The folder holding initdb and postgres (the newest version if several)."""
+    # Resolved: where postgres is too, not a folder of links to some of the programs.
+    return Path(require("postgresql")).resolve().parent
 
 
 def unprivileged_user() -> str | None:
@@ -60,12 +59,9 @@ def answers(conninfo: str) -> bool:
 
 
 @contextlib.contextmanager
-def own_postgres() -> Iterator[str | None]:
-    """A fresh PostgreSQL cluster for this session: its admin conninfo, or None."""
+def own_postgres() -> Iterator[str]:
+    """A fresh PostgreSQL cluster for this session: its admin conninfo."""
     bindir = server_programs()
-    if bindir is None:
-        yield None
-        return
     user = unprivileged_user()
     folder = Path(tempfile.mkdtemp(prefix="ledger-postgres-"))  # not pytest's: root-only
     as_user = {"user": user, "group": pwd.getpwnam(user).pw_gid} if user else {}

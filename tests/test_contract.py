@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from devkit.stages import ROOT
+
 TASK_BODIES = {
     "add": {"x": 5, "y": 10},
     "divide": {"x": 1, "y": 4},
@@ -96,3 +98,12 @@ def test_a_streamed_body_over_the_limit_is_a_json_413(client):
     )
     assert response.status_code == 413
     assert response.json()["detail"]
+
+
+def test_the_api_docs_say_where_the_stages_chapter_is(stage, client):
+    # The Swagger UI is often a reader's first page: it says which chapter explains the app.
+    description = client.get("/openapi.json").json()["info"].get("description", "")
+    chapter = f"docs/stages/stage{stage.number}.md"
+    assert chapter in description, description
+    assert (ROOT / chapter).is_file()
+    assert f"/stages/stage{stage.number}/" in description  # the page `make docs` serves

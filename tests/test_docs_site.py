@@ -22,6 +22,8 @@ import pytest
 from devkit.stages import ROOT, STAGES
 from tests.browser import dump_dom
 
+pytestmark = pytest.mark.browser  # Chromium, and mkdocs in a process
+
 BUILD_TIMEOUT_S = 120
 # Material renders each diagram into a *closed* shadow root, which neither --dump-dom nor a
 # page script can see. Injected into the test's copy of each page, before the theme's

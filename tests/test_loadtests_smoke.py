@@ -6,6 +6,7 @@ next person's benchmark. It checks the shape of what the run writes and that the
 computed from its steps, never the figures: two seconds prove nothing about speed.
 """
 
+import ast
 import inspect
 import json
 import threading
@@ -14,7 +15,8 @@ import time
 import psutil
 import pytest
 
-from loadtests import compare, knee, report
+from devkit.stages import ROOT
+from loadtests import charts, compare, knee, report
 
 THREADS = 4
 CRUNCH_MS = 100
@@ -45,8 +47,11 @@ def test_a_crunch_does_its_cpu_time_of_work_even_when_threads_share_the_gil(stag
 
 
 def step(variant, load, rate, p95, growth=None, queued=False, drained=True):
+    # A queued step's jobs: turnaround p95 = 300 ms per job offered per second, made up.
+    jobs = {"p95": 300.0 * rate, "count": 10} if queued and load != "idle" else {}
     return {"variant": variant, "load": load, "rate": rate, "prober": {"p95": p95, "count": 10},
-            "growth": growth, "queued": queued, "drained": drained}  # fmt: skip
+            "growth": growth, "queued": queued, "drained": drained,
+            "turnaround_ms": jobs, "queue_wait_ms": jobs}  # fmt: skip
 
 
 def made_up_results():
@@ -85,7 +90,8 @@ def test_the_knee_is_the_first_step_past_each_bar_and_the_answer_names_it():
     assert knee.keeps_up_to(knees["stage2"]["cpu"]) == 2
     assert knees["stage2-w2"]["cpu"]["falls_behind"] == 4
     assert knee.keeps_up_to(knees["stage2-w2"]["cpu"]) == 3
-    assert knee.broken(results["steps"][1], 4.0) and not knee.broken(results["steps"][4], 4.0)
+    assert knee.past_both_bars(results["steps"][1], 4.0)
+    assert not knee.past_both_bars(results["steps"][4], 4.0)
 
     answer = "\n".join(report.answer(results))
     assert "`stage1-async`) breaks at **2/s** of 200 ms CPU tasks:" in answer
@@ -95,6 +101,83 @@ def test_the_knee_is_the_first_step_past_each_bar_and_the_answer_names_it():
     assert "`stage2`) keeps `/ping` flat" in answer
     assert "keeps up to **2/s** and falls behind at 3/s" in answer
     assert "1 worker up to 2/s, 2 workers up to 3/s" in answer
+
+
+def test_the_console_and_the_summary_name_the_same_breaking_point():
+    # The console once said "broken at 1/s; skip the rest" where the summary said "breaks at
+    # 0.5/s": two names, two rates, one fact. Both now use the knee (knee.breaks_at).
+    results = made_up_results()
+    results["settings"]["cpu_rates"].append(8)  # so 8/s was skipped
+    cpu = [s for s in results["steps"] if s["variant"] == "stage1-async" and s["load"] == "cpu"]
+    console = knee.skipping("stage1-async", "cpu", cpu, idle_p95=4.0)
+    answer = "\n".join(report.answer(results))
+    assert console == (
+        "stage1-async: breaks at 2/s of CPU tasks; past both bars at 4/s, so the rates above "
+        "4/s are not run"
+    )
+    assert "`stage1-async`) breaks at **2/s**" in answer
+    assert "(rates above 4/s not run: past both bars)" in answer
+    assert "broken" not in console + answer
+
+
+def test_the_summary_gives_the_cpu_knees_in_cpu_seconds_per_second():
+    # The rule for applying the numbers to your own task: rate x CPU time per task.
+    cpu = "\n".join(report.cpu_seconds(made_up_results()))
+    assert "| stage1-async | 0.4 (2/s) | no queue |" in cpu  # 2/s x 200 ms
+    assert "| stage2 | not up to 0.6 (3/s) | 0.4 (2/s) |" in cpu
+    assert "| stage2-w2 | not up to 0.8 (4/s) | 0.6 (3/s) |" in cpu
+
+
+def chart_marks(figure) -> dict:
+    """The chart's tagged lines by tag (their gid): knee:<variant>:<load>, ..."""
+    return {line.get_gid(): line for ax in figure.axes for line in ax.lines if line.get_gid()}
+
+
+def points(line) -> list[tuple[float, float]]:
+    return [(float(x), float(y)) for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True)]
+
+
+def test_the_prober_chart_marks_each_variants_knee_and_its_10x_idle_bar():
+    marks = chart_marks(charts.prober_figure(made_up_results()))
+    assert points(marks["knee:stage1-async:cpu"]) == [(2, 45)]  # where it breaks
+    assert {y for _, y in points(marks["10x-idle:stage1-async:cpu"])} == {40.0}
+    assert {y for _, y in points(marks["10x-idle:stage2:cpu"])} == {30.0}
+    assert "knee:stage2:cpu" not in marks  # `/ping` never broke
+    assert "knee:stage1-async:io" not in marks
+
+
+def test_the_queue_chart_marks_where_the_workers_fall_behind():
+    marks = chart_marks(charts.queue_figure(made_up_results()))
+    assert points(marks["knee:stage2:cpu"]) == [(3, 900)]  # turnaround p95 at 3/s
+    assert points(marks["knee:stage2-w2:cpu"]) == [(4, 1200)]
+
+
+def test_no_loadtests_module_imports_one_that_imports_it_back():
+    # compare.py imported steps.py, and steps.py compare.py (for a type): a cycle.
+    modules = {path.stem: path for path in (ROOT / "loadtests").glob("*.py")}
+    imports = {name: loadtests_imports(path, modules) for name, path in modules.items()}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(
+            other == goal or (other not in seen and reaches(other, goal, seen | {other}))
+            for other in imports[start]
+        )
+
+    cycles = [name for name in imports if reaches(name, name, {name})]
+    assert cycles == []
+
+
+def loadtests_imports(path, modules) -> set[str]:
+    """The loadtests modules `path` imports, typing-only imports included."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "loadtests":
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("loadtests."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("loadtests.")}
+    return found & set(modules) - {path.stem}
 
 
 def test_two_runs_whose_knees_are_more_than_one_step_apart_are_flagged():

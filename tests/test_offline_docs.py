@@ -66,6 +66,7 @@ def test_the_docs_pages_add_nothing_to_the_openapi_schema(client: TestClient) ->
     assert not [p for p in paths if p.startswith(("/docs", "/redoc", "/static"))]
 
 
+@pytest.mark.browser
 def test_the_test_browser_reaches_loopback_and_nothing_else(chromium: str) -> None:
     with ScriptedServer() as server:
         # One script from this loopback server, one from "a CDN" that the browser would
@@ -90,6 +91,7 @@ def test_the_test_browser_reaches_loopback_and_nothing_else(chromium: str) -> No
 
 
 @pytest.mark.e2e
+@pytest.mark.browser
 def test_swagger_ui_and_redoc_render_every_operation_with_the_network_off(
     stage: Any, settings_env: None, chromium: str, tmp_path: Path
 ) -> None:

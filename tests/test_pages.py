@@ -14,8 +14,6 @@ import pytest
 from tests.pagerun import Session
 from tests.pages import ROOT, Step, declaration_problems, steps
 
-pytestmark = pytest.mark.e2e
-
 PAGES = [
     "README.md",
     "docs/index.md",
@@ -98,6 +96,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pages]:
     opened.close()
 
 
+@pytest.mark.e2e  # the pages' own commands: make run, curl, uvicorn, ...
 @pytest.mark.parametrize("step", STEPS, ids=[step.id for step in STEPS])
 def test_each_command_on_a_page_prints_what_the_page_shows(step, pages):
     if step.kind == "skip":
@@ -128,6 +127,22 @@ def test_no_page_shows_a_placeholder_a_reader_would_have_to_replace():
         for match in PLACEHOLDERS.finditer((ROOT / path).read_text(encoding="utf-8"))
     ]
     assert found == []
+
+
+API_PORT = re.compile(r"(?:127\.0\.0\.1|localhost):8000\b")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_a_page_names_the_apis_port_in_one_line_that_sets_api(page):
+    # `make run PORT=8080` (the README's answer to "port taken?") costs a reader one line
+    # per page, API=http://127.0.0.1:8080, not a rewrite of every curl.
+    mine = [step for step in STEPS if step.page == page and step.kind in ("run", "skip")]
+    naming = [step.command for step in mine if API_PORT.search(step.command)]
+    assert naming in ([], ["API=http://127.0.0.1:8000"]), naming
+    using = [index for index, step in enumerate(mine) if "$API" in step.command]
+    if using:
+        setting = [i for i, step in enumerate(mine) if step.command.startswith("API=")]
+        assert setting and setting[0] < using[0], f"{page} uses $API before it sets it"
 
 
 def test_no_command_on_a_page_depends_on_the_day_it_is_read():

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from devkit.valkey import EmbeddedValkey
 from tests.helpers import enqueue
 
-pytestmark = pytest.mark.since_stage(2)
+pytestmark = [pytest.mark.since_stage(2), pytest.mark.e2e]  # a Valkey of its own, to stop
 
 # A guard against hanging, not a benchmark: the API's Redis timeout is 1 s, and a laptop
 # with both cores busy may take a few more.

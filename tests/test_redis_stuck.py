@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from devkit.valkey import EmbeddedValkey
 from tests.helpers import enqueue, job
 
-pytestmark = pytest.mark.since_stage(2)
+pytestmark = [pytest.mark.since_stage(2), pytest.mark.e2e]  # a Valkey of its own, to stop
 
 REDIS_TIMEOUT_S = 0.5  # the API's REDIS_TIMEOUT_S in this test
 SLACK_S = 1.5  # what a busy 2-core machine may add to it

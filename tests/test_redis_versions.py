@@ -1,13 +1,12 @@
 """The servers the FAQ says the stages are tested on: each stage's whole job cycle on each.
 
-The embedded Valkey always; a `redis-server` binary when one is installed (Debian 12's is
-Redis 7.0), started here on a free loopback port and thrown away, never the system's.
+The embedded Valkey, and Debian 12's `redis-server` (Redis 7.0, from `make tools`), each
+started here on a free loopback port and thrown away, never the system's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,9 @@ from fastapi.testclient import TestClient
 from devkit.valkey import EmbeddedValkey, free_port
 from tests.helpers import enqueue, job, poll, run_burst_worker
 from tests.processes import Processes
+from tests.tools import require
+
+pytestmark = pytest.mark.e2e  # servers of its own, one per test
 
 START_DEADLINE_S = 10.0
 
@@ -29,9 +31,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         with EmbeddedValkey(tmp_path / "valkey", persist=False) as valkey:
             yield valkey.url, redis.Redis.from_url(valkey.url).info("server")
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("no redis-server installed: the FAQ's Redis claim is not checked here")
+    binary = require("redis-server")
     port = free_port()
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "no", "--dir", str(tmp_path)]  # fmt: skip

@@ -188,3 +188,128 @@ def test_a_second_runner_on_the_same_data_refuses_in_one_line_until_the_first_is
             for orphan in orphans:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     orphan.kill()
+
+
+def job_states(url: str, ids: list[str]) -> list[tuple[str, int]]:
+    jobs = [httpx.get(f"{url}/jobs/{job_id}").json() for job_id in ids]
+    return [(job["status"], job["attempts"]) for job in jobs]
+
+
+def said(runner, text: str) -> str:
+    """Wait until the runner's output holds `text`; the output from there on."""
+    poll(lambda: text in runner.output(), START_DEADLINE_S, f"the runner to say {text!r}")
+    output = runner.output()
+    return output[output.index(text) :]
+
+
+def test_ctrl_c_in_stage1_stops_only_the_api_and_says_how_many_tasks_were_lost(tmp_path):
+    # Stage 1's lesson, on screen: the tasks die with the web process, and only that.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with Processes(tmp_path / "logs") as procs:
+        runner = procs.runner(1, port, tmp_path / "data", stage_env(None, tmp_path / "unused"))
+        for _ in range(2):
+            assert httpx.post(f"{url}/tasks/wait", json={"seconds": 20}).status_code == 202
+        # Each task runs right after its 202 was sent, in the request that accepted it.
+        runner.process.send_signal(signal.SIGINT)
+        code, output = exited(runner)
+    assert code == 0, output
+    stopping = output[output.index("SIGINT") :].splitlines()[0]
+    assert "stopping the API" in stopping, stopping
+    assert "worker" not in stopping and "Valkey" not in stopping, stopping
+    assert "runner | 2 background tasks were still running: cancelled, and lost" in output
+    assert "wait(20.0 s) done" not in output
+
+
+@pytest.mark.since_stage(newest_stage())
+def test_ctrl_c_says_what_it_waits_for_and_a_second_one_puts_the_running_jobs_back_now(
+    stage, tmp_path
+):
+    env, data = stage_env(None, tmp_path / "unused"), tmp_path / "data"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with Processes(tmp_path / "logs") as procs:
+        runner = procs.runner(stage, port, data, env)
+        ids = [
+            httpx.post(f"{url}/tasks/wait", json={"seconds": 20}).json()["job_id"] for _ in range(2)
+        ]
+        running = [("in_progress", 1)] * 2
+        poll(lambda: job_states(url, ids) == running, JOB_DEADLINE_S, "both jobs to run")
+
+        runner.process.send_signal(signal.SIGINT)
+        said(runner, "waiting up to 8 s for 2 running jobs; Ctrl-C again to stop them now")
+        runner.process.send_signal(signal.SIGINT)
+        code, output = exited(runner)
+        assert code == 0, output
+        assert "wait complete" not in output, "the worker waited its 8 s after all"
+        assert "stopped 2 running jobs: they are back in the queue" in output
+
+        # Back in the queue, not lost nor held by ARQ's in-progress mark (40 s here): the
+        # next start runs them again at once, as their second try.
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        procs.runner(stage, port, data, env)
+        again = [("in_progress", 2)] * 2
+        poll(lambda: job_states(url, ids) == again, JOB_DEADLINE_S, "both jobs to run again")
+
+
+def test_workers_0_is_said_in_one_line_and_its_jobs_wait_in_the_queue(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [*runner_command(2, port, tmp_path / "data"), "--workers", "0"]
+    with Processes(tmp_path / "logs") as procs:
+        runner = procs.start("runner", command, stage_env(None, tmp_path / "unused"))
+        said(runner, "Press Ctrl-C to stop.")
+        job_id = httpx.post(f"{url}/tasks/add", json={"x": 1, "y": 2}).json()["job_id"]
+        assert httpx.get(f"{url}/jobs/{job_id}").json()["status"] == "queued"
+        output = runner.output()
+    warnings = [line for line in output.splitlines() if "WORKERS=0" in line]
+    assert len(warnings) == 1, output
+    assert "no worker: jobs wait in the queue until one runs" in warnings[0]
+    assert "arq stage2_arq_basic.worker.WorkerSettings" in warnings[0]
+
+
+def start_waiting_job(url: str, seconds: float) -> str:
+    job_id = httpx.post(f"{url}/tasks/wait", json={"seconds": seconds}).json()["job_id"]
+    poll(lambda: job_states(url, [job_id])[0][0] == "in_progress", JOB_DEADLINE_S, "the job")
+    return job_id
+
+
+def test_ctrl_c_in_stage2_says_its_running_job_goes_back_in_the_queue(redis_url, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with Processes(tmp_path / "logs") as procs, redis.Redis.from_url(redis_url) as queue:
+        runner = procs.runner(2, port, tmp_path / "data", stage_env(redis_url, tmp_path))
+        job_id = start_waiting_job(url, 20)
+        runner.process.send_signal(signal.SIGINT)
+        code, output = exited(runner)
+        assert code == 0, output
+        assert "stopping the worker, then the API (your Redis keeps running)" in output
+        assert "1 running job: cancelled, back in the queue; the next start runs it again" in output
+        # ... which is what ARQ did: queued again, no longer marked in progress.
+        assert queue.zscore("arq:queue", job_id) is not None
+        assert not queue.exists(f"arq:in-progress:{job_id}")
+
+
+@pytest.mark.since_stage(newest_stage())
+def test_with_your_own_redis_a_second_ctrl_c_says_when_arq_runs_the_job_again(
+    stage, redis_url, tmp_path
+):
+    # Other workers may share your Redis: their in-progress marks look like ours, so the
+    # runner leaves every mark alone and says when this one expires.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with Processes(tmp_path / "logs") as procs, redis.Redis.from_url(redis_url) as queue:
+        runner = procs.runner(stage, port, tmp_path / "data", stage_env(redis_url, tmp_path))
+        job_id = start_waiting_job(url, 20)
+        runner.process.send_signal(signal.SIGINT)
+        said(runner, "waiting up to 8 s for 1 running job; Ctrl-C again to stop it now")
+        runner.process.send_signal(signal.SIGINT)
+        code, output = exited(runner)
+        assert code == 0, output
+        stopped = re.search(r"stopped 1 running job: ARQ runs it again once its in-progress "
+                            r"mark expires, in about (\d+) s", output)  # fmt: skip
+        assert stopped, output
+        left_s = queue.pttl(f"arq:in-progress:{job_id}") / 1000
+        assert 0 < left_s <= int(stopped[1]) + 1
+        assert queue.zscore("arq:queue", job_id) is not None

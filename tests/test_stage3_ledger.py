@@ -29,7 +29,7 @@ FINAL = {"complete", "failed"}
 
 
 @pytest.fixture(scope="session")
-def postgres_admin() -> Iterator[str | None]:
+def postgres_admin() -> Iterator[str]:
     """A PostgreSQL server to make databases in: yours, or one of our own (tests/postgres.py)."""
     if conninfo := os.environ.get("LEDGER_TEST_POSTGRES"):
         yield conninfo
@@ -39,11 +39,8 @@ def postgres_admin() -> Iterator[str | None]:
 
 
 @pytest.fixture(scope="session")
-def postgres_database(postgres_admin: str | None) -> Iterator[str | None]:
-    """A throwaway PostgreSQL database for this session (dropped after), or None."""
-    if postgres_admin is None:
-        yield None
-        return
+def postgres_database(postgres_admin: str) -> Iterator[str]:
+    """A throwaway PostgreSQL database for this session (dropped after)."""
     name = f"jobs_test_{uuid.uuid4().hex[:12]}"
     # The admin connection's every parameter (host, even a socket folder, port, user,
     # password), in the query of a URL that names the new database.
@@ -57,13 +54,13 @@ def postgres_database(postgres_admin: str | None) -> Iterator[str | None]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", "postgresql"], autouse=True)
-def database(request, settings_env, postgres_database, monkeypatch, stage) -> str:
+# The PostgreSQL variant starts a server of its own (tests/postgres.py): an e2e test.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)], autouse=True)
+def database(request, settings_env, monkeypatch, stage) -> str:
     """Point DATABASE_URL at an empty ledger: SQLite in tmp_path, or the session's PostgreSQL."""
     if request.param == "sqlite":
         return "sqlite"
-    if postgres_database is None:
-        pytest.skip("PostgreSQL's server programs (initdb) are not installed here")
+    postgres_database = request.getfixturevalue("postgres_database")
     with psycopg.connect(postgres_database.replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS jobs")
     monkeypatch.setenv("DATABASE_URL", postgres_database)
@@ -126,9 +123,8 @@ def test_the_row_is_written_before_the_job_is_enqueued(client, raw_redis):
     assert job["args"] == {"x": 1, "y": 2}
 
 
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # it holds SQLite's write lock
 def test_a_job_reaches_redis_only_once_its_row_is_committed(stage, client, raw_redis, database):
-    if database != "sqlite":
-        pytest.skip("holds SQLite's write lock")
     path = sa.make_url(stage.module("config").get_settings().database_url).database
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # the ledger's commit now waits (busy_timeout) for us
@@ -218,6 +214,7 @@ def test_reconcile_marks_a_job_that_redis_lost_failed(stage, client, raw_redis, 
     assert job["error"].startswith("lost: Redis no longer knows this job")
 
 
+@pytest.mark.e2e  # a Valkey of its own, to stop
 def test_a_job_redis_refused_is_recorded_failed_not_left_queued(stage, tmp_path, monkeypatch):
     server = EmbeddedValkey(tmp_path / "valkey", persist=False)
     server.start()
@@ -392,7 +389,8 @@ def hold_lock(url: str, locked: threading.Event, release: threading.Event) -> No
 
 
 # PostgreSQL only: SQLite readers never wait for a writer (WAL), and its writers wait 5 s.
-@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("database", [pytest.param("postgresql", marks=pytest.mark.e2e)],
+                         indirect=True)  # fmt: skip
 def test_a_locked_postgresql_table_costs_a_503_in_seconds_not_a_hang(
     client, database, postgres_database
 ):
@@ -420,7 +418,8 @@ def test_a_locked_postgresql_table_costs_a_503_in_seconds_not_a_hang(
     assert client.get(f"/jobs/{job_id}").status_code == 200  # and back once the lock is gone
 
 
-@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("database", [pytest.param("postgresql", marks=pytest.mark.e2e)],
+                         indirect=True)  # fmt: skip
 def test_the_postgresql_variant_runs_on_a_server_the_tests_started(postgres_database):
     # Never on the machine's own PostgreSQL: the tests create and drop databases.
     if os.environ.get("LEDGER_TEST_POSTGRES"):

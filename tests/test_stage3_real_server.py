@@ -38,6 +38,7 @@ def running_api(stage, redis_url: str, tmp_path) -> Iterator[tuple[str, Proc]]:
         yield f"http://127.0.0.1:{port}", api
 
 
+@pytest.mark.browser
 def test_the_page_updates_itself_until_the_job_is_complete_at_100_percent(
     stage, settings_env, redis_url, drain, chromium, tmp_path
 ):

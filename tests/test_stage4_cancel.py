@@ -277,3 +277,9 @@ def test_a_delete_while_another_api_creates_the_job_cancels_it_for_good(
     assert (worker.jobs_complete, worker.jobs_failed) == (0, 0)  # it never ran
     assert status(client, job_id) == "cancelled"
     assert redis_status(raw_redis, job_id) == "cancelled"
+
+
+def test_the_api_docs_call_delete_a_cancel(client):
+    # FastAPI would name it after the function: "Delete Job". It cancels; nothing is deleted.
+    delete = client.get("/openapi.json").json()["paths"]["/jobs/{job_id}"]["delete"]
+    assert delete["summary"] == "Cancel a job"

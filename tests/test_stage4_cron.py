@@ -1,15 +1,22 @@
 """Stage 4: the ledger maintenance cron job, run directly instead of waiting for the clock."""
 
 import asyncio
+import dataclasses
 import json
+import logging
+import re
+import time
 import uuid
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 from arq.connections import RedisSettings, create_pool
+from arq.worker import Worker, get_kwargs
 
 from tests.helpers import enqueue, enqueue_behind_the_apis_back
+from tests.pagerun import Bindings
+from tests.pages import blocks
 
 pytestmark = pytest.mark.since_stage(4)
 
@@ -213,3 +220,46 @@ def test_the_cron_job_cannot_be_read_or_cancelled_through_the_job_routes(
     assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)  # it ran, not cancelled
     report = json.loads(raw_redis.get(f"arq:result:{cron_id}"))
     assert report["s"] and "settled" in report["r"]
+
+
+def test_the_cron_jobs_log_lines_are_the_ones_the_page_shows(
+    stage, redis_url, settings_env, caplog
+):
+    # The page's output of a tick cannot be run as a page step (a tick is up to five minutes
+    # away), so here the worker runs the same cron job at once and its log is compared with
+    # the page's lines, the way tests/test_pages.py compares a process's log.
+    (shown,) = [
+        block.source for block in blocks("docs/stages/stage4.md")
+        if block.verb == "not-run" and "cron:maintain_ledger" in block.source
+    ]  # fmt: skip
+    settings = get_kwargs(stage.module("worker").WorkerSettings)
+    (job,) = settings["cron_jobs"]
+    settings |= {
+        "cron_jobs": [dataclasses.replace(job, run_at_startup=True)],  # due at the first beat
+        "redis_settings": RedisSettings.from_dsn(redis_url),
+        "burst": True,
+        "poll_delay": 0,
+        "handle_signals": False,
+    }
+
+    async def run() -> None:
+        worker = Worker(**settings)  # built in the loop it runs in (ARQ_NOTES A11)
+        try:
+            await worker.async_run()
+        finally:
+            await worker.close()
+
+    with caplog.at_level(logging.INFO, logger="arq.worker"):
+        asyncio.run(run())
+    # As `make run` prints it: the runner's prefix, then ARQ's own "%H:%M:%S: message".
+    printed = [
+        f"  worker | {time.strftime('%H:%M:%S', time.localtime(r.created))}: {r.getMessage()}"
+        for r in caplog.records if r.name == "arq.worker"
+    ]  # fmt: skip
+    bindings = Bindings()
+    for line in shown.strip().splitlines():
+        pattern, _ = bindings.pattern(line.strip(), log=True)
+        search = re.compile(pattern.pattern.removesuffix(r"[ \t]*\n"))
+        assert any(search.search(text) for text in printed), f"{line}\nnot in:\n" + "\n".join(
+            printed
+        )

@@ -27,11 +27,31 @@ def test_delay_seconds_defers_too(client):
     assert status(client, job_id) == "deferred"
 
 
-def test_a_time_in_the_past_runs_now(client):
-    job_id = enqueue(
-        client, "add", ADD, run_at=(datetime.now(UTC) - timedelta(hours=1)).isoformat()
-    )
-    assert status(client, job_id) == "queued"
+def test_a_time_in_the_past_runs_now_and_the_answer_says_so(client):
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    response = client.post("/tasks/add", json=ADD, params={"run_at": past})
+    assert response.status_code == 202, response.text
+    assert response.json()["detail"] == "run_at is in the past: the job runs now"
+    assert status(client, response.json()["job_id"]) == "queued"
+
+
+@pytest.mark.parametrize("when", ["now", "delay_seconds", "run_at"])
+def test_a_job_that_runs_when_asked_gets_no_detail(client, when):
+    in_an_hour = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    params = {"now": {}, "delay_seconds": {"delay_seconds": 60}, "run_at": {"run_at": in_an_hour}}
+    response = client.post("/tasks/add", json=ADD, params=params[when])
+    assert response.status_code == 202, response.text
+    assert set(response.json()) == {"job_id", "status_url"}
+
+
+def test_a_replay_answers_with_the_job_not_a_new_decision_about_its_time(client):
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    key = {"Idempotency-Key": "past-1"}
+    first = client.post("/tasks/add", json=ADD, params={"run_at": past}, headers=key)
+    again = client.post("/tasks/add", json=ADD, params={"run_at": past}, headers=key)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["job_id"] == first.json()["job_id"]
+    assert "detail" in first.json() and "detail" not in again.json()
 
 
 @pytest.mark.parametrize(

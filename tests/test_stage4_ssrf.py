@@ -7,7 +7,6 @@ other name to the real one.
 
 import hashlib
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 import jobkit.ssrf
 from tests.helpers import enqueue, poll
 from tests.httpserver import Reply, ScriptedServer, fetch_settings
+from tests.tools import require
 
 pytestmark = pytest.mark.since_stage(4)
 
@@ -325,12 +325,11 @@ def test_an_idempotent_retry_of_an_accepted_fetch_replays_it_without_a_second_lo
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     """A self-signed certificate for the name tls.test only: (certificate, key) files."""
-    if not shutil.which("openssl"):
-        pytest.skip("needs the openssl command to make a certificate")
+    openssl = require("openssl")
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
          "-subj", "/CN=tls.test", "-addext", "subjectAltName=DNS:tls.test",
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
@@ -338,6 +337,7 @@ def certificate(tmp_path_factory):
     return cert, key
 
 
+@pytest.mark.e2e  # openssl makes the certificate
 @pytest.mark.parametrize(("name", "matches"), [("tls.test", True), ("other.test", False)])
 def test_a_pinned_https_fetch_verifies_the_certificate_against_the_host_name(
     twin_env, fake_dns, certificate, monkeypatch, client, drain, name, matches

@@ -42,6 +42,7 @@ def test_without_root_it_says_how_to_install_them_instead(
     assert "sudo apt-get install wrk" in out and "brew install wrk" in out
 
 
+@pytest.mark.e2e  # runs make
 def test_make_test_runs_make_tools_before_the_tests() -> None:
     # `make -n` prints the commands without running them.
     commands = subprocess.run(
