@@ -206,6 +206,16 @@ class Database:
 
         return await asyncio.get_running_loop().run_in_executor(self.readers, read_rows)
 
+    async def read_with(self, work: Callable[[sa.Connection], T]) -> T:
+        """Run `work(connection)` in a reader thread: a read that takes several queries, in
+        one trip to the thread."""
+
+        def with_connection() -> T:
+            with self.engine.connect() as connection:
+                return work(connection)
+
+        return await asyncio.get_running_loop().run_in_executor(self.readers, with_connection)
+
     async def run(self, work: Callable[[sa.Connection], T]) -> T:
         """Run `work(connection)` in one transaction, in the writer thread, after the writes
         made before it: for what a single statement cannot say (read, then delete)."""

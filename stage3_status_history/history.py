@@ -78,4 +78,6 @@ async def list_jobs(
 async def jobs_page(request: Request, ledger: LedgerDep) -> HTMLResponse:
     """Recent jobs as an HTML page; each unfinished one follows its event stream."""
     records = await ledger.newest(PAGE_SIZE)
-    return templates.TemplateResponse(request, "jobs.html", {"jobs": records, "final": FINAL})
+    return templates.TemplateResponse(
+        request, "jobs.html", {"jobs": records, "final": sorted(FINAL)}
+    )

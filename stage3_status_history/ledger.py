@@ -1,19 +1,18 @@
 """The Ledger: the jobs table (tables.py) for async code. Redis is the queue, this the record.
 
-The API writes a job's row *before* it enqueues, the worker records start, progress and end,
-and an ending the worker's hooks missed (ARQ skips them for some) is recorded from Redis
-by GET /jobs/{id}, for the job it reads (stage 4 adds a cron job that sweeps them all)."""
+The API writes a job's row *before* it enqueues; the worker records its start, progress and
+end. Reads never write: an ending the worker's hooks never saw (ARQ skips them for some) is
+shown from Redis while Redis has it (jobstore.read_job); stage 4 adds a cron job that records
+those endings."""
 
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from arq.connections import ArqRedis
-from arq.jobs import Job, JobResult
 
 from jobkit.db import Database, create_engine, create_tables
 
-from .jobs import FINAL, JobView, deserialize, outcome
+from .jobs import FINAL, JobView
 from .tables import JOBS, LedgerModel, now
 
 
@@ -28,8 +27,8 @@ class Ledger:
     def __init__(self, url: str, write_behind: bool = False) -> None:
         self.db = Database(create_engine(url), write_behind=write_behind)
         self.insert_job = JOBS.insert()
-        self.update_any = JOBS.update().where(JOBS.c.job_id == sa.bindparam("_job_id"))
-        self.update_unfinished = self.update_any.where(*(JOBS.c.status != s for s in FINAL))
+        this_job = JOBS.c.job_id == sa.bindparam("_job_id")
+        self.update_unfinished = JOBS.update().where(this_job, JOBS.c.status.not_in(FINAL))
 
     def create_schema(self) -> None:
         create_tables(LedgerModel.metadata, self.db.engine)
@@ -41,10 +40,11 @@ class Ledger:
         row = dict(job_id=job_id, function=function, args=args, status=status, result=None)
         await self.db.write(self.insert_job, {**row, "enqueue_time": now(), "updated_at": now()})
 
-    async def update(self, job_id: str, *, overwrite_final: bool = False, **values: Any) -> None:
-        """Change the job's row if it has not finished (or even then, with overwrite_final)."""
-        statement = self.update_any if overwrite_final else self.update_unfinished
-        await self.db.write(statement, {"_job_id": job_id, **values, "updated_at": now()})
+    async def update(self, job_id: str, **values: Any) -> None:
+        """Change the job's row, unless it has finished: an ending, once recorded, stays."""
+        await self.db.write(
+            self.update_unfinished, {"_job_id": job_id, **values, "updated_at": now()}
+        )
 
     async def flush(self) -> None:
         await self.db.flush()
@@ -83,18 +83,3 @@ class Ledger:
 
     def close(self) -> None:
         self.db.close()
-
-    async def record_result_from_redis(
-        self, redis: ArqRedis, job_id: str, queue_name: str
-    ) -> dict[str, Any]:
-        """If Redis holds the job's result, record how it ended and return that (JobView
-        fields); an empty dict while it has not ended, or once Redis has forgotten it."""
-        job = Job(job_id, redis, _queue_name=queue_name, _deserializer=deserialize)
-        info = await job.result_info()
-        return {} if info is None else await self.record_outcome(job_id, info)
-
-    async def record_outcome(self, job_id: str, info: JobResult) -> dict[str, Any]:
-        ended = outcome(info)
-        progress = {"progress": 100} if info.success else {}
-        await self.update(job_id, overwrite_final=True, **ended, **progress)
-        return ended

@@ -39,7 +39,7 @@ from jobkit.tuning import freeze_startup_objects
 from . import errors, history, jobs
 from .config import Settings, get_settings
 from .deps import LedgerDep, RedisDep, SettingsDep, StreamPlaceDep, StreamsDep
-from .jobstore import create_job, read_ledger_and_redis
+from .jobstore import create_job, read_job
 from .ledger import Ledger
 from .tasks import TASKS, Args
 
@@ -168,14 +168,14 @@ async def get_job(
     settings: SettingsDep,
 ) -> jobs.JobView:
     """A job's status and progress, and its result or error once it has finished."""
-    return await read_job(job_id, redis, ledger, settings)
+    return await job_or_404(job_id, redis, ledger, settings)
 
 
-async def read_job(
+async def job_or_404(
     job_id: str, redis: ArqRedis, ledger: Ledger, settings: Settings
 ) -> jobs.JobView:
     """The job as GET /jobs/{id} answers it (its event stream reads it the same way)."""
-    view = await read_ledger_and_redis(redis, ledger, job_id, settings.queue_name)
+    view = await read_job(redis, ledger, job_id, settings.queue_name)
     if view is None:
         raise HTTPException(404, f"No job {job_id!r}")
     return view
@@ -203,7 +203,7 @@ async def job_events(
     # Polling the ledger is simple and works across processes; a real application with
     # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY).
     # jobkit.streams polls each job once, however many watch it, and caps the streams.
-    read = partial(read_job, redis=redis, ledger=ledger, settings=settings)
+    read = partial(job_or_404, redis=redis, ledger=ledger, settings=settings)
     async for latest in streams.follow(job.job_id, job, read, ended=jobs.has_ended):
         yield latest
 

@@ -18,7 +18,6 @@ from fastapi import APIRouter, HTTPException, Path, Response
 from jobkit import arq_jobs
 from jobkit.arq_jobs import Cancelled, Found
 
-from .attempts import with_attempt_log
 from .deps import LedgerDep, RedisDep, SettingsDep
 from .jobs import (
     BETWEEN_TRIES,
@@ -27,10 +26,12 @@ from .jobs import (
     LOST_IN_REDIS,
     NOT_RUN,
     JobView,
+    Status,
     deserialize,
+    read_outcome,
     serialize,
 )
-from .jobstore import read_ledger_and_redis
+from .jobstore import read_job
 from .ledger import Ledger
 from .tables import now
 
@@ -68,25 +69,27 @@ async def delete_job(
     view = await cancel_job(redis, ledger, job_id, settings.queue_name, CANCEL_WAIT_S)
     if view is None:
         raise HTTPException(404, f"No job {job_id!r}")
-    if view.status in FINAL and view.status != "cancelled":
+    if view.status in FINAL and view.status != Status.CANCELLED:
         raise HTTPException(409, f"Job {job_id} has already finished: {view.status}")
-    if view.status != "cancelled":
+    if view.status != Status.CANCELLED:
         response.status_code = 202  # still stopping: the worker has been asked to
-        return view
-    return with_attempt_log(view, await ledger.attempts(job_id))
+    return view
 
 
 async def cancel_job(
     redis: ArqRedis, ledger: Ledger, job_id: str, queue_name: str, wait_s: float
 ) -> JobView | None:
     """Cancel the job unless it has ended; returns it as it is now (None: an unknown job)."""
-    view = await read_ledger_and_redis(redis, ledger, job_id, queue_name)
+    view = await read_job(redis, ledger, job_id, queue_name)
     if view is None or view.status in FINAL:
         return view
     await cancel_and_wait(redis, view, queue_name, wait_s)
-    # Redis now has its result (unless it is still stopping); reading copies that into the
-    # ledger, so the two agree however the race went.
-    return await read_ledger_and_redis(redis, ledger, job_id, queue_name)
+    # If it has ended, the ledger copies how from Redis now, so the two agree: a job taken off
+    # the queue has no worker to record its cancel, nor one a worker stopped before it
+    # started (ARQ calls no hook then). Over a row its worker has recorded, this changes nothing.
+    if ended := await read_outcome(redis, job_id, queue_name):
+        await ledger.update(job_id, **ended)
+    return await read_job(redis, ledger, job_id, queue_name)
 
 
 async def cancel_and_wait(

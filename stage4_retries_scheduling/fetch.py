@@ -74,7 +74,7 @@ def retry_later(ctx: dict[str, Any], reason: str, retry_after: float | None = No
         if retry_after > settings.fetch_max_retry_after_s:
             return FetchFailed(f"{reason}; server asks to wait {retry_after:.0f} s, too long")
         delay = max(delay, retry_after)  # never sooner than the server asked
-    # For the attempt log (attempts.py): why, and when the next try is due.
+    # For the attempt log (worker.this_try): why, and when the next try is due.
     ctx["retry"] = {"error": reason, "next_try_at": datetime.now(UTC) + timedelta(seconds=delay)}
     return Retry(defer=delay)
 

@@ -10,7 +10,6 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
-from .attempts import with_attempt_logs
 from .deps import LedgerDep
 from .jobs import FINAL, JobView, Status
 from .tasks import TASKS
@@ -66,7 +65,7 @@ async def list_jobs(
     records = await ledger.newest(limit + 1, status, function, after)
     more = len(records) > limit
     return JobPage(
-        jobs=await with_attempt_logs(ledger, records[:limit]),  # and their tries: attempts.py
+        jobs=records[:limit],  # each with its tries (ledger.newest)
         next_cursor=encode_cursor(records[limit - 1]) if more else None,
     )
 
@@ -75,4 +74,6 @@ async def list_jobs(
 async def jobs_page(request: Request, ledger: LedgerDep) -> HTMLResponse:
     """Recent jobs as an HTML page; each unfinished one follows its event stream."""
     records = await ledger.newest(PAGE_SIZE)
-    return templates.TemplateResponse(request, "jobs.html", {"jobs": records, "final": FINAL})
+    return templates.TemplateResponse(
+        request, "jobs.html", {"jobs": records, "final": sorted(FINAL)}
+    )

@@ -36,7 +36,7 @@ from jobkit.streams import RESPONSES as STREAM_LIMITS
 from jobkit.streams import Streams
 from jobkit.tuning import freeze_startup_objects
 
-from . import attempts, cancel, errors, history, idempotency, jobs
+from . import cancel, errors, history, idempotency, jobs
 from .config import Settings, get_settings
 from .deps import (
     ClientDep,
@@ -47,7 +47,7 @@ from .deps import (
     StreamPlaceDep,
     StreamsDep,
 )
-from .jobstore import create_job, read_ledger_and_redis
+from .jobstore import create_job, read_job
 from .ledger import Ledger
 from .tasks import TASKS, Args
 
@@ -185,17 +185,17 @@ async def get_job(
     settings: SettingsDep,
 ) -> jobs.JobView:
     """A job's status, progress and attempts, and its result or error once it has ended."""
-    return await read_job(job_id, redis, ledger, settings)
+    return await job_or_404(job_id, redis, ledger, settings)
 
 
-async def read_job(
+async def job_or_404(
     job_id: str, redis: ArqRedis, ledger: Ledger, settings: Settings
 ) -> jobs.JobView:
     """The job as GET /jobs/{id} answers it (its event stream reads it the same way)."""
-    view = await read_ledger_and_redis(redis, ledger, job_id, settings.queue_name)
+    view = await read_job(redis, ledger, job_id, settings.queue_name)
     if view is None:
         raise HTTPException(404, f"No job {job_id!r}")
-    return await attempts.read_attempt_log(ledger, view)
+    return view
 
 
 @app.get(
@@ -216,7 +216,7 @@ async def job_events(
     # Polling the ledger is simple and works across processes; a real application with
     # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY).
     # jobkit.streams polls each job once, however many watch it, and caps the streams.
-    read = partial(read_job, redis=redis, ledger=ledger, settings=settings)
+    read = partial(job_or_404, redis=redis, ledger=ledger, settings=settings)
     async for latest in streams.follow(job.job_id, job, read, ended=jobs.has_ended):
         yield latest
 

@@ -22,10 +22,10 @@ from arq.jobs import DeserializationError, deserialize_result
 from jobkit import arq_jobs
 
 from .config import get_settings
-from .jobs import FINAL, JobView, deserialize
+from .jobs import FINAL, JobView, Status, deserialize, outcome
 from .ledger import Ledger
 from .tables import ATTEMPTS, JOBS, now
-from .timeouts import timeout_s
+from .tasks import TASKS
 
 # --8<-- [start:constants]
 # Every few minutes; history is kept this long after a job ends.
@@ -110,7 +110,7 @@ async def reconcile(ledger: Ledger, redis: ArqRedis, budget: int) -> int:
         failed = {r.job_id: why for r in gone if (why := why_failed(r, lost_before))}
         await asyncio.gather(
             *(
-                ledger.update(job_id, status="failed", error=error, finish_time=now())
+                ledger.update(job_id, status=Status.FAILED, error=error, finish_time=now())
                 for job_id, error in failed.items()
             )
         )
@@ -141,9 +141,11 @@ async def record_ends(
             info = deserialize_result(end.result, deserializer=deserialize)
         except DeserializationError:  # not JSON, so not ours (a planted pickle?): settle it
             error = "undecodable: its result in Redis is not JSON, so this app never wrote it"
-            writes.append(ledger.update(job_id, status="failed", error=error, finish_time=now()))
+            writes.append(
+                ledger.update(job_id, status=Status.FAILED, error=error, finish_time=now())
+            )
         else:
-            writes.append(ledger.record_outcome(job_id, info))
+            writes.append(ledger.update(job_id, **outcome(info)))
     await asyncio.gather(*writes)  # writes that arrive together share one transaction
     return states
 
@@ -179,9 +181,10 @@ async def carry_on_after(redis: ArqRedis, checked: list[JobView], budget: int) -
 
 def why_failed(record: JobView, lost_before: datetime) -> str | None:
     """Why a row whose job Redis has no trace of has failed, or None if it may yet appear."""
-    limit = timeout_s(record.function) + STUCK_GRACE_S
+    task = TASKS.get(record.function)
+    limit = (task[0].timeout_s() if task else get_settings().job_timeout_s) + STUCK_GRACE_S
     started = record.start_time or record.enqueue_time
-    if record.status == "in_progress" and started < now() - timedelta(seconds=limit):
+    if record.status == Status.IN_PROGRESS and started < now() - timedelta(seconds=limit):
         return f"stuck: its worker stopped and Redis no longer has it ({limit:.0f} s limit)"
     if record.enqueue_time < lost_before:
         return "lost: Redis no longer knows this job (flushed, or its result expired)"
