@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed: `make tools`, `apt-get install wrk` or `brew install wrk`")
         return 1
-    stages = args.stage or ([] if args.variant else [n for n in STAGES if n >= 2])
+    stages = args.stage or [n for n in STAGES if n >= 2]
     apps = apps_for(stages, args.variant)
     with contextlib.ExitStack() as running:
         tmp = Path(running.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))

@@ -86,7 +86,8 @@ async def cancel(
 
 async def _watch(pipe: Pipeline, job_id: str) -> Found | None:
     """WATCH the job's keys and read them: what is left to cancel, or None if it has ended."""
-    in_progress, result = in_progress_key_prefix + job_id, result_key_prefix + job_id
+    in_progress = in_progress_key_prefix + job_id
+    result = result_key_prefix + job_id
     job_key = job_key_prefix + job_id
     try:
         # WATCH what a worker changes when it claims (in-progress), retries or finishes
@@ -94,7 +95,8 @@ async def _watch(pipe: Pipeline, job_id: str) -> Found | None:
         # and we look again. Watching the in-progress key alone misses a job that has just
         # finished: we would overwrite its result.
         await pipe.watch(in_progress, result, job_key)
-        running, done = await pipe.exists(in_progress), await pipe.exists(result)
+        running = await pipe.exists(in_progress)
+        done = await pipe.exists(result)
         raw = await pipe.get(job_key)
         attempts = int(await pipe.get(retry_key_prefix + job_id) or 0)
     except WatchError as exc:
@@ -110,7 +112,8 @@ def _take_off_the_queue(
     pipe: Pipeline, job_id: str, queue_name: str, result: bytes, keep_result_s: float
 ) -> None:
     """Queue the commands that remove a job no worker runs, with `result` as its result."""
-    in_progress, job_key = in_progress_key_prefix + job_id, job_key_prefix + job_id
+    in_progress = in_progress_key_prefix + job_id
+    job_key = job_key_prefix + job_id
     pipe.zrem(queue_name, job_id)
     pipe.zrem(abort_jobs_ss, job_id)
     pipe.set(result_key_prefix + job_id, result, px=int(keep_result_s * 1000))
@@ -139,7 +142,8 @@ def failed_result(
     serializer: Serializer,
 ) -> bytes:
     """The result ARQ would store for the job, failed with `error` now."""
-    at, ref = timestamp_ms(), f"{job_id}:{function}"
+    at = timestamp_ms()
+    ref = f"{job_id}:{function}"
     fields = (function, tuple(args), kwargs, attempts, enqueue_ms, False, error, at, at, ref)
     result = serialize_result(*fields, queue_name, job_id, serializer=serializer)
     if result is None:  # ARQ's answer when it cannot serialize even the error

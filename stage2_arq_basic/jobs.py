@@ -86,7 +86,8 @@ async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobV
         view.status = Status.COMPLETE if info.success else Status.FAILED
         view.result = info.result if info.success else None
         view.error = None if info.success else _error_text(info.result)
-        view.start_time, view.finish_time = info.start_time, info.finish_time
+        view.start_time = info.start_time
+        view.finish_time = info.finish_time
         view.attempts = info.job_try
     return view
 

@@ -135,10 +135,12 @@ def cancelled_result(job: JobView, found: Found, queue_name: str) -> bytes:
     """The result the job ends with: failed with CancelledError(why), as ARQ would store it.
     A job Redis has no trace of gets it too: a tombstone its enqueue cannot pass."""
     if found.raw is not None:  # the job as ARQ stored it
-        raw = deserialize_job_raw(found.raw, deserializer=deserialize)
-        (function, args, kwargs, _, enqueue_ms), attempts = raw, found.attempts
+        stored = deserialize_job_raw(found.raw, deserializer=deserialize)
+        function, args, kwargs, _, enqueue_ms = stored
+        attempts = found.attempts
     else:  # the job as the ledger has it
-        function, args, kwargs, attempts = job.function, (), job.args, job.attempts
+        function, args, kwargs = job.function, (), job.args
+        attempts = job.attempts
         enqueue_ms = int(job.enqueue_time.timestamp() * 1000)
     error = asyncio.CancelledError(why_cancelled(job, found))
     fields = (function, args, kwargs, attempts, enqueue_ms, error, queue_name)

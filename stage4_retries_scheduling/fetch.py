@@ -66,7 +66,8 @@ async def fetch(ctx: dict[str, Any], url: str) -> dict[str, Any]:
 def retry_later(ctx: dict[str, Any], reason: str, retry_after: float | None = None) -> Exception:
     """What to raise for a failure worth another try: Retry after a backoff delay, or
     FetchFailed once the tries are used up or the server asks for too long a wait."""
-    settings, attempt = ctx["settings"], ctx["job_try"]
+    settings = ctx["settings"]
+    attempt = ctx["job_try"]
     if attempt >= settings.fetch_max_tries:
         return FetchFailed(f"{reason}; gave up after {attempt} attempts")
     delay = backoff_delay(attempt, settings.fetch_base_delay_s, settings.fetch_max_delay_s)

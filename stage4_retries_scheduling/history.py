@@ -14,8 +14,10 @@ from .deps import LedgerDep
 from .jobs import FINAL, JobView, Status
 from .tasks import TASKS
 
-PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
-MAX_CURSOR, MAX_JOB_ID = 200, 64  # characters; a real cursor is about 90
+PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+MAX_CURSOR = 200  # characters; a real cursor is about 90
+MAX_JOB_ID = 64
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(tags=["jobs"])
 

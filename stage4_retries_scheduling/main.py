@@ -1,9 +1,10 @@
 """Stage 4: retries, scheduling, cancel and idempotency, on top of stage 3's ledger.
 
-What it adds, a module each: fetch's retries and the attempt log (fetch.py, attempts.py),
-the SSRF guard (fetch.py, over jobkit.ssrf), `run_at`/`delay_seconds` (scheduling.py), the
-`Idempotency-Key` header (idempotency.py), `DELETE /jobs/{id}` (cancel.py), a timeout per
-task and graceful shutdown (timeouts.py), and a cron job for the ledger (maintenance.py).
+What it adds, a module each: fetch's retries with backoff and the SSRF guard (fetch.py), a
+log of every try (the worker's hooks, tables.py), `run_at`/`delay_seconds` (scheduling.py),
+the `Idempotency-Key` header (idempotency.py), `DELETE /jobs/{id}` (cancel.py), a timeout per
+task (tasks.py) and graceful shutdown (worker.py), and a cron job for the ledger
+(maintenance.py).
 
 Run it:
     make run STAGE=4
@@ -138,7 +139,8 @@ def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueu
         key: idempotency.Key = None,
     ) -> Enqueued:
         args: Args = body  # this task's own model, which FastAPI has validated
-        job_id, kwargs = uuid.uuid4().hex, args.model_dump()
+        job_id = uuid.uuid4().hex
+        kwargs = args.model_dump()
         fingerprint = idempotency.request_fingerprint(name, kwargs, schedule.as_asked)
         async with idempotency.claimed(redis, key, job_id, fingerprint) as earlier:
             if earlier is None:  # no Idempotency-Key, or the first request with it

@@ -35,7 +35,7 @@ HISTORY_RETENTION_S = 30 * 24 * 3600
 MAINTENANCE_KEEP_RESULT_S = 3600
 # Each run checks at most this many unfinished rows, and prunes at most this many jobs and
 # as many orphaned attempts, so it ends well inside its timeout however far behind it is
-# (about 1 s on 2 busy cores; see the chapter). The next run carries on.
+# (the chapter has what a run of that size takes). The next run carries on.
 MAINTENANCE_ROW_BUDGET = 5_000
 # An unfinished row that Redis has not heard of for this long was lost with Redis's data.
 LOST_AFTER_S = 300
@@ -99,7 +99,8 @@ async def reconcile(ledger: Ledger, redis: ArqRedis, budget: int) -> int:
     flush, a restart without persistence): it is marked failed. So, sooner, is a job "in
     progress" past its timeout that Redis no longer has.
     """
-    queue_name, settled = get_settings().queue_name, 0
+    queue_name = get_settings().queue_name
+    settled = 0
     lost_before = now() - timedelta(seconds=LOST_AFTER_S)
     records = await rows_to_check(ledger, redis, budget)
     for start in range(0, len(records), RECONCILE_BATCH):

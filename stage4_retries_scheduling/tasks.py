@@ -139,7 +139,8 @@ class ReportArgs(Args):
     def fits_its_timeout(self) -> "ReportArgs":
         # Refused now, with a 422 that says why, rather than a 202 for a job that is bound
         # to time out half a minute later.
-        total, longest = self.steps * self.step_seconds, report_max_s()
+        total = self.steps * self.step_seconds
+        longest = report_max_s()
         if total > longest:
             raise ValueError(
                 f"steps * step_seconds is {total:g} s; a report may take at most {longest:g} s "

@@ -1,8 +1,8 @@
 """The ARQ worker: a separate process that takes jobs from Redis and runs them.
 
-Stage 4's worker gives each task its own timeout (timeouts.py), records every try in the
-attempt log (attempts.py), stops a running job on DELETE /jobs/{id} (cancel.py), and runs a
-cron job that looks after the ledger (maintenance.py).
+Stage 4's worker gives each task its own timeout (tasks.Args), records every try in the
+attempt log (its hooks, below), stops a running job on DELETE /jobs/{id} (cancel.py), and
+runs a cron job that looks after the ledger (maintenance.py).
 
 `make run STAGE=4` starts it with the API; by hand, with REDIS_URL set to the API's Redis:
     arq stage4_retries_scheduling.worker.WorkerSettings
