@@ -41,8 +41,9 @@ run: $(BIN)/.installed  ## start the newest stage (or STAGE=n): embedded Valkey,
 test: $(BIN)/.installed tools  ## everything CI checks: lint, types, tests, docs build, load-test smoke
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy $(STAGE_PACKAGES)
-	$(BIN)/python -m pytest $(addprefix --cov=,$(STAGE_PACKAGES)) --cov-report=term:skip-covered
+	$(BIN)/mypy $(STAGE_PACKAGES) jobkit
+	$(BIN)/python -m pytest tests/jobkit --cov=jobkit --cov-report=term:skip-covered --cov-fail-under=90
+	$(BIN)/python -m pytest --ignore=tests/jobkit $(addprefix --cov=,$(STAGE_PACKAGES)) --cov-report=term:skip-covered
 	$(BIN)/mkdocs build --strict --quiet --site-dir .data/site
 
 # The contributor's loop: what `make test` checks, less the tests that start processes of
@@ -53,7 +54,7 @@ CHECK_MARKERS := not e2e and not browser
 check: $(BIN)/.installed  ## the fast lane (about a minute): lint, types, the tests that start no process
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy $(STAGE_PACKAGES)
+	$(BIN)/mypy $(STAGE_PACKAGES) jobkit
 	$(BIN)/python -m pytest -m "$(CHECK_MARKERS)" -q
 
 # Chromium, wrk, redis-server, PostgreSQL and openssl come from apt-get (as root), not pip:

@@ -45,7 +45,8 @@ import httpx
 import redis
 
 from devkit import harness
-from devkit.stages import STAGES
+from devkit.stages import ROOT, STAGES
+from devkit.variant import VARIANTS
 
 BARE = "devkit.bare_app"  # the yardstick: see its docstring
 LATENCY_JOBS = 50
@@ -88,6 +89,7 @@ class App:
     runnable: harness.Runnable
     env: dict[str, str] = field(default_factory=dict)  # more environment for its processes
     enqueue_only: bool = False  # measured in phase 1 only (bare+db: the rest is bare's)
+    variant: str | None = None  # devkit.variant: a performance choice undone (a stage's A/B)
     stack: harness.StageProcesses | None = None
     figures: dict[str, float | str] = field(default_factory=dict)  # measured once
     rounds: dict[str, list[float]] = field(default_factory=dict)  # one value per round
@@ -98,12 +100,15 @@ class App:
         return re.sub(r"\W", "_", self.label)
 
 
-def apps_for(stages: list[int]) -> list[App]:
-    """The yardstick, its ledger variant if a stage with a ledger runs, then the stages."""
+def apps_for(stages: list[int], variants: list[tuple[int, str]] = ()) -> list[App]:
+    """The yardstick, its ledger variant if a stage with a ledger runs, the stages, then each
+    (stage, variant) asked for: that stage with one performance choice undone."""
+    stages = sorted({*stages, *(n for n, _ in variants)})
     apps = [App("bare", BARE, env={"BARE_DB": "0"})]  # "0" whatever the shell says
     if any(n >= 3 for n in stages):
         apps.append(App("bare+db", BARE, env={"BARE_DB": "1"}, enqueue_only=True))
-    return [*apps, *(App(f"stage {n}", n) for n in stages)]
+    apps += [App(f"stage {n}", n) for n in stages]
+    return [*apps, *(App(f"stage {n} {name}", n, variant=name) for n, name in variants)]
 
 
 def stage_processes(app: App, workdir: Path) -> harness.StageProcesses:
@@ -111,7 +116,7 @@ def stage_processes(app: App, workdir: Path) -> harness.StageProcesses:
     return harness.StageProcesses(
         app.runnable, workdir, workers=0,
         api_args=("--no-access-log", "--log-level", "warning"),
-        env={**os.environ, "LOG_LEVEL": "WARNING", **app.env},
+        env={**os.environ, "LOG_LEVEL": "WARNING", **app.env}, variant=app.variant,
     )  # fmt: skip
 
 
@@ -204,10 +209,10 @@ def bench_enqueue(apps: list[App], args: argparse.Namespace, script: Path) -> No
         redis.Redis.from_url(app.stack.redis_url).flushdb()
 
 
-def bench_worker(app: App, args: argparse.Namespace) -> None:
+def bench_worker(app: App, args: argparse.Namespace, round_: str = "") -> None:
     """2. worker throughput: queue N jobs, then one burst worker drains them."""
     stack, url = app.stack, app.stack.url
-    say(app, f"worker: queueing {args.jobs} add jobs, then one burst worker")
+    say(app, f"worker{round_}: queueing {args.jobs} add jobs, then one burst worker")
     ids = asyncio.run(submit(url, args.jobs))
     started = time.monotonic()
     burst = stack.start_worker("--burst")
@@ -219,9 +224,10 @@ def bench_worker(app: App, args: argparse.Namespace) -> None:
     first = min(job["start_time"] for job in done)
     last = max(job["finish_time"] for job in done)
     busy = span_seconds([{"a": first, "b": last}], "a", "b")[0]
+    app.rounds.setdefault("worker jobs/s", []).append(len(done) / busy)
+    completed = app.figures.get("worker completed", "0/0").split("/")
     app.figures |= {
-        "worker jobs/s": len(done) / busy,
-        "worker completed": f"{len(done)}/{args.jobs}",
+        "worker completed": f"{int(completed[0]) + len(done)}/{int(completed[1]) + args.jobs}",
         "worker wall s (incl. start-up)": wall,
     }
     app.finished = [job["job_id"] for job in done[:STATUS_IDS]]
@@ -337,6 +343,21 @@ def target_rows(apps: list[App]) -> list[str]:
     return lines
 
 
+def variant_rows(apps: list[App]) -> list[str]:
+    """Each variant beside its own stage, figure by figure, paired by round."""
+    by_label = {app.label: app for app in apps}
+    lines = []
+    for app in apps:
+        base = by_label.get(f"stage {app.runnable}") if app.variant else None
+        if base is None:
+            continue
+        for figure in app.rounds:
+            if figure in base.rounds:
+                label = f"{app.label} / stage {app.runnable}: {figure}"
+                lines.append(f"{label:<58}{spread(ratios(app, base, figure), 2):>20}")
+    return lines
+
+
 def render(apps: list[App], args: argparse.Namespace) -> str:
     rows = figure_rows(apps)
     width = max(len(name) for name, _, _ in rows) + 2
@@ -357,7 +378,52 @@ def render(apps: list[App], args: argparse.Namespace) -> str:
                      + (f"  {target}" if target else ""))  # fmt: skip
     if targets := target_rows(apps):
         lines += ["", "paired ratios (median (min-max) of the per-round ratios):", *targets]
+    if variants := variant_rows(apps):
+        lines += ["", "performance choices undone (devkit/variant.py), against the stage as it is:",
+                  *variants]  # fmt: skip
     return "\n".join(lines)
+
+
+PHASES = ("enqueue", "worker", "latency", "status")
+PUBLISHED = ROOT / "docs" / "results" / "bench.md"
+
+
+def variant_arg(value: str) -> tuple[int, str]:
+    number, _, name = value.partition(":")
+    if not number.isdigit() or int(number) not in STAGES or name not in VARIANTS:
+        raise argparse.ArgumentTypeError(f"STAGE:VARIANT, the variant one of {sorted(VARIANTS)}")
+    return int(number), name
+
+
+def run_phases(apps: list[App], args: argparse.Namespace, tmp: Path) -> None:
+    post_add = tmp / "post_add.lua"
+    post_add.write_text(
+        'wrk.method = "POST"\nwrk.body = \'{"x": 5, "y": 10}\'\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    if "enqueue" in args.phases:
+        bench_enqueue(apps, args, post_add)
+    rest = [app for app in apps if not app.enqueue_only]
+    if {"worker", "status"} & set(args.phases):  # status reads the jobs the worker finished
+        for n, app in in_turns(rest, args.repeat if "worker" in args.phases else 1):
+            bench_worker(app, args, f" round {n + 1}")
+    if "latency" in args.phases:
+        for app in rest:
+            bench_latency(app)
+    if "status" in args.phases:
+        bench_status(rest, args, tmp)
+
+
+def publish(table: str, argv: list[str]) -> None:
+    """The table as the docs' performance page includes it, with how it was made."""
+    command = " ".join(["python -m devkit.bench", *argv])
+    PUBLISHED.write_text(
+        f"<!-- written by `{command} --publish`; do not edit -->\n"
+        f"Recorded with `{command}` on {datetime.now():%Y-%m-%d}:\n\n"
+        f"```text\n{table}\n```\n",
+        encoding="utf-8",
+    )
+    print(f"wrote {PUBLISHED.relative_to(ROOT)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,31 +433,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", type=int, action="append", choices=[n for n in STAGES if n >= 2],
                         help="repeat for several; default: every stage with a worker")  # fmt: skip
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk round")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds of the wrk phases")
-    parser.add_argument("--jobs", type=int, default=5000, help="jobs for the throughput phase")
-    args = parser.parse_args(argv)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the paired phases")
+    parser.add_argument("--jobs", type=int, default=5000, help="jobs per worker round")
+    parser.add_argument("--phases", type=lambda v: v.split(","), default=list(PHASES),
+                        help=f"some of {','.join(PHASES)} (default: all)")  # fmt: skip
+    undone = "; ".join(f"{name}: {what}" for name, what in VARIANTS.items())
+    parser.add_argument("--variant", type=variant_arg, action="append", default=[],
+                        metavar="STAGE:VARIANT", help=f"also that stage with a choice undone "
+                        f"({undone})")  # fmt: skip
+    parser.add_argument("--publish", action="store_true",
+                        help=f"also write the table to {PUBLISHED.relative_to(ROOT)}")  # fmt: skip
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw)
+    if unknown := set(args.phases) - set(PHASES):
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
     if shutil.which("wrk") is None:
         print("wrk is not installed: `make tools`, `apt-get install wrk` or `brew install wrk`")
         return 1
-    apps = apps_for(args.stage or [n for n in STAGES if n >= 2])
+    stages = args.stage or [n for n in STAGES if n >= 2]
+    apps = apps_for(stages, args.variant)
     with contextlib.ExitStack() as running:
         tmp = Path(running.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
         for app in apps:
             say(app, "starting its Valkey and API")
-            workdir = tmp / app.slug
-            app.stack = running.enter_context(stage_processes(app, workdir))
-        post_add = tmp / "post_add.lua"
-        post_add.write_text(
-            'wrk.method = "POST"\nwrk.body = \'{"x": 5, "y": 10}\'\n'
-            'wrk.headers["Content-Type"] = "application/json"\n'
-        )
-        bench_enqueue(apps, args, post_add)
-        rest = [app for app in apps if not app.enqueue_only]
-        for app in rest:
-            bench_worker(app, args)
-            bench_latency(app)
-        bench_status(rest, args, tmp)
-    print(render(apps, args))
+            app.stack = running.enter_context(stage_processes(app, tmp / app.slug))
+        run_phases(apps, args, tmp)
+    table = render(apps, args)
+    print(table)
+    if args.publish:
+        publish(table, [arg for arg in raw if arg != "--publish"])
     return 0
 
 

@@ -42,7 +42,7 @@ def insert_rows(count: int) -> list[str]:
     rows = [
         row | {"job_id": job_id, "enqueue_time": enqueued, "updated_at": enqueued} for job_id in ids
     ]
-    with store.engine.begin() as connection:
+    with store.db.engine.begin() as connection:
         connection.execute(ledger.JOBS.insert(), rows)
     store.close()
     return ids

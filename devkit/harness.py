@@ -297,8 +297,10 @@ class StageProcesses:
         api_args: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
         on_line: Callable[[str, str], None] | None = None,
+        variant: str | None = None,
     ):
         self.stage, self.data_dir, self.workers_wanted = stage, Path(data_dir), workers
+        self.variant = variant  # devkit.variant: a performance choice undone, for make bench
         self.host, self.port = host, port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         self.has_worker = has_worker(stage)
@@ -357,6 +359,8 @@ class StageProcesses:
         return worker
 
     def _process(self, name: str, log_name: str, command: list[str]) -> Process:
+        if self.variant is not None:  # python -m devkit.variant <variant> -m uvicorn|arq ...
+            command = [command[0], "-m", "devkit.variant", self.variant, *command[1:]]
         if self.on_line is not None:
             on_line = self.on_line
             return Process(name, command, self.env, on_line=lambda line: on_line(name, line))

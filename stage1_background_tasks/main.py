@@ -18,10 +18,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import BackgroundTasks, FastAPI
+from fastapi import BackgroundTasks
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
-from . import docs_ui, errors
+from jobkit.http import BODY_ERRORS, refuse_bad_input
+
 from .config import get_settings
 from .tasks import TASKS, Args
 
@@ -33,15 +35,14 @@ class Accepted(BaseModel):
 
 # --8<-- [start:app]
 logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
-# FastAPI's own /docs and /redoc load from a CDN; docs_ui serves them from local files.
-app = FastAPI(
+# FastAPIOffline is FastAPI whose /docs and /redoc load their files from this machine, not a CDN.
+app = FastAPIOffline(
     title=get_settings().app_name,
     description=get_settings().app_description,
-    docs_url=None,
-    redoc_url=None,
 )
-errors.install(app, get_settings().max_body_bytes)
-docs_ui.install(app)
+# Armour every app needs and this chapter doesn't teach (jobkit/http.py): a JSON 413 for an
+# oversized body, and a 422 that never echoes the bad input back.
+refuse_bad_input(app, get_settings().max_body_bytes)
 
 
 @app.get("/ping", tags=["health"])
@@ -83,6 +84,6 @@ for name, (model, function) in TASKS.items():
         summary=f"Run {name} in the background",
         description=(function.__doc__ or "").strip(),
         tags=["tasks"],
-        responses=errors.BODY_ERRORS,
+        responses=BODY_ERRORS,
     )(submit_route(name, model, function))
 # --8<-- [end:submit]

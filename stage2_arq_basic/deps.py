@@ -9,8 +9,8 @@ from .config import Settings, get_settings
 
 
 # FastAPI runs a plain `def` dependency in a worker thread, in case it blocks. These only
-# read an attribute, so they are `async def` and run on the event loop instead: the thread
-# hop per request cost stage 2 about 30 % of its enqueue rate (`make bench`).
+# read an attribute, so they are `async def` and run on the event loop instead: a thread
+# hop on every request is a cost worth not paying (the performance page has its size).
 async def get_redis(request: Request) -> ArqRedis:
     return request.app.state.redis  # opened once, in main.lifespan
 

@@ -2,7 +2,8 @@
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import retry_key_prefix
@@ -34,7 +35,12 @@ def deserialize(data: bytes) -> dict[str, Any]:
 # --8<-- [end:serializer]
 
 
-Status = Literal["queued", "deferred", "in_progress", "complete", "failed"]
+class Status(StrEnum):
+    QUEUED = "queued"
+    DEFERRED = "deferred"  # queued, to run at a later time
+    IN_PROGRESS = "in_progress"
+    COMPLETE = "complete"
+    FAILED = "failed"  # ARQ calls this "complete" too; read_from_redis tells them apart
 
 
 class JobView(BaseModel):
@@ -77,10 +83,11 @@ async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobV
     )
     if isinstance(info, JobResult):
         # ARQ calls every finished job "complete", even one that raised; we don't.
-        view.status = "complete" if info.success else "failed"
+        view.status = Status.COMPLETE if info.success else Status.FAILED
         view.result = info.result if info.success else None
         view.error = None if info.success else _error_text(info.result)
-        view.start_time, view.finish_time = info.start_time, info.finish_time
+        view.start_time = info.start_time
+        view.finish_time = info.finish_time
         view.attempts = info.job_try
     return view
 

@@ -22,9 +22,13 @@ from typing import Annotated
 from arq.connections import ArqRedis
 from fastapi import FastAPI, HTTPException, Path, Response
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
-from . import docs_ui, errors, jobs, redis_connection
+from jobkit.http import BODY_ERRORS, refuse_bad_input
+from jobkit.redis_pool import open_pool
+
+from . import errors, jobs
 from .config import get_settings
 from .deps import RedisDep, SettingsDep
 from .tasks import TASKS, Args
@@ -41,9 +45,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # One connection pool for the whole app, opened once and shared by every request (a pool
     # per request, which many tutorials open, costs a TCP handshake each time and leaks connections
     # under load). Built by hand rather than with arq's create_pool so that every command has a
-    # timeout: a Redis that is down or stuck costs a request about a second and a 503, not a hang.
+    # timeout (jobkit/redis_pool.py): a Redis that is down or stuck costs a request about a
+    # second and a 503, not a hang.
     settings = get_settings()
-    pool = redis_connection.pool(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    pool = open_pool(settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.redis = ArqRedis(
         pool,
         job_serializer=jobs.serialize,
@@ -61,16 +66,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
-# FastAPI's own /docs and /redoc load from a CDN; docs_ui serves them from local files.
-app = FastAPI(
+# FastAPIOffline is FastAPI whose /docs and /redoc load their files from this machine, not a CDN.
+app = FastAPIOffline(
     title=get_settings().app_name,
     description=get_settings().app_description,
     lifespan=lifespan,
-    docs_url=None,
-    redoc_url=None,
 )
-errors.install(app, get_settings().max_body_bytes)
-docs_ui.install(app)
+# Armour every app needs and this chapter doesn't teach (jobkit/http.py): a JSON 413 for an
+# oversized body, and a 422 that never echoes the bad input back.
+refuse_bad_input(app, get_settings().max_body_bytes)
+errors.install(app)  # Redis down: a 503 (errors.py)
 
 
 @app.get("/ping", tags=["health"])
@@ -124,7 +129,7 @@ for name, (model, function) in TASKS.items():
         summary=f"Enqueue {name}",
         description=(function.__doc__ or "").strip(),
         tags=["tasks"],
-        responses={**errors.BODY_ERRORS, **errors.REDIS_DOWN},
+        responses={**BODY_ERRORS, **errors.REDIS_DOWN},
     )(submit_route(name, model))
 
 

@@ -8,14 +8,15 @@ from typing import Annotated
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
 
+from jobkit.streams import Streams
+
 from .config import Settings, get_settings
 from .ledger import Ledger
-from .streams import Streams
 
 
 # FastAPI runs a plain `def` dependency in a worker thread, in case it blocks. These only
-# read an attribute, so they are `async def` and run on the event loop instead: the thread
-# hop per request cost stage 2 about 30 % of its enqueue rate (`make bench`).
+# read an attribute, so they are `async def` and run on the event loop instead: a thread
+# hop on every request is a cost worth not paying (the performance page has its size).
 async def get_redis(request: Request) -> ArqRedis:
     return request.app.state.redis  # opened once, in main.lifespan
 
@@ -53,4 +54,4 @@ LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 SettingsDep = Annotated[Settings, Depends(read_settings)]
 ClientDep = Annotated[str, Depends(client_address)]
 StreamsDep = Annotated[Streams, Depends(get_streams)]
-StreamPlaceDep = Annotated[None, Depends(hold_a_stream_place)]  # events: streams.py
+StreamPlaceDep = Annotated[None, Depends(hold_a_stream_place)]  # events: jobkit.streams

@@ -2,7 +2,8 @@
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import retry_key_prefix
@@ -30,8 +31,15 @@ def deserialize(data: bytes) -> dict[str, Any]:
     return json.loads(data)
 
 
-Status = Literal["queued", "deferred", "in_progress", "complete", "failed"]
-FINAL = ("complete", "failed")  # a job in one of these states will not change any more
+class Status(StrEnum):
+    QUEUED = "queued"
+    DEFERRED = "deferred"  # queued, to run at a later time
+    IN_PROGRESS = "in_progress"
+    COMPLETE = "complete"
+    FAILED = "failed"  # ARQ calls this "complete" too; outcome() tells them apart
+
+
+FINAL = frozenset({Status.COMPLETE, Status.FAILED})  # a job here will not change any more
 
 
 class JobView(BaseModel):
@@ -47,6 +55,10 @@ class JobView(BaseModel):
     attempts: int
     progress: int = 0  # percent, as the job reports it (tasks.set_progress)
     message: str | None = None
+
+
+def has_ended(job: JobView) -> bool:
+    return job.status in FINAL
 
 
 def _error_text(result: Any) -> str:
@@ -67,7 +79,7 @@ async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobV
         return None
     view = JobView(
         job_id=job_id,
-        status=status.value,
+        status=Status(status.value),
         function=info.function,
         args=info.kwargs,
         enqueue_time=info.enqueue_time,
@@ -82,10 +94,18 @@ def outcome(info: JobResult) -> dict[str, Any]:
     """How a finished job ended, as JobView fields (the ledger stores the same ones)."""
     # ARQ calls every finished job "complete", even one that raised; we don't.
     return {
-        "status": "complete" if info.success else "failed",
+        "status": Status.COMPLETE if info.success else Status.FAILED,
         "result": info.result if info.success else None,
         "error": None if info.success else _error_text(info.result),
         "start_time": info.start_time,
         "finish_time": info.finish_time,
         "attempts": info.job_try,
+        **({"progress": 100} if info.success else {}),
     }
+
+
+async def read_outcome(redis: ArqRedis, job_id: str, queue_name: str) -> dict[str, Any] | None:
+    """How the job ended, as JobView fields, if Redis holds its result; None if not (yet)."""
+    job = Job(job_id, redis, _queue_name=queue_name, _deserializer=deserialize)
+    info = await job.result_info()
+    return None if info is None else outcome(info)

@@ -5,7 +5,7 @@ from arq.connections import ArqRedis
 from redis.exceptions import WatchError
 
 from . import errors
-from .jobs import FINAL, JobView, read_from_redis
+from .jobs import FINAL, JobView, Status, read_from_redis
 from .ledger import Ledger
 from .tables import now
 
@@ -14,14 +14,14 @@ from .tables import now
 async def create_job(redis: ArqRedis, ledger: Ledger, name: str, job_id: str, kwargs: dict) -> None:
     """The row comes first, then the job goes to Redis, so a job Redis loses is still on
     record. (Enqueue first, and a crash in between leaves a job no one can look up.)"""
-    await ledger.add(job_id, name, kwargs, status="queued")
+    await ledger.add(job_id, name, kwargs, status=Status.QUEUED)
     try:
         job = await redis.enqueue_job(name, _job_id=job_id, **kwargs)
     except (errors.RedisConnectionError, errors.RedisTimeoutError, WatchError) as exc:
         # Redis failed before the transaction was sent (redis-py calls a connection lost
         # during WATCH a WatchError), so it stored nothing: the job has failed.
         error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
-        await ledger.update(job_id, status="failed", error=error, finish_time=now())
+        await ledger.update(job_id, status=Status.FAILED, error=error, finish_time=now())
         raise errors.RedisConnectionError(error) from exc  # errors.redis_unavailable: 503
     if job is None:
         # The connection died with the transaction in flight (ARQ reports that as None, "id
@@ -37,10 +37,13 @@ async def create_job(redis: ArqRedis, ledger: Ledger, name: str, job_id: str, kw
 
 
 # --8<-- [start:read_job]
-async def read_ledger_and_redis(
-    redis: ArqRedis, ledger: Ledger, job_id: str, queue_name: str
-) -> JobView | None:
-    """The ledger's story plus Redis's live status; None for a job not on record."""
+# What a job's ending in Redis adds to its row, until the worker has recorded it.
+ENDING = {"status", "result", "error", "start_time", "finish_time", "attempts", "progress"}
+
+
+async def read_job(redis: ArqRedis, ledger: Ledger, job_id: str, queue_name: str) -> JobView | None:
+    """The ledger's story, with Redis's word on where an unfinished job is now; None for a job
+    not on record. It only reads: the worker records what happens to a job, never a GET."""
     record = await ledger.get(job_id)
     if record is None:
         # Not a job this API made: Redis also holds other code's jobs (ARQ's cron runs, say),
@@ -48,19 +51,14 @@ async def read_ledger_and_redis(
         return None
     if record.status in FINAL:
         return record  # finished: the ledger remembers after Redis has forgotten
-    # Unfinished as far as the ledger knows. If Redis holds a result, record it now:
-    # ARQ skips the worker's hooks for some endings (max tries, expired).
-    if await ledger.record_result_from_redis(redis, job_id, queue_name):
-        return await ledger.get(job_id)
-    view = await read_from_redis(redis, job_id, queue_name)
-    if view is not None and view.status in FINAL:
-        # It ended between our two reads. Record it and answer from the ledger: Redis's view
-        # has no progress, and would show a job that just completed at 0 %.
-        await ledger.record_result_from_redis(redis, job_id, queue_name)
-        return await ledger.get(job_id)
-    if view is not None:  # None: Redis lost it (stage 4's cron job marks it failed)
-        record.status, record.attempts = view.status, view.attempts  # where it is now
-    return record  # the story so far
+    live = await read_from_redis(redis, job_id, queue_name)
+    if live is None:
+        return record  # Redis has forgotten it: the story so far (stage 4 settles such rows)
+    if live.status in FINAL:
+        # Ended, and the worker records it a moment later (its writes go behind), or never
+        # when ARQ ended the job without calling the worker's hooks (max tries, expired).
+        return record.model_copy(update=live.model_dump(include=ENDING, exclude_unset=True))
+    return record.model_copy(update={"status": live.status, "attempts": live.attempts})
 
 
 # --8<-- [end:read_job]

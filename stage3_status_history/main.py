@@ -27,12 +27,19 @@ from arq.connections import ArqRedis
 from fastapi import Depends, FastAPI, HTTPException, Path, Response
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
-from . import docs_ui, errors, history, jobs, redis_connection, streams
-from .config import get_settings
+from jobkit.http import BODY_ERRORS, refuse_bad_input
+from jobkit.redis_pool import open_pool
+from jobkit.streams import RESPONSES as STREAM_LIMITS
+from jobkit.streams import Streams
+from jobkit.tuning import freeze_startup_objects
+
+from . import errors, history, jobs
+from .config import Settings, get_settings
 from .deps import LedgerDep, RedisDep, SettingsDep, StreamPlaceDep, StreamsDep
-from .jobstore import create_job, read_ledger_and_redis
+from .jobstore import create_job, read_job
 from .ledger import Ledger
 from .tasks import TASKS, Args
 
@@ -48,9 +55,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # One connection pool for the whole app, opened once and shared by every request (a pool
     # per request, which many tutorials open, costs a TCP handshake each time and leaks connections
     # under load). Built by hand rather than with arq's create_pool so that every command has a
-    # timeout: a Redis that is down or stuck costs a request about a second and a 503, not a hang.
+    # timeout (jobkit/redis_pool.py): a Redis that is down or stuck costs a request about a
+    # second and a 503, not a hang.
     settings = get_settings()
-    pool = redis_connection.pool(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    pool = open_pool(settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.redis = ArqRedis(
         pool,
         job_serializer=jobs.serialize,
@@ -59,7 +67,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.ledger = Ledger(settings.database_url)
     await asyncio.to_thread(app.state.ledger.create_schema)
-    app.state.streams = streams.Streams()  # GET /jobs/{id}/events: streams.py
+    app.state.streams = Streams()  # GET /jobs/{id}/events: one poll per job, capped
+    # What start-up made lives as long as the app (the ORM's tables, compiled statements):
+    # jobkit.tuning takes it out of the garbage collector's full scans, which stall requests.
+    freeze_startup_objects()
     try:
         yield
     finally:
@@ -73,16 +84,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
-# FastAPI's own /docs and /redoc load from a CDN; docs_ui serves them from local files.
-app = FastAPI(
+# FastAPIOffline is FastAPI whose /docs and /redoc load their files from this machine, not a CDN.
+app = FastAPIOffline(
     title=get_settings().app_name,
     description=get_settings().app_description,
     lifespan=lifespan,
-    docs_url=None,
-    redoc_url=None,
 )
-errors.install(app, get_settings().max_body_bytes)
-docs_ui.install(app)
+# Armour every app needs and this chapter doesn't teach (jobkit/http.py): a JSON 413 for an
+# oversized body, and a 422 that never echoes the bad input back.
+refuse_bad_input(app, get_settings().max_body_bytes)
+errors.install(app)  # Redis or the database down: a 503 (errors.py)
 
 
 @app.get("/ping", tags=["health"])
@@ -140,7 +151,7 @@ for name, (model, function) in TASKS.items():
         summary=f"Enqueue {name}",
         description=(function.__doc__ or "").strip(),
         tags=["tasks"],
-        responses={**errors.BODY_ERRORS, **errors.REDIS_DOWN},
+        responses={**BODY_ERRORS, **errors.REDIS_DOWN},
     )(submit_route(name, model))
 
 
@@ -157,7 +168,14 @@ async def get_job(
     settings: SettingsDep,
 ) -> jobs.JobView:
     """A job's status and progress, and its result or error once it has finished."""
-    view = await read_ledger_and_redis(redis, ledger, job_id, settings.queue_name)
+    return await job_or_404(job_id, redis, ledger, settings)
+
+
+async def job_or_404(
+    job_id: str, redis: ArqRedis, ledger: Ledger, settings: Settings
+) -> jobs.JobView:
+    """The job as GET /jobs/{id} answers it (its event stream reads it the same way)."""
+    view = await read_job(redis, ledger, job_id, settings.queue_name)
     if view is None:
         raise HTTPException(404, f"No job {job_id!r}")
     return view
@@ -171,11 +189,11 @@ async def get_job(
     "/jobs/{job_id}/events",
     response_class=EventSourceResponse,
     tags=["jobs"],
-    responses={404: {"description": "Unknown job"}, **streams.RESPONSES},
+    responses={404: {"description": "Unknown job"}, **STREAM_LIMITS},
 )
 async def job_events(
     place: StreamPlaceDep,  # first: a 429 costs no read of the job
-    job: Annotated[jobs.JobView, Depends(get_job)],
+    job: Annotated[jobs.JobView, Depends(get_job)],  # a 404 before the stream starts
     redis: RedisDep,
     ledger: LedgerDep,
     settings: SettingsDep,
@@ -183,10 +201,10 @@ async def job_events(
 ) -> AsyncIterator[jobs.JobView]:
     """Server-Sent Events: the job's state each time it changes, until it has finished."""
     # Polling the ledger is simple and works across processes; a real application with
-    # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY). One
-    # poll per job, however many watch it (streams.py).
-    read = partial(get_job, redis=redis, ledger=ledger, settings=settings)
-    async for latest in streams.follow(job, read):
+    # many watchers might publish changes instead (Redis pub/sub, PostgreSQL NOTIFY).
+    # jobkit.streams polls each job once, however many watch it, and caps the streams.
+    read = partial(job_or_404, redis=redis, ledger=ledger, settings=settings)
+    async for latest in streams.follow(job.job_id, job, read, ended=jobs.has_ended):
         yield latest
 
 

@@ -11,6 +11,7 @@ from arq.connections import RedisSettings
 
 from . import jobs
 from .config import get_settings
+from .jobs import Status, read_outcome
 from .ledger import Ledger
 from .tables import now
 from .tasks import TASKS
@@ -37,8 +38,9 @@ HEALTH_CHECK_INTERVAL_S = 10
 
 # --8<-- [start:hooks]
 async def startup(ctx: dict[str, Any]) -> None:
-    # write_behind: a hook doesn't wait for its row to be committed. If the worker dies
-    # first, those writes are lost, but Redis still has the results: GET /jobs/{id} copies them.
+    # write_behind: a hook doesn't wait for its row to be committed, so a job never waits
+    # for the database (jobkit.db). A worker that dies loses what it had not committed; Redis
+    # still has the result, and GET /jobs/{id} shows it from there.
     ctx["ledger"] = Ledger(get_settings().database_url, write_behind=True)
     await asyncio.to_thread(ctx["ledger"].create_schema)
 
@@ -50,18 +52,18 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 async def job_started(ctx: dict[str, Any]) -> None:
     await ctx["ledger"].update(
-        ctx["job_id"], status="in_progress", attempts=ctx["job_try"], start_time=now()
+        ctx["job_id"], status=Status.IN_PROGRESS, attempts=ctx["job_try"], start_time=now()
     )
 
 
 async def job_ended(ctx: dict[str, Any]) -> None:
     # after_job_end, not on_job_end: it runs once ARQ has written the result to Redis, so
     # the ledger copies exactly what Redis holds (result or error, times, attempts). Neither
-    # hook runs when ARQ fails a job without starting it: GET /jobs/{id} covers those.
-    ledger: Ledger = ctx["ledger"]
-    queue_name = get_settings().queue_name
-    if not await ledger.record_result_from_redis(ctx["redis"], ctx["job_id"], queue_name):
-        await ledger.update(ctx["job_id"], status="queued")  # no result: it will run again
+    # hook runs when ARQ fails a job without starting it: GET /jobs/{id} shows those from
+    # Redis, and stage 4's cron job records them.
+    ended = await read_outcome(ctx["redis"], ctx["job_id"], get_settings().queue_name)
+    # No result: the try was cancelled by a worker shutdown, and the job will run again.
+    await ctx["ledger"].update(ctx["job_id"], **(ended or {"status": Status.QUEUED}))
 
 
 # --8<-- [end:hooks]

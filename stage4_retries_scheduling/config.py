@@ -3,7 +3,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .urls import IPNetwork, parse_allowlist
+from jobkit.ssrf import IPNetwork, parse_allowlist
 
 
 class Settings(BaseSettings):

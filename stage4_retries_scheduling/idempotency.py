@@ -85,7 +85,8 @@ async def claimed(
     if key is None:
         yield None
         return
-    settings, claim = get_settings(), Claim(key, job_id, fingerprint)
+    settings = get_settings()
+    claim = Claim(key, job_id, fingerprint)
     if earlier := await claim.take(redis, settings.idempotency_claim_ttl_s):
         yield earlier
         return
@@ -136,7 +137,8 @@ class Claim:
     """One request's hold on an Idempotency-Key: take it, then confirm it or release it."""
 
     def __init__(self, key: str, job_id: str, fingerprint: str) -> None:
-        self.redis_key, self.fingerprint = PREFIX + key, fingerprint
+        self.redis_key = PREFIX + key
+        self.fingerprint = fingerprint
         self.claimed = json.dumps({"job_id": job_id, "fingerprint": fingerprint, "done": False})
         self.done = json.dumps({"job_id": job_id, "fingerprint": fingerprint, "done": True})
 

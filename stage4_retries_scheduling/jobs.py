@@ -3,7 +3,8 @@
 import asyncio
 import json
 from datetime import datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import retry_key_prefix
@@ -18,19 +19,22 @@ KEEP_RESULT_S = 3600
 
 # ARQ pickles jobs and results by default, and unpickling runs code: anyone who can write
 # to Redis could then run commands in the worker and in this API. JSON carries only data.
-# It has no exceptions, so a failed job's exception is stored as {"error": "Type: message"}.
+# It has no exceptions, so a failed job's exception is stored as {"error": "Type: message"},
+# and a cancel's with "status": "cancelled", decided here, once, as the result is stored.
 
 
 def _encode_exception(value: object) -> dict[str, str]:
+    if not isinstance(value, BaseException):
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    if isinstance(value, asyncio.CancelledError):
+        # Stored only for a cancel (DELETE): a shutdown's cancellation puts the job back in
+        # the queue, and stores nothing.
+        why = str(value) or "cancelled while running (DELETE /jobs/{id})"
+        return {"error": f"CancelledError: {why}", "status": Status.CANCELLED}
     if isinstance(value, TimeoutError) and not str(value):
         return {"error": "TimeoutError: the job ran longer than its timeout and was stopped"}
-    if isinstance(value, asyncio.CancelledError) and not str(value):
-        # Stored only for an abort: a shutdown's cancellation puts the job back in the queue.
-        return {"error": "CancelledError: cancelled while running (DELETE /jobs/{id})"}
-    if isinstance(value, BaseException):
-        message = str(value)
-        return {"error": f"{type(value).__name__}: {message}" if message else type(value).__name__}
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    message = str(value)
+    return {"error": f"{type(value).__name__}: {message}" if message else type(value).__name__}
 
 
 def serialize(data: dict[str, Any]) -> bytes:
@@ -43,8 +47,16 @@ def deserialize(data: bytes) -> dict[str, Any]:
 
 
 # --8<-- [start:job_view]
-Status = Literal["queued", "deferred", "in_progress", "complete", "failed", "cancelled"]
-FINAL = ("complete", "failed", "cancelled")  # a job in one of these states will not change any more
+class Status(StrEnum):
+    QUEUED = "queued"
+    DEFERRED = "deferred"  # queued, to run at a later time: scheduled, or waiting to retry
+    IN_PROGRESS = "in_progress"
+    COMPLETE = "complete"
+    FAILED = "failed"  # ARQ calls this "complete" too; outcome() tells them apart
+    CANCELLED = "cancelled"
+
+
+FINAL = frozenset({Status.COMPLETE, Status.FAILED, Status.CANCELLED})  # will not change any more
 # Why DELETE took a job off the queue (cancel.py): it ended between tries, not in one.
 NOT_RUN = "cancelled before it ran"
 BETWEEN_TRIES = "cancelled while waiting for its next try"
@@ -75,7 +87,11 @@ class JobView(BaseModel):
     attempts: int
     progress: int = 0  # percent, as the job reports it (tasks.set_progress)
     message: str | None = None
-    attempt_log: list[Attempt] = []  # every try, filled in by attempts.with_attempt_log
+    attempt_log: list[Attempt] = []  # every try, from the attempts table (ledger.get)
+
+
+def has_ended(job: JobView) -> bool:
+    return job.status in FINAL
 
 
 # --8<-- [end:job_view]
@@ -99,7 +115,7 @@ async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobV
         return None
     view = JobView(
         job_id=job_id,
-        status=status.value,
+        status=Status(status.value),
         function=info.function,
         args=info.kwargs,
         enqueue_time=info.enqueue_time,
@@ -112,26 +128,33 @@ async def read_from_redis(redis: ArqRedis, job_id: str, queue_name: str) -> JobV
 
 def outcome(info: JobResult) -> dict[str, Any]:
     """How a finished job ended, as JobView fields (the ledger stores the same ones)."""
-    # ARQ calls every finished job "complete", even one that raised; we don't. A job that
-    # ended with CancelledError was cancelled: aborted while running, or by cancel_job.
-    error = None if info.success else _error_text(info.result)
-    failed = "cancelled" if error and error.startswith("CancelledError") else "failed"
-    status = "complete" if info.success else failed
-    ended = {
+    # ARQ calls every finished job "complete", even one that raised; we don't. Whether a
+    # failure was a cancel was decided as its result was stored (_encode_exception).
+    status = Status.COMPLETE if info.success else ended_as(info.result)
+    ended: dict[str, Any] = {
         "status": status,
         "result": info.result if info.success else None,
-        "error": error,
+        "error": None if info.success else _error_text(info.result),
         "finish_time": info.finish_time,
         "attempts": info.job_try,
     }
-    # ARQ keeps only the last try's start. After one try that is the job's start_time; after
-    # several, the job's start_time is the first try's, which the worker recorded.
-    if info.job_try == 1 and not cancelled_between_tries(status, error):
+    # ARQ keeps only the last try's start. After one try that ran, that is the job's start;
+    # after several (or a cancel between tries), the job's is the first try's, which the
+    # worker recorded as that try started.
+    if info.job_try == 1 and status != Status.CANCELLED:
         ended["start_time"] = info.start_time
-    return ended
+    return ended | {"progress": 100} if info.success else ended
 
 
-def cancelled_between_tries(status: str, error: str | None) -> bool:
-    """Cancelled by DELETE while no try was running: before the first, between two, or once
-    Redis had lost the job."""
-    return status == "cancelled" and (error or "").endswith((NOT_RUN, BETWEEN_TRIES, LOST_IN_REDIS))
+def ended_as(result: Any) -> Status:
+    """The status a failed job's stored result gives it; ARQ's own strings are failures."""
+    if isinstance(result, dict) and result.get("status") == Status.CANCELLED:
+        return Status.CANCELLED
+    return Status.FAILED
+
+
+async def read_outcome(redis: ArqRedis, job_id: str, queue_name: str) -> dict[str, Any] | None:
+    """How the job ended, as JobView fields, if Redis holds its result; None if not (yet)."""
+    job = Job(job_id, redis, _queue_name=queue_name, _deserializer=deserialize)
+    info = await job.result_info()
+    return None if info is None else outcome(info)

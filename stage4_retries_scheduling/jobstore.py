@@ -7,7 +7,7 @@ from arq.connections import ArqRedis
 from redis.exceptions import WatchError
 
 from . import errors
-from .jobs import FINAL, JobView, read_from_redis
+from .jobs import FINAL, JobView, Status, read_from_redis, read_outcome
 from .ledger import Ledger
 from .tables import now
 
@@ -22,7 +22,7 @@ async def create_job(
 ) -> None:
     """The row comes first, then the job goes to Redis, so a job Redis loses is still on
     record. (Enqueue first, and a crash in between leaves a job no one can look up.)"""
-    status = "deferred" if when else "queued"  # when: run_at or delay_seconds (scheduling.py)
+    status = Status.DEFERRED if when else Status.QUEUED  # when: run_at or delay_seconds
     await ledger.add(job_id, name, kwargs, status=status)
     try:
         job = await redis.enqueue_job(name, _job_id=job_id, _defer_until=when, **kwargs)
@@ -30,7 +30,7 @@ async def create_job(
         # Redis failed before the transaction was sent (redis-py calls a connection lost
         # during WATCH a WatchError), so it stored nothing: the job has failed.
         error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
-        await ledger.update(job_id, status="failed", error=error, finish_time=now())
+        await ledger.update(job_id, status=Status.FAILED, error=error, finish_time=now())
         raise errors.RedisConnectionError(error) from exc  # errors.redis_unavailable: 503
     if job is None and await cancelled_meanwhile(redis, ledger, job_id):
         return  # the job exists, cancelled: GET /jobs/{id} says so
@@ -48,19 +48,25 @@ async def cancelled_meanwhile(redis: ArqRedis, ledger: Ledger, job_id: str) -> b
     """Did a DELETE get in between the row and the enqueue? Our id is a fresh uuid, so ARQ's
     "id taken" can only be the cancelled result DELETE stores (cancel.py): it is recorded."""
     try:
-        ended = await ledger.record_result_from_redis(redis, job_id, redis.default_queue_name)
+        ended = await read_outcome(redis, job_id, redis.default_queue_name)
     except (errors.RedisConnectionError, errors.RedisTimeoutError):
         return False  # Redis is gone: we cannot tell, and the job stays unconfirmed
-    return ended.get("status") == "cancelled"
+    if ended is None or ended["status"] != Status.CANCELLED:
+        return False
+    await ledger.update(job_id, **ended)  # as the DELETE did (if its own write failed)
+    return True
 
 
 # --8<-- [end:create_job]
 
 
-async def read_ledger_and_redis(
-    redis: ArqRedis, ledger: Ledger, job_id: str, queue_name: str
-) -> JobView | None:
-    """The ledger's story plus Redis's live status; None for a job not on record."""
+# What a job's ending in Redis adds to its row, until the worker has recorded it.
+ENDING = {"status", "result", "error", "start_time", "finish_time", "attempts", "progress"}
+
+
+async def read_job(redis: ArqRedis, ledger: Ledger, job_id: str, queue_name: str) -> JobView | None:
+    """The ledger's story, with Redis's word on where an unfinished job is now; None for a job
+    not on record. It only reads: the worker records what happens to a job, never a GET."""
     record = await ledger.get(job_id)
     if record is None:
         # Not a job this API made: Redis also holds other code's jobs (ARQ's cron runs, say),
@@ -68,16 +74,12 @@ async def read_ledger_and_redis(
         return None
     if record.status in FINAL:
         return record  # finished: the ledger remembers after Redis has forgotten
-    # Unfinished as far as the ledger knows. If Redis holds a result, record it now:
-    # ARQ skips the worker's hooks for some endings (max tries, expired).
-    if await ledger.record_result_from_redis(redis, job_id, queue_name):
-        return await ledger.get(job_id)
-    view = await read_from_redis(redis, job_id, queue_name)
-    if view is not None and view.status in FINAL:
-        # It ended between our two reads. Record it and answer from the ledger: Redis's view
-        # has no progress, and would show a job that just completed at 0 %.
-        await ledger.record_result_from_redis(redis, job_id, queue_name)
-        return await ledger.get(job_id)
-    if view is not None:  # None: Redis lost it; reconcile() marks it failed in time
-        record.status, record.attempts = view.status, view.attempts  # where it is now
-    return record  # the story so far
+    live = await read_from_redis(redis, job_id, queue_name)
+    if live is None:
+        return record  # Redis has forgotten it: the story so far (the cron job settles it)
+    if live.status in FINAL:
+        # Ended, and the worker records it a moment later (its writes go behind), or never
+        # when ARQ ended the job without calling the worker's hooks (max tries, expired): the
+        # cron job records those. Until then, the last try is missing from the attempt log.
+        return record.model_copy(update=live.model_dump(include=ENDING, exclude_unset=True))
+    return record.model_copy(update={"status": live.status, "attempts": live.attempts})

@@ -10,8 +10,9 @@ from typing import Annotated, Any, NamedTuple
 from fastapi import Query
 from pydantic import AwareDatetime, BeforeValidator
 
+from jobkit.http import invalid
+
 from .config import get_settings
-from .errors import invalid
 
 
 def iso_8601_only(value: Any) -> Any:

@@ -9,17 +9,54 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from jobkit.http import invalid
+from jobkit.ssrf import LOOKUP_TIMEOUT_S, LookupsBusy, UnsafeURL, check_url
+
 from .config import get_settings
-from .errors import invalid
 from .fetch import fetch
-from .lookups import LookupsBusy
-from .timeouts import in_stoppable_thread, timeout_s
-from .urls import LOOKUP_TIMEOUT_S, UnsafeURL, check_url
+
+T = TypeVar("T")
+
+
+# --8<-- [start:args]
+class Args(BaseModel):
+    # strict: "5" is not 5; forbid: a misspelt field is an error, not silently ignored.
+    # allow_inf_nan=False: Python's JSON parser accepts NaN, Infinity and 1e309 (= inf).
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    # What generic code needs to know about a task besides its arguments: the route and the
+    # worker ask the task's model, rather than test `if name == "fetch"`.
+
+    # How long one run may take (ARQ's func(timeout=)), capped at the worker's JOB_TIMEOUT_S.
+    # A timed-out job fails and is not retried (ARQ's rule, and ours): a task that times out
+    # is stuck or too big, and running it again costs the same. The cap matters: ARQ holds a
+    # dead worker's jobs for the LONGEST timeout of any task + 10 s, so one slow task's
+    # timeout would delay crash recovery for every job.
+    TIMEOUT_S: ClassVar[float] = 5
+
+    @classmethod
+    def timeout_s(cls) -> float:
+        """This task's timeout, beside its cap on tries (ARQ pairs them: func(f, timeout=,
+        max_tries=)). The API reads it too, for its limits: it must not import the worker."""
+        return min(cls.TIMEOUT_S, get_settings().job_timeout_s)  # the worker's JOB_TIMEOUT_S
+
+    async def check_before_enqueue(self, client: str) -> None:
+        """Checks that need I/O, which a validator cannot make: raise jobkit.http.invalid (422).
+        `client`: who asks (deps.ClientDep), for checks that share something between clients."""
+
+    @classmethod
+    def max_tries(cls) -> int | None:
+        """ARQ's cap on this task's tries, every pick-up counted; None: ARQ's default, 5."""
+        return None
+
+
+# --8<-- [end:args]
+
 
 # --8<-- [start:limits]
 MAX_INT = 10**12  # keeps sums exact and JSON numbers small
@@ -32,7 +69,7 @@ REPORT_TIMEOUT_SHARE = 0.8
 
 
 def report_timeout_s() -> float:
-    return timeout_s("report")  # its own timeout, the one the worker gives it
+    return ReportArgs.timeout_s()  # its own timeout, the one the worker gives it
 
 
 def report_max_s() -> float:
@@ -42,23 +79,6 @@ def report_max_s() -> float:
 
 Int = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
 Finite = Annotated[float, Field(ge=-MAX_INT, le=MAX_INT)]
-
-
-class Args(BaseModel):
-    # strict: "5" is not 5; forbid: a misspelt field is an error, not silently ignored.
-    # allow_inf_nan=False: Python's JSON parser accepts NaN, Infinity and 1e309 (= inf).
-    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
-
-    # What generic code needs to know about a task besides its arguments: the route and the
-    # worker ask the task's model, rather than test `if name == "fetch"`.
-    async def check_before_enqueue(self, client: str) -> None:
-        """Checks that need I/O, which a validator cannot make: raise errors.invalid (422).
-        `client`: who asks (deps.ClientDep), for checks that share something between clients."""
-
-    @classmethod
-    def max_tries(cls) -> int | None:
-        """ARQ's cap on this task's tries, every pick-up counted; None: ARQ's default, 5."""
-        return None
 
 
 class AddArgs(Args):
@@ -79,7 +99,7 @@ CRUNCH_TIMEOUT_SHARE = 0.5
 
 
 def crunch_timeout_s() -> float:
-    return timeout_s("crunch")  # its own timeout, the one the worker gives it
+    return CrunchArgs.timeout_s()  # its own timeout, the one the worker gives it
 
 
 def crunch_max_ms() -> int:
@@ -88,6 +108,7 @@ def crunch_max_ms() -> int:
 
 
 class CrunchArgs(Args):
+    TIMEOUT_S = 20
     ms: int = Field(200, ge=1, description="CPU time to burn, in milliseconds")
 
     @field_validator("ms")
@@ -105,10 +126,12 @@ class CrunchArgs(Args):
 
 
 class WaitArgs(Args):
+    TIMEOUT_S = 25
     seconds: float = Field(1.0, ge=0, le=MAX_WAIT_S, description="How long to sleep")
 
 
 class ReportArgs(Args):
+    TIMEOUT_S = 25  # a report too long for it is refused (fits_its_timeout)
     steps: int = Field(10, ge=1, le=MAX_STEPS, description="How many steps the work takes")
     step_seconds: float = Field(0.5, ge=0, le=MAX_STEP_S, description="How long each step takes")
 
@@ -116,7 +139,8 @@ class ReportArgs(Args):
     def fits_its_timeout(self) -> "ReportArgs":
         # Refused now, with a 422 that says why, rather than a 202 for a job that is bound
         # to time out half a minute later.
-        total, longest = self.steps * self.step_seconds, report_max_s()
+        total = self.steps * self.step_seconds
+        longest = report_max_s()
         if total > longest:
             raise ValueError(
                 f"steps * step_seconds is {total:g} s; a report may take at most {longest:g} s "
@@ -130,10 +154,13 @@ class ReportArgs(Args):
 
 # --8<-- [start:fetch_args]
 class FetchArgs(Args):
+    # fetch bounds each HTTP request itself and retries those timeouts on its own terms, so
+    # its job timeout only catches a hung task.
+    TIMEOUT_S = 25
     url: str = Field(max_length=2048, examples=["https://example.org/"])
 
     async def check_before_enqueue(self, client: str) -> None:
-        # Resolve and check the host now (the SSRF guard, urls.py): a refused URL is the
+        # Resolve and check the host now (the SSRF guard, fetch.get_checked): a refused URL is the
         # client's error, a 422, not a job that fails later. The worker checks again before
         # each request, as the name may resolve differently by then.
         try:
@@ -191,11 +218,34 @@ async def crunch(ctx: dict[str, Any], ms: int) -> int:
     # The API process is not involved any more, so its event loop stays free whatever this
     # costs. Inside the worker we still hand the CPU work to a thread: the worker's own loop
     # keeps polling, heart-beating and timing out jobs while the thread runs.
-    # A thread that stops when the job is cancelled, though: timeouts.py says why.
+    # A thread that stops when the job is cancelled, though: in_stoppable_thread says why.
     return await in_stoppable_thread(partial(burn_cpu, ms))
 
 
 # --8<-- [end:crunch]
+
+
+# --8<-- [start:stoppable]
+async def in_stoppable_thread(work: Callable[[threading.Event], T]) -> T:
+    """Run the blocking `work(stop)` in a thread that ends with the job.
+
+    Cancelled (DELETE, its timeout, a shutdown), an awaiting job would end at once while its
+    thread burned on for seconds, its slot already given to the next job: Python cannot kill
+    a thread. So `work` checks `stop` between slices, and the job ends only once its thread
+    has. (The alternative, a process per job, can be killed, at the price of a process start
+    per job.)
+    """
+    stop = threading.Event()
+    thread = asyncio.get_running_loop().run_in_executor(None, work, stop)
+    try:
+        return await asyncio.shield(thread)
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.wait([thread])
+        raise
+
+
+# --8<-- [end:stoppable]
 
 
 async def wait(ctx: dict[str, Any], seconds: float) -> float:

@@ -1,8 +1,8 @@
 """The ARQ worker: a separate process that takes jobs from Redis and runs them.
 
-Stage 4's worker gives each task its own timeout (timeouts.py), records every try in the
-attempt log (attempts.py), stops a running job on DELETE /jobs/{id} (cancel.py), and runs a
-cron job that looks after the ledger (maintenance.py).
+Stage 4's worker gives each task its own timeout (tasks.Args), records every try in the
+attempt log (its hooks, below), stops a running job on DELETE /jobs/{id} (cancel.py), and
+runs a cron job that looks after the ledger (maintenance.py).
 
 `make run STAGE=4` starts it with the API; by hand, with REDIS_URL set to the API's Redis:
     arq stage4_retries_scheduling.worker.WorkerSettings
@@ -14,13 +14,14 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import Function, func
 
-from . import attempts, jobs, maintenance
+from jobkit import pinned_http
+
+from . import jobs, maintenance
 from .config import get_settings
-from .jobs import KEEP_RESULT_S
+from .jobs import KEEP_RESULT_S, Status, read_outcome
 from .ledger import Ledger
-from .pinned import make_client
+from .tables import now
 from .tasks import TASKS
-from .timeouts import JOB_COMPLETION_WAIT_S, timeout_s
 
 # --8<-- [start:constants]
 # A job running longer than this is cancelled and fails. It also bounds crash recovery: ARQ
@@ -36,15 +37,18 @@ MAX_JOBS = get_settings().max_jobs
 # How often the worker writes its health-check key (`arq --check` reads it). ARQ's default
 # of an hour lets a dead worker look healthy for an hour.
 HEALTH_CHECK_INTERVAL_S = 10
+# Graceful shutdown (SIGTERM, a deploy): stop taking jobs, give running ones this long to
+# finish, then cancel them back into the queue. Below `make run`'s 10 s before SIGKILL.
+JOB_COMPLETION_WAIT_S = 8
 # --8<-- [end:constants]
 
 
 # --8<-- [start:task_functions]
 def task_functions() -> list[Function]:
-    """Each task with its own timeout (timeouts.py), and its own cap on tries if its model
-    has one (tasks.Args.max_tries)."""
+    """Each task with its own timeout and, if its model has one, its own cap on tries
+    (tasks.Args: arq pairs them in func(f, timeout=, max_tries=))."""
     return [
-        func(function, name=name, timeout=timeout_s(name), max_tries=model.max_tries())
+        func(function, name=name, timeout=model.timeout_s(), max_tries=model.max_tries())
         for name, (model, function) in TASKS.items()
     ]
 
@@ -54,13 +58,14 @@ def task_functions() -> list[Function]:
 
 # --8<-- [start:hooks]
 async def startup(ctx: dict[str, Any]) -> None:
-    # write_behind: a hook doesn't wait for its row to be committed. If the worker dies
-    # first, those writes are lost, but Redis still has the results: the cron job copies them.
+    # write_behind: a hook doesn't wait for its row to be committed, so a job never waits
+    # for the database (jobkit.db). A worker that dies loses what it had not committed; Redis
+    # still has the results, and the cron job records them.
     ctx["ledger"] = Ledger(get_settings().database_url, write_behind=True)
     await asyncio.to_thread(ctx["ledger"].create_schema)
-    # For fetch: its settings, and one HTTP client per worker process for every job (pinned.py).
+    # For fetch: its settings, and one HTTP client per worker process for every job.
     ctx["settings"] = get_settings()
-    ctx["http"] = make_client(ctx["settings"])
+    ctx["http"] = pinned_http.make_client(ctx["settings"].fetch_timeout_s)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -70,21 +75,46 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def job_started(ctx: dict[str, Any]) -> None:
+    # A job's start_time is its first try's; each try's start goes to its attempt row.
+    started = ctx["attempt_started"] = now()
+    first = {"start_time": started} if ctx["job_try"] == 1 else {}
     await ctx["ledger"].update(
-        ctx["job_id"], status="in_progress", attempts=ctx["job_try"], **attempts.try_started(ctx)
+        ctx["job_id"], status=Status.IN_PROGRESS, attempts=ctx["job_try"], **first
     )
 
 
 async def job_ended(ctx: dict[str, Any]) -> None:
     # after_job_end, not on_job_end: it runs once ARQ has written the result to Redis, so
     # the ledger copies exactly what Redis holds (result or error, times, attempts). Neither
-    # hook runs when ARQ fails a job without starting it: the cron job covers those.
-    ledger: Ledger = ctx["ledger"]
-    queue_name = get_settings().queue_name
-    ended = await ledger.record_result_from_redis(ctx["redis"], ctx["job_id"], queue_name)
-    if not ended:  # no result: it will run again
-        await ledger.update(ctx["job_id"], **attempts.waiting_status(ctx))
-    await attempts.add_attempt(ctx, ended)  # this try, in the attempt log
+    # hook runs when ARQ fails a job without starting it: the cron job records those.
+    ended = await read_outcome(ctx["redis"], ctx["job_id"], get_settings().queue_name)
+    await ctx["ledger"].update(ctx["job_id"], **(ended or waiting(ctx)))
+    await ctx["ledger"].add_attempt(this_try(ctx, ended))
+
+
+def waiting(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The job's row after a try that ended without a result: it will run again."""
+    if retry := ctx.get("retry"):  # the task raised Retry and said why (fetch.retry_later)
+        return {"status": Status.DEFERRED, "error": retry["error"]}
+    return {"status": Status.QUEUED}  # cancelled by a worker shutdown: back in the queue
+
+
+def this_try(ctx: dict[str, Any], ended: dict[str, Any] | None) -> dict[str, Any]:
+    """The attempt-log row of the try that just ended: how it ended or, for a retry, why and
+    when the next try is due. (ARQ keeps only a job's last try.)"""
+    attempt = {
+        "job_id": ctx["job_id"],
+        "attempt": ctx["job_try"],
+        "start_time": ctx["attempt_started"],
+        "finish_time": now(),
+    }
+    if ended:  # with the result's own times, as the job's row has them
+        outcome = {"outcome": ended["status"], "error": ended["error"]}
+        times = {"start_time": ended.get("start_time", attempt["start_time"])}
+        return attempt | outcome | times | {"finish_time": ended["finish_time"]}
+    if retry := ctx.get("retry"):
+        return attempt | {"outcome": "retrying", **retry}
+    return attempt | {"outcome": "interrupted"}  # a worker shutdown: it will run again
 
 
 # --8<-- [end:hooks]
@@ -105,7 +135,7 @@ class WorkerSettings:
     poll_delay = POLL_DELAY_S
     max_jobs = MAX_JOBS
     health_check_interval = HEALTH_CHECK_INTERVAL_S
-    job_completion_wait = JOB_COMPLETION_WAIT_S  # graceful shutdown: timeouts.py
+    job_completion_wait = JOB_COMPLETION_WAIT_S  # graceful shutdown
     allow_abort_jobs = True  # DELETE /jobs/{id} of a running job: cancel.py
     on_startup = startup
     on_shutdown = shutdown

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from arq.connections import RedisSettings, create_pool
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.jobs import Job
 from arq.worker import Worker, get_kwargs
 
@@ -129,3 +129,20 @@ def finished(raw_redis: Any, ids: list[str]) -> set[str]:
         for job_id in ids:
             pipe.exists(f"arq:result:{job_id}")
         return {job_id for job_id, found in zip(ids, pipe.execute(), strict=True) if found}
+
+
+def run_reconcile(stage: Any) -> int:
+    """One sweep of stage 4's cron job over the unfinished rows (maintenance.reconcile)."""
+    settings = stage.module("config").get_settings()
+    budget = stage.module("maintenance").MAINTENANCE_ROW_BUDGET
+
+    async def run() -> int:
+        ledger = stage.module("ledger").Ledger(settings.database_url)
+        redis = ArqRedis.from_url(settings.redis_url)
+        try:
+            return await stage.module("maintenance").reconcile(ledger, redis, budget)
+        finally:
+            await redis.aclose()
+            ledger.close()
+
+    return asyncio.run(run())

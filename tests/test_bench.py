@@ -6,6 +6,10 @@ known figures, so they can check its arithmetic exactly.
 
 import argparse
 import re
+import subprocess
+import sys
+
+import pytest
 
 from devkit import bench
 
@@ -93,3 +97,28 @@ def test_the_ledger_yardstick_runs_only_beside_a_stage_with_a_ledger_and_only_ph
     out = table(app("bare", [1000] * 3, [1000] * 3), with_db, app("stage 3", [500] * 3, [900] * 3))
     assert re.search(r"^status req/s\s+1,000\s+-\s+900$", out, re.M), out
     assert re.search(r"^  req/s vs bare\s+1\.00\s+-\s+0\.90$", out, re.M), out
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("variant", "printed"),
+    [
+        ("direct-writes", "write_behind=False frozen=False"),
+        ("no-gc-freeze", "write_behind=True frozen=True"),
+    ],
+)
+def test_a_variant_undoes_its_choice_in_the_process_it_starts_and_nothing_else(variant, printed):
+    command = [sys.executable, "-m", "devkit.variant", variant, "-m", "tests.variant_probe"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == printed
+
+
+def test_a_variant_is_compared_with_its_own_stage_round_by_round() -> None:
+    stage3, undone = app("stage 3", [1000, 2000], [100, 100]), app("x", [500, 1500], [50, 100])
+    undone.label, undone.runnable, undone.variant = "stage 3 direct-writes", 3, "direct-writes"
+    stage3.runnable = 3
+    out = table(stage3, undone)
+    assert re.search(r"^stage 3 direct-writes / stage 3: enqueue req/s\s+0\.62 \(0\.50-0\.75\)$",
+                     out, re.M), out  # fmt: skip
+    assert re.search(r"^stage 3 direct-writes / stage 3: status req/s\s+0\.75 \(0\.50-1\.00\)$",
+                     out, re.M), out  # fmt: skip

@@ -1,12 +1,14 @@
 """The ledger's tables are created by whichever process starts first: the API and every worker
-call `tables.create_tables` at start-up, often at the same moment (`make run` starts them
-together), so losing that race must not stop a process from starting."""
+call `jobkit.db.create_tables` with the stage's tables at start-up, often at the same moment
+(`make run` starts them together), so losing that race must not stop a process from starting."""
 
 import threading
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+import sqlalchemy as sa
+
+from jobkit.db import create_engine, create_tables
 
 pytestmark = pytest.mark.since_stage(3)
 
@@ -14,16 +16,16 @@ STARTERS = 6  # processes starting at once, each with its own engine (here: thre
 ROUNDS = 20
 
 
-def create_at_once(tables: ModuleType, url: str) -> list[Exception]:
+def create_at_once(metadata: sa.MetaData, url: str) -> list[Exception]:
     """STARTERS engines on one new SQLite file create the tables at the same moment."""
-    engines = [tables.create_engine(url) for _ in range(STARTERS)]
+    engines = [create_engine(url) for _ in range(STARTERS)]
     at_once = threading.Barrier(STARTERS)
     failures: list[Exception] = []
 
     def start(engine) -> None:
         at_once.wait()
         try:
-            tables.create_tables(engine)
+            create_tables(metadata, engine)
         except Exception as exc:
             failures.append(exc)
 
@@ -38,7 +40,7 @@ def create_at_once(tables: ModuleType, url: str) -> list[Exception]:
 
 
 def test_starters_creating_the_tables_at_once_all_start(stage, tmp_path: Path) -> None:
-    tables = stage.module("tables")
+    metadata = stage.module("tables").LedgerModel.metadata
     for round_ in range(ROUNDS):
-        failures = create_at_once(tables, f"sqlite:///{tmp_path / str(round_) / 'jobs.db'}")
+        failures = create_at_once(metadata, f"sqlite:///{tmp_path / str(round_) / 'jobs.db'}")
         assert not failures, f"round {round_}: {len(failures)} of {STARTERS} failed: {failures[0]}"

@@ -8,6 +8,7 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
+import jobkit.redis_pool
 from tests.helpers import enqueue, poll
 
 pytestmark = pytest.mark.since_stage(2)
@@ -21,7 +22,7 @@ def small_pool(stage, settings_env, monkeypatch):
     """(the app's TestClient, its Redis pool): MAX_CONNECTIONS is POOL_SIZE."""
 
     def start(redis_timeout_s: float) -> tuple[TestClient, object]:
-        monkeypatch.setattr(stage.module("redis_connection"), "MAX_CONNECTIONS", POOL_SIZE)
+        monkeypatch.setattr(jobkit.redis_pool, "MAX_CONNECTIONS", POOL_SIZE)
         monkeypatch.setenv("REDIS_TIMEOUT_S", str(redis_timeout_s))
         stage.module("config").get_settings.cache_clear()
         client = TestClient(stage.module("main").app)

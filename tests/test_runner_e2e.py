@@ -110,7 +110,8 @@ def test_the_benchmark_runs_end_to_end_and_prints_every_figure(tmp_path):
         assert figure in out
     # The yardstick ran beside the stage, through every phase, and answered every request.
     assert re.search(r"^\s+bare\s+stage 2$", out, re.M), out
-    assert re.search(r"^worker completed\s+50/50\s+50/50$", out, re.M), out
+    # The worker phase runs once a round (paired like the others): 2 rounds of 50 jobs.
+    assert re.search(r"^worker completed\s+100/100\s+100/100$", out, re.M), out
     for phase in ("enqueue", "status"):
         assert re.search(rf"^{phase} errors\s+0\s+0$", out, re.M), out
     # Each rate and p99 has a row of ratios to the bare app: 1 for itself, a number for us.

@@ -36,7 +36,7 @@ async def run_maintenance(stage, redis_url):
 def age_row(stage, job_id, **shift):
     """Move a row's times into the past, as if the clock had run on."""
     ledger = stage.module("ledger")
-    engine = ledger.Ledger(stage.module("config").get_settings().database_url).engine
+    engine = ledger.Ledger(stage.module("config").get_settings().database_url).db.engine
     table = ledger.JOBS
     with engine.begin() as connection:
         row = connection.execute(table.select().where(table.c.job_id == job_id)).mappings().one()
@@ -192,7 +192,7 @@ def test_a_run_over_many_unfinished_rows_still_prunes_within_its_timeout(
 def test_each_run_checks_its_budget_of_rows_and_the_next_carries_on(
     stage, client, redis_url, monkeypatch
 ):
-    reconcile = stage.module("reconcile")
+    reconcile = stage.module("maintenance")
     monkeypatch.setattr(stage.module("maintenance"), "MAINTENANCE_ROW_BUDGET", 3)
     monkeypatch.setattr(reconcile, "RECONCILE_BATCH", 2)
     client.get("/health")  # the app has created the schema

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+import jobkit.db
 from tests.helpers import job, poll, status
 from tests.processes import Processes, free_port, stage_env
 
@@ -77,7 +78,7 @@ def sqlite_write_lock(stage: Any, database: Path | None = None) -> Iterator[None
 @contextmanager
 def client_waiting_for_locks(stage, app, monkeypatch, busy_timeout_ms: int) -> Iterator[Any]:
     """A client whose ledger waits `busy_timeout_ms` for a locked SQLite file, then fails."""
-    monkeypatch.setattr(stage.module("tables"), "BUSY_TIMEOUT_MS", busy_timeout_ms)
+    monkeypatch.setattr(jobkit.db, "BUSY_TIMEOUT_MS", busy_timeout_ms)
     with TestClient(app) as client:
         yield client
 

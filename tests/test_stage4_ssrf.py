@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+import jobkit.ssrf
 from tests.helpers import enqueue, poll
 from tests.httpserver import Reply, ScriptedServer, fetch_settings
 from tests.tools import require
@@ -250,7 +251,7 @@ def fake_dns(stage, monkeypatch):
     for dns in installed:
         dns.release.set()
     # The lookup threads are the process's: the next test starts with all of them free.
-    lookup_threads = stage.module("lookups").lookup_threads
+    lookup_threads = jobkit.ssrf.lookup_threads
     poll(lambda: lookup_threads.in_flight() == 0, SLOW_DNS_S, "the slow lookups to end")
 
 
@@ -392,7 +393,7 @@ def test_slow_dns_gets_a_422_in_time_and_does_not_stall_other_requests(
         return response, time.monotonic() - began
 
     dns = fake_dns("slow.test", SLOW)
-    share = stage.module("lookups").LOOKUP_THREADS_PER_CLIENT
+    share = jobkit.ssrf.LOOKUP_THREADS_PER_CLIENT
     slots = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor
     count = max(SLOW_SUBMISSIONS, slots + 2)
     with ThreadPoolExecutor(count) as pool:
@@ -425,7 +426,7 @@ def test_a_full_lookup_pool_answers_a_valid_url_503_not_422(
     # Four slow names in flight held every lookup thread, and every other fetch got
     # "422 URL refused: could not resolve 'public.test' in time": a 4xx blaming a valid URL
     # for the server's shortage.
-    lookups = stage.module("lookups")
+    lookups = jobkit.ssrf
     threads = lookups.LOOKUP_THREADS
     monkeypatch.setattr(lookups, "LOOKUP_THREADS_PER_CLIENT", threads)  # one client plays many
     fake_dns("public.test", "8.8.8.8")
@@ -450,7 +451,7 @@ def test_a_full_lookup_pool_answers_a_valid_url_503_not_422(
 def test_one_client_may_hold_only_its_share_of_the_lookup_threads(
     stage, settings_env, fake_dns, client
 ):
-    share = stage.module("lookups").LOOKUP_THREADS_PER_CLIENT
+    share = jobkit.ssrf.LOOKUP_THREADS_PER_CLIENT
     fake_dns("public.test", "8.8.8.8")
     slow = fake_dns("slow.test", SLOW)
     with ThreadPoolExecutor(share) as pool:

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.since_stage(4)
 
 def test_a_job_over_its_timeout_fails_with_a_clear_reason(stage, client, drain, monkeypatch):
     worker = stage.module("worker")  # first: its WorkerSettings keep the real timeouts
-    monkeypatch.setitem(stage.module("timeouts").TASK_TIMEOUTS_S, "wait", 0.2)
+    monkeypatch.setattr(stage.module("tasks").WaitArgs, "TIMEOUT_S", 0.2)
     job_id = enqueue(client, "wait", {"seconds": 5})
     started = time.monotonic()
     drain(functions=worker.task_functions())

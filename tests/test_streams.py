@@ -14,6 +14,7 @@ import json
 import httpx
 import pytest
 
+import jobkit.streams
 from tests.helpers import poll
 from tests.liveserver import serving
 
@@ -36,7 +37,7 @@ def events(stream: httpx.Response) -> list[dict]:
 
 
 def test_event_streams_are_capped_per_client_and_in_all_with_a_json_429(stage, app, monkeypatch):
-    streams = stage.module("streams")
+    streams = jobkit.streams
     monkeypatch.setattr(streams, "MAX_STREAMS_PER_CLIENT", 2)
     monkeypatch.setattr(streams, "MAX_STREAMS", 3)
     with serving(app) as url, contextlib.ExitStack() as stack:

@@ -30,7 +30,10 @@ def test_a_report_longer_than_its_timeout_allows_is_a_422_up_front(client):
 def test_the_longest_report_accepted_finishes_within_its_timeout(stage):
     tasks, worker = stage.module("tasks"), stage.module("worker")
     longest = tasks.report_max_s()
-    timeout = worker.timeout_s("report") if stage.number >= 4 else worker.JOB_TIMEOUT_S
+    if stage.number >= 4:  # the timeout the worker gives report, as ARQ registers it
+        timeout = {f.name: f for f in worker.task_functions()}["report"].timeout_s
+    else:
+        timeout = worker.JOB_TIMEOUT_S
     assert 0 < longest < timeout
     steps = tasks.MAX_STEPS
     assert tasks.ReportArgs(steps=steps, step_seconds=longest / steps)  # accepted

@@ -1,0 +1,205 @@
+"""jobkit.db: the engine's tuning, tables made by starters racing, aware times, and Database,
+synchronous SQLAlchemy from async code (group commit, write-behind that survives a lock)."""
+
+import asyncio
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import jobkit.db
+from jobkit.db import Database, UTCDateTime, create_engine, create_tables
+
+metadata = sa.MetaData()
+ROWS = sa.Table(
+    "rows",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("value", sa.String(32), index=True),
+    sa.Column("at", UTCDateTime, nullable=True),
+)
+INSERT = ROWS.insert()
+READ_ALL = ROWS.select().order_by(ROWS.c.id)
+
+
+def engine_for(tmp_path: Path) -> sa.Engine:
+    engine = create_engine(f"sqlite:///{tmp_path / 'nested' / 'jobs.db'}")
+    create_tables(metadata, engine)
+    return engine
+
+
+def test_create_tables_makes_the_sqlite_files_folder_and_tunes_every_connection(tmp_path):
+    engine = engine_for(tmp_path)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        busy = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
+        assert busy == jobkit.db.BUSY_TIMEOUT_MS
+    engine.dispose()
+    assert (tmp_path / "nested" / "jobs.db").exists()
+
+
+def test_a_postgresql_url_gets_its_timeouts_and_sqlite_gets_none():
+    args = jobkit.db._connect_args("postgresql+psycopg://user@db.invalid/ledger")
+    assert args["connect_timeout"] == jobkit.db.PG_CONNECT_TIMEOUT_S
+    assert f"lock_timeout={jobkit.db.PG_LOCK_TIMEOUT_MS}" in args["options"]
+    assert f"statement_timeout={jobkit.db.PG_STATEMENT_TIMEOUT_MS}" in args["options"]
+    assert jobkit.db._connect_args("sqlite:///x.db") == {}
+
+
+def test_starters_racing_to_create_the_tables_all_start(tmp_path):
+    starters, failures = 6, []
+    engines = [create_engine(f"sqlite:///{tmp_path / 'race.db'}") for _ in range(starters)]
+    at_once = threading.Barrier(starters)
+
+    def start(engine: sa.Engine) -> None:
+        at_once.wait()
+        try:
+            create_tables(metadata, engine)
+        except Exception as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for engine in engines:
+        engine.dispose()
+    assert failures == []
+
+
+def test_create_tables_gives_up_after_its_tries(tmp_path, monkeypatch):
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    calls = []
+
+    def always_locked(*_args, **_kwargs) -> None:
+        calls.append(1)
+        raise sa.exc.OperationalError("CREATE TABLE", {}, sqlite3.OperationalError("locked"))
+
+    monkeypatch.setattr(metadata, "create_all", always_locked)
+    with pytest.raises(sa.exc.OperationalError):
+        create_tables(metadata, engine)
+    assert len(calls) == jobkit.db.CREATE_TRIES
+    engine.dispose()
+
+
+def test_times_come_back_aware_and_in_utc(tmp_path):
+    engine = engine_for(tmp_path)
+    eastern = datetime(2026, 12, 7, 9, 30, tzinfo=timezone(timedelta(hours=-5)))
+    with engine.begin() as connection:
+        connection.execute(
+            INSERT, [{"id": 1, "value": "a", "at": eastern}, {"id": 2, "value": "b", "at": None}]
+        )
+    with engine.connect() as connection:
+        rows = connection.execute(READ_ALL).mappings().all()
+    engine.dispose()
+    assert rows[0]["at"] == eastern and rows[0]["at"].tzinfo == UTC
+    assert rows[1]["at"] is None
+
+
+def test_writes_made_together_commit_together_and_are_read_back(tmp_path):
+    async def main() -> list[dict]:
+        db = Database(engine_for(tmp_path))
+        await asyncio.gather(*(db.write(INSERT, {"id": n, "value": str(n)}) for n in range(50)))
+        rows = await db.read(READ_ALL, dict)
+        db.close()
+        return rows
+
+    rows = asyncio.run(main())
+    assert [row["id"] for row in rows] == list(range(50))
+
+
+def test_a_waited_for_write_that_fails_raises_in_its_caller(tmp_path):
+    async def main() -> None:
+        db = Database(engine_for(tmp_path))
+        await db.write(INSERT, {"id": 1, "value": "a"})
+        try:
+            with pytest.raises(sa.exc.IntegrityError):
+                await db.write(INSERT, {"id": 1, "value": "again"})
+        finally:
+            db.close()
+
+    asyncio.run(main())
+
+
+def test_run_does_a_read_then_a_write_in_one_transaction_after_earlier_writes(tmp_path):
+    async def main() -> tuple[int, list[dict]]:
+        db = Database(engine_for(tmp_path), write_behind=True)
+        for n in range(5):
+            await db.write(INSERT, {"id": n, "value": "old" if n < 3 else "new"})
+
+        def prune(connection: sa.Connection) -> int:
+            ids = connection.execute(sa.select(ROWS.c.id).where(ROWS.c.value == "old")).scalars()
+            return connection.execute(ROWS.delete().where(ROWS.c.id.in_(list(ids)))).rowcount
+
+        pruned = await db.run(prune)
+        rows = await db.read(READ_ALL, dict)
+        db.close()
+        return pruned, rows
+
+    pruned, rows = asyncio.run(main())
+    assert pruned == 3
+    assert [row["id"] for row in rows] == [3, 4]
+
+
+def test_write_behind_returns_before_the_commit_and_flush_waits_for_it(tmp_path):
+    async def main() -> tuple[list[dict], list[dict]]:
+        db = Database(engine_for(tmp_path), write_behind=True)
+        await db.write(INSERT, {"id": 1, "value": "a"})
+        before = await db.read(READ_ALL, dict)  # the batch is still gathering
+        await db.flush()
+        after = await db.read(READ_ALL, dict)
+        db.close()
+        return before, after
+
+    before, after = asyncio.run(main())
+    assert before == []
+    assert [row["id"] for row in after] == [1]
+
+
+def test_write_behind_survives_a_lock_held_past_the_busy_timeout(tmp_path, monkeypatch):
+    """The worker's writes are behind: a lock that outlasts SQLite's busy timeout must delay
+    them, not drop them (they were once logged as lost, a fetch's try 2 with them)."""
+    monkeypatch.setattr(jobkit.db, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(jobkit.db, "WRITE_BEHIND_RETRY_S", 0.2)
+    engine = engine_for(tmp_path)
+    holder = sqlite3.connect(tmp_path / "nested" / "jobs.db", isolation_level=None)
+
+    async def main() -> list[dict]:
+        db = Database(engine, write_behind=True)
+        holder.execute("BEGIN IMMEDIATE")  # a long transaction elsewhere
+        for n in range(3):
+            await db.write(INSERT, {"id": n, "value": "during the lock"})
+        await asyncio.sleep(0.6)  # longer than the busy timeout: the first commit has failed
+        holder.execute("ROLLBACK")
+        await db.write(INSERT, {"id": 3, "value": "after it"})
+        await db.flush()
+        rows = await db.read(READ_ALL, dict)
+        db.close()
+        return rows
+
+    try:
+        rows = asyncio.run(main())
+    finally:
+        holder.close()
+    assert [row["id"] for row in rows] == [0, 1, 2, 3]  # all of them, in order
+
+
+def test_write_behind_gives_up_on_a_batch_that_can_never_commit(tmp_path, caplog):
+    async def main() -> list[dict]:
+        db = Database(engine_for(tmp_path), write_behind=True)
+        await db.write(INSERT, {"id": 1, "value": "a"})
+        await db.write(INSERT, {"id": 1, "value": "the same id again"})  # same batch: both fail
+        await db.flush()
+        await db.write(INSERT, {"id": 2, "value": "b"})
+        await db.flush()
+        rows = await db.read(READ_ALL, dict)
+        db.close()
+        return rows
+
+    rows = asyncio.run(main())
+    assert [row["id"] for row in rows] == [2]
+    assert "2 writes lost" in caplog.text
