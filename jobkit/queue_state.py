@@ -22,6 +22,8 @@ window of ready jobs that all have older scores than it, i.e. jobs queued with a
 while it ran. The script blocks Redis while it runs (every script does), so it never reads
 more than MAX_SCANNED ids: far more jobs than any set of ARQ workers runs at once.
 
+`read_queue` adds the live workers (jobkit.heartbeat): what `GET /queue` answers.
+
 A learner may skip this module: the stages show the result at `GET /queue`.
 """
 
@@ -30,6 +32,8 @@ from dataclasses import dataclass
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from redis.asyncio import Redis
+
+from .heartbeat import WorkerBeat, live_workers
 
 SCAN_WINDOW = 500  # ids looked at per step, oldest due first
 MAX_SCANNED = 20_000  # bounds how long the script may hold Redis
@@ -83,4 +87,20 @@ async def read_queue_state(redis: Redis, queue_name: str) -> QueueState:
         scheduled=int(total) - int(due),
         running=int(running),
         oldest_ready_age_s=age,
+    )
+
+
+@dataclass(frozen=True)
+class QueueView(QueueState):
+    """The queue's state and the workers alive on it: `GET /queue`."""
+
+    workers: list[WorkerBeat]
+
+
+async def read_queue(redis: Redis, queue_name: str) -> QueueView:
+    """The queue's state and its live workers, in two round trips to Redis."""
+    state = await read_queue_state(redis, queue_name)
+    workers = await live_workers(redis, queue_name)
+    return QueueView(
+        state.ready, state.scheduled, state.running, state.oldest_ready_age_s, workers.alive
     )
