@@ -5,14 +5,16 @@ ARQ's job hooks (on_job_start, after_job_end) see only `ctx`: not the job's func
 how the try ended; and ARQ does not call them at all when a job ends without its function
 running (max tries exceeded, expired, unknown function, aborted before start: ARQ_NOTES A5,
 A12), which is how a job that used up its retries fails. So `attach(ctx, observers)`, called
-once from the worker's on_startup, finds the arq `Worker` that owns `ctx` and watches four
+once from the worker's on_startup, finds the arq `Worker` that owns `ctx` and watches five
 points of ARQ 0.28 (pinned below 0.29; tests/jobkit/test_worker_events.py holds each one):
 
 - `Worker.run_job`, one pick-up of one job: its `Pickup` is `current()` for every line ARQ
   or the job logs meanwhile, and observers hear `ended` when ARQ is done with it;
 - the job *deserializer*, with which ARQ reads the job's payload: its function, and the
   trace context the API put in the payload (tracing.py). Observers hear `picked`;
-- each job function, wrapped: the try's number, its start, what it raised (`started`);
+- its `on_job_start` hook (the stage's own still runs): the try's number, before ARQ logs
+  the try's first line;
+- each job function, wrapped: its start, how long it ran, what it raised (`started`);
 - the *serializer* ARQ stores a result with: how the job ended, exactly as it is stored (a
   timeout is TimeoutError, an abort CancelledError; a job that never ran, its reason).
 
@@ -56,7 +58,8 @@ class Pickup:
     queue: str
     due_ms: int  # the job's score: when it became due
     function: str = UNKNOWN
-    job_try: int | None = None  # None until the function starts (and if it never does)
+    job_try: int | None = None  # None until a try starts (and if none does)
+    ran: bool = False  # its function started
     carrier: dict[str, str] = field(default_factory=dict)
     queue_wait_s: float | None = None  # from due to the function's start
     duration_s: float | None = None  # the function's run
@@ -101,8 +104,12 @@ def worker_of(ctx: dict[str, Any]) -> Worker:
 
 def attach(ctx: dict[str, Any], observers: Sequence[Observer]) -> Worker:
     """Watch every job this worker picks up from now on; returns the Worker."""
-    worker, me = worker_of(ctx), worker_id()
-    run_job, serialize, deserialize = worker.run_job, worker.job_serializer, worker.job_deserializer
+    worker = worker_of(ctx)
+    me = worker_id()
+    run_job = worker.run_job
+    serialize = worker.job_serializer or _pickle_dumps  # ARQ's default is pickle
+    deserialize = worker.job_deserializer or _pickle_loads
+    stage_hook = worker.on_job_start
 
     async def watched_run_job(job_id: str, score: int) -> None:
         pickup = Pickup(job_id, me, worker.queue_name, score)
@@ -115,7 +122,7 @@ def attach(ctx: dict[str, Any], observers: Sequence[Observer]) -> Worker:
             _current.reset(token)
 
     def watched_deserialize(raw: bytes) -> dict[str, Any]:
-        data: dict[str, Any] = (deserialize or _pickle_loads)(raw)
+        data: dict[str, Any] = deserialize(raw)
         if (pickup := _current.get()) is not None:
             pickup.function = str(data.get("f", UNKNOWN))
             pickup.carrier = data.get(CARRIER_KEY) or {}
@@ -125,8 +132,15 @@ def attach(ctx: dict[str, Any], observers: Sequence[Observer]) -> Worker:
     def watched_serialize(data: dict[str, Any]) -> bytes:
         if "s" in data and (pickup := _current.get()) is not None:  # a result, not a job
             pickup.stored = (bool(data["s"]), data["r"])
-        return (serialize or _pickle_dumps)(data)
+        return serialize(data)
 
+    async def on_job_start(ctx: dict[str, Any]) -> None:
+        if (pickup := _current.get()) is not None:
+            pickup.job_try = ctx["job_try"]
+        if stage_hook is not None:
+            await stage_hook(ctx)
+
+    worker.on_job_start = on_job_start
     worker.run_job = watched_run_job  # type: ignore[method-assign]
     worker.job_deserializer = watched_deserialize
     worker.job_serializer = watched_serialize
@@ -141,7 +155,7 @@ def _watch_function(coroutine: Callable[..., Any], observers: Sequence[Observer]
         pickup = _current.get()
         if pickup is None:  # not run by ARQ's run_job (a test calling the function itself)
             return await coroutine(ctx, *args, **kwargs)
-        pickup.job_try = ctx["job_try"]
+        pickup.ran = True
         pickup.queue_wait_s = max(0.0, time.time() - pickup.due_ms / 1000)
         _tell(observers, "started", pickup)
         started = time.perf_counter()
@@ -166,10 +180,10 @@ def outcome(pickup: Pickup) -> Outcome:
             return "complete"
         if isinstance(result, asyncio.CancelledError):
             return "cancelled"  # DELETE /jobs/{id}, while running or before it started
-        if isinstance(result, TimeoutError) and pickup.job_try is not None:
+        if isinstance(result, TimeoutError) and pickup.ran:
             return "timeout"
         return "failed"
-    if pickup.job_try is None:
+    if not pickup.ran:
         return "failed"  # never ran, and ARQ could not even store why
     if pickup.returned:
         return "complete"  # keep_result=0: nothing stored
@@ -187,7 +201,7 @@ def _tell(observers: Sequence[Observer], event: str, pickup: Pickup) -> None:
             logger.exception("observer %r failed on %s of job %s", observer, event, pickup.job_id)
 
 
-def _pickle_loads(raw: bytes) -> dict[str, Any]:  # ARQ's default, when the worker sets none
+def _pickle_loads(raw: bytes) -> dict[str, Any]:
     loaded: dict[str, Any] = pickle.loads(raw)
     return loaded
 

@@ -237,7 +237,7 @@ def test_results_hooks_and_counts_are_arqs_own_with_or_without_observing(redis_u
     assert counts == (plain.jobs_complete, plain.jobs_failed, plain.jobs_retried) == (2, 0, 1)
 
 
-def test_arqs_own_lines_about_a_job_and_the_jobs_own_know_which_pickup_they_belong_to(
+def test_arqs_own_lines_about_a_job_and_the_jobs_own_know_which_pickup_and_try_they_are(
     redis_url, caplog
 ):
     seen_in_job: list[Pickup | None] = []
@@ -246,12 +246,13 @@ def test_arqs_own_lines_about_a_job_and_the_jobs_own_know_which_pickup_they_belo
         seen_in_job.append(worker_events.current())
         logging.getLogger("job").warning("inside")
 
-    lines: list[tuple[str, str | None, str | None]] = []
+    lines: list[tuple[str, str, str | None, str | None, int | None]] = []
 
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             pickup = worker_events.current()
-            lines.append((record.name, pickup and pickup.job_id, pickup and pickup.function))
+            about = (pickup.job_id, pickup.function, pickup.job_try) if pickup else (None,) * 3
+            lines.append((record.name, str(record.msg), *about))
 
     async def main() -> str:
         async with pool(redis_url) as redis:
@@ -268,10 +269,11 @@ def test_arqs_own_lines_about_a_job_and_the_jobs_own_know_which_pickup_they_belo
     finally:
         logging.getLogger().removeHandler(keep)
     assert seen_in_job[0] is not None and seen_in_job[0].job_id == job_id
-    about_the_job = [line for line in lines if job_id in str(line) or line[0] == "job"]
-    assert ("job", job_id, "logs") in about_the_job
-    # ARQ's "→ ...logs()" and "← ... ●" lines, logged by run_job around the job:
-    assert [line for line in lines if line[0] == "arq.worker" and line[1] == job_id] != []
+    assert ("job", "inside", job_id, "logs", 1) in lines
+    # ARQ's own first and last lines about the try, logged by run_job around the job:
+    arq_lines = [line[1:] for line in lines if line[0] == "arq.worker" and line[2] == job_id]
+    assert [msg.split()[1] for msg, *_ in arq_lines] == ["→", "←"]
+    assert {tuple(about) for _, *about in arq_lines} == {(job_id, "logs", 1)}
     assert worker_events.current() is None  # nothing leaks out of the pick-up
 
 
