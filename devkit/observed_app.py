@@ -6,6 +6,7 @@ plus the few lines a stage adds to see its queue: `GET /queue`, `GET /metrics`, 
 and metrics port per worker, a trace from the request to each try, JSON logs. The settings,
 from the environment, all off unless set:
 
+    OBSERVE=0               no jobkit.observe at all (the bench's yardstick for "all off")
     METRICS=1               GET /metrics on the API, and a metrics port per worker
     WORKER_METRICS_PORT=n   that port (default 0 with METRICS=1: a free one; the heartbeat says)
     TRACING=file:<path>     or otlp, console (jobkit.tracing); TRACING_SERVICE names the process
@@ -16,6 +17,7 @@ from the environment, all off unless set:
     arq devkit.observed_app.WorkerSettings
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +37,7 @@ from jobkit.queue_state import QueueView, read_queue
 REDIS = RedisSettings.from_dsn(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
 QUEUE = "arq:queue"
 POLL_DELAY_S = 0.05  # the stages' worker setting
+PLAIN = os.environ.get("OBSERVE") == "0"
 METRICS = os.environ.get("METRICS") == "1"
 TRACING = os.environ.get("TRACING", "")
 JSON_LOGS = os.environ.get("JSON_LOGS") == "1"
@@ -61,8 +64,9 @@ observed = observe.Api(QUEUE, metrics=METRICS, tracing=TRACING, json_logs=JSON_L
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    serializer = serialize if PLAIN else observed.serializer(serialize)
     app.state.redis = await create_pool(
-        REDIS, job_serializer=observed.serializer(serialize), job_deserializer=json.loads
+        REDIS, job_serializer=serializer, job_deserializer=json.loads
     )
     yield
     await app.state.redis.aclose()
@@ -73,8 +77,15 @@ async def get_redis(request: Request) -> ArqRedis:
     return request.app.state.redis
 
 
-app = FastAPI(lifespan=lifespan, telemetry=observed.telemetry())
-app.include_router(observed.router(get_redis))
+if PLAIN:
+    app = FastAPI(lifespan=lifespan)
+else:
+    app = FastAPI(lifespan=lifespan, telemetry=observed.telemetry())
+    app.include_router(observed.router(get_redis))
+
+
+def enqueuing(job_id: str, name: str) -> contextlib.AbstractContextManager[object]:
+    return contextlib.nullcontext() if PLAIN else observed.enqueuing(job_id, name)
 
 
 @app.get("/ping")
@@ -85,7 +96,7 @@ async def ping() -> dict[str, str]:
 @app.post("/tasks/{name}", status_code=202)
 async def submit(name: str, body: dict[str, Any], request: Request, response: Response) -> Any:
     job_id = uuid.uuid4().hex
-    with observed.enqueuing(job_id, name):
+    with enqueuing(job_id, name):
         await request.app.state.redis.enqueue_job(name, _job_id=job_id, **body)
         logger.info("enqueued %s", name)
     response.headers["Location"] = f"/jobs/{job_id}"
@@ -98,8 +109,15 @@ async def get_job(job_id: str, request: Request) -> dict[str, Any]:
     info = await job.result_info()
     if info is None:
         return {"job_id": job_id, "status": (await job.status()).value}
-    status = "complete" if info.success else "failed"
-    return {"job_id": job_id, "status": status, "result": info.result, "attempts": info.job_try}
+    return {
+        "job_id": job_id,
+        "status": "complete" if info.success else "failed",
+        "result": info.result,
+        "attempts": info.job_try,
+        "enqueue_time": info.enqueue_time.isoformat(),
+        "start_time": info.start_time.isoformat(),
+        "finish_time": info.finish_time.isoformat(),
+    }
 
 
 @app.get("/queue")
@@ -162,5 +180,5 @@ class WorkerSettings:
     job_serializer = serialize
     job_deserializer = json.loads
     poll_delay = POLL_DELAY_S
-    on_startup = startup
-    on_shutdown = observe.stop_worker
+    on_startup = None if PLAIN else startup
+    on_shutdown = None if PLAIN else observe.stop_worker

@@ -43,7 +43,6 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -96,12 +95,13 @@ def _one_line(span: ReadableSpan) -> str:
 class Tracing:
     """Tracing for one process (the API or a worker), as `setting` says (module docstring)."""
 
-    def __init__(self, setting: str, service_name: str, sample_ratio: float = 1.0) -> None:
+    def __init__(self, setting: str, service_name: str) -> None:
         self.provider: TracerProvider | None = None
         if setting:
+            # Every trace is sampled unless OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (the
+            # standard variables, read by the SDK) say otherwise, e.g. traceidratio and 0.1.
             self.provider = TracerProvider(
                 resource=Resource.create({"service.name": service_name}),
-                sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
                 shutdown_on_exit=False,
             )
             self.provider.add_span_processor(BatchSpanProcessor(_exporter(setting)))
