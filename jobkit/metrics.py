@@ -25,6 +25,7 @@ between: two scrapes at once cannot see each other's reading.
 A learner may skip this module: the stage 4 API serves it with a line or two.
 """
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,10 +35,12 @@ from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from .queue_state import QueueView, read_queue
 
 METRICS_PATH = "/metrics"
+logger = logging.getLogger(__name__)
 
 
 class QueueCollector:
@@ -87,7 +90,13 @@ class ApiMetrics:
         self.meter_provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
 
     async def render(self, redis: Redis) -> bytes:
-        self.queue.reading = await read_queue(redis, self.queue.queue_name)
+        try:
+            self.queue.reading = await read_queue(redis, self.queue.queue_name)
+        except (RedisError, OSError) as exc:
+            # Redis away: the scrape still answers, with the HTTP metrics and without the
+            # queue's gauges (alert on their absence), rather than failing as a whole.
+            logger.warning("metrics: queue not read: %r", exc)
+            self.queue.reading = None
         return generate_latest(self.registry)  # at once: no await between reading and use
 
     def router(self, get_redis: Callable[..., Any]) -> APIRouter:

@@ -20,14 +20,19 @@ In the API (main.py):
     with observed.enqueuing(job_id, function):             # around enqueue_job
         ...
 
-Everything here is off unless a setting turns it on, and then costs what the docs'
-performance page says; off, it costs nothing measurable.
+And once, for a task whose failures are an expected outcome (fetch's 404):
+
+    logs.expect_failures(FetchFailed)   # ARQ logs them in one line, no traceback
+
+Metrics, tracing and JSON logs are each off unless a setting turns them on (the heartbeat is
+always on); on, they cost what the docs' performance page says; off, nothing measurable.
 
 A learner may skip this module and the ones it calls: the chapters show what they produce.
 """
 
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,7 +41,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from . import heartbeat, logs
 from .metrics import METRICS_PATH, ApiMetrics
-from .tracing import ConsumerSpans, Tracing
+from .tracing import ConsumerSpans, Serializer, Tracing
 from .worker_events import Observer, attach, worker_of
 from .worker_metrics import WorkerMetrics
 
@@ -67,7 +72,8 @@ async def start_worker(
     if metrics_port is not None:
         metrics = WorkerMetrics(set(worker.functions))
         port = metrics.serve(metrics_port, metrics_host)
-        extra["metrics"] = f"http://{metrics_host}:{port}/metrics"
+        where = socket.gethostname() if metrics_host in ("0.0.0.0", "::") else metrics_host
+        extra["metrics"] = f"http://{where}:{port}/metrics"  # in the heartbeat: GET /queue
         logger.info("worker metrics on %s", extra["metrics"])
         observers.append(metrics)
     spans = Tracing(tracing, service_name)
@@ -84,12 +90,14 @@ async def start_worker(
 async def stop_worker(ctx: dict[str, Any]) -> None:
     """Call from the worker's on_shutdown: leave the worker list, close the metrics port,
     and export the spans still buffered."""
-    await heartbeat.stop(ctx)
     metrics, spans = ctx.pop(_CTX_KEY, (None, None))
-    if metrics is not None:
-        metrics.close()
-    if spans is not None:
-        spans.shutdown()
+    try:
+        await heartbeat.stop(ctx)  # Redis may be gone by now: the rest still happens
+    finally:
+        if metrics is not None:
+            metrics.close()
+        if spans is not None:
+            spans.shutdown()
 
 
 class Api:
@@ -99,7 +107,7 @@ class Api:
         self,
         queue_name: str,
         *,
-        metrics: bool = True,
+        metrics: bool = False,
         tracing: str = "",
         json_logs: bool = False,
         service_name: str = "api",
@@ -128,7 +136,7 @@ class Api:
         """`GET /metrics` (no route when metrics are off); `get_redis`: the app's dependency."""
         return self.metrics.router(get_redis) if self.metrics is not None else APIRouter()
 
-    def serializer(self, serialize: Callable[[dict[str, Any]], bytes]) -> Any:
+    def serializer(self, serialize: Serializer) -> Serializer:
         """The app's job serializer, carrying the trace context when tracing is on."""
         return self.tracing.serializer(serialize)
 

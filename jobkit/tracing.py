@@ -1,6 +1,6 @@
 """One trace from the HTTP request to each try of its job, with OpenTelemetry. Off by default.
 
-FastAPI makes the request's SERVER span itself (given a tracer provider: jobkit.metrics'
+FastAPI makes the request's SERVER span itself (given a tracer provider: jobkit.observe's
 `telemetry()` passes ours). This module adds the rest, in OpenTelemetry's messaging terms
 (`messaging.system` "arq", `messaging.destination.name` the queue, `messaging.message.id` the
 job id): a PRODUCER span "send <queue>" around the enqueue, and in the worker a CONSUMER span
@@ -48,6 +48,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from .worker_events import CARRIER_KEY, Pickup
 
+Serializer = Callable[[dict[str, Any]], bytes]  # ARQ's job_serializer
 _W3C = TraceContextTextMapPropagator()  # the W3C `traceparent` header, whatever else is set up
 FINAL_ERRORS = ("failed", "timeout")  # outcomes that mark a consumer span as an error
 
@@ -123,7 +124,7 @@ class Tracing:
         ):
             yield inject()
 
-    def serializer(self, serialize: Callable[[dict[str, Any]], bytes]) -> Any:
+    def serializer(self, serialize: Serializer) -> Serializer:
         """The app's job serializer, adding the current trace context to each job's payload."""
         if self.provider is None:
             return serialize

@@ -1,5 +1,5 @@
-"""What happens to each job in an ARQ worker, told to observers: the heartbeat's counts, the
-worker's metrics, its traces and its log lines all listen here.
+"""What happens to each job in an ARQ worker, told to observers: the worker's metrics, its
+traces and its log lines all listen here (the heartbeat reads ARQ's own counts instead).
 
 ARQ's job hooks (on_job_start, after_job_end) see only `ctx`: not the job's function, not
 how the try ended; and ARQ does not call them at all when a job ends without its function
@@ -34,6 +34,7 @@ import pickle
 import socket
 import sys
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class Observer(Protocol):
 
 
 _current: ContextVar[Pickup | None] = ContextVar("jobkit_pickup", default=None)
+_attached: "weakref.WeakSet[Worker]" = weakref.WeakSet()
 
 
 def current() -> Pickup | None:
@@ -103,8 +105,12 @@ def worker_of(ctx: dict[str, Any]) -> Worker:
 
 
 def attach(ctx: dict[str, Any], observers: Sequence[Observer]) -> Worker:
-    """Watch every job this worker picks up from now on; returns the Worker."""
+    """Watch every job this worker picks up from now on; returns the Worker. Once per worker:
+    a second attach would wrap ARQ twice, and every observer would hear each job twice."""
     worker = worker_of(ctx)
+    if worker in _attached:
+        raise RuntimeError("worker_events.attach was already called for this worker")
+    _attached.add(worker)
     me = worker_id()
     run_job = worker.run_job
     serialize = worker.job_serializer or _pickle_dumps  # ARQ's default is pickle

@@ -3,15 +3,18 @@ and from a worker's own port move as jobs are queued, deferred, run, fail and re
 workers, the test Valkey, scrapes parsed with prometheus_client's parser."""
 
 import asyncio
+import socket
 from typing import Any
 
 import httpx
 from arq import Retry
 from arq.worker import Worker, func
 from fastapi.testclient import TestClient
+from redis.asyncio import Redis
 
 from jobkit import observe
 from jobkit.heartbeat import live_workers
+from jobkit.metrics import ApiMetrics
 from tests.jobkit.apps import QUEUE, make_app
 from tests.jobkit.arq_helpers import drain, pool, until, worker
 from tests.jobkit.scrape import Scrape
@@ -195,3 +198,20 @@ def test_with_metrics_off_the_api_has_no_metrics_route(redis_url):
     with TestClient(make_app(redis_url, metrics=False)) as client:
         assert client.get("/metrics").status_code == 404
         assert client.post("/tasks/add", json={"x": 1, "y": 1}).status_code == 202
+
+
+def test_a_scrape_while_redis_is_away_answers_without_the_queue_gauges(caplog):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{closed.getsockname()[1]}/0"  # bound, never listening
+
+    async def main() -> bytes:
+        client = Redis.from_url(url, socket_connect_timeout=1)
+        try:
+            return await ApiMetrics(QUEUE).render(client)
+        finally:
+            await client.aclose()
+
+    scrape = Scrape(asyncio.run(main()).decode())
+    assert scrape.labels("queue_jobs") == [] and scrape.labels("workers_alive") == []
+    assert "queue not read" in caplog.text

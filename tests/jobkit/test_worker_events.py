@@ -347,3 +347,12 @@ def test_a_job_read_by_hand_ignores_what_the_worker_watches(redis_url):
 
     status, result = asyncio.run(main())
     assert (status.value, result) == ("complete", 3)
+
+
+def test_a_worker_is_watched_once_a_second_attach_is_refused(redis_url):
+    async def startup(ctx: dict[str, Any]) -> None:
+        worker_events.attach(ctx, [])
+        worker_events.attach(ctx, [])  # would count every job twice
+
+    with pytest.raises(RuntimeError, match="already"):
+        asyncio.run(drain(redis_url, FUNCTIONS, on_startup=startup))
