@@ -92,7 +92,8 @@ class Workers:
 
 
 def _keys(queue_name: str) -> tuple[str, str, str]:
-    """(prefix of the workers' keys, the set listing them, the last-beat key)."""
+    """(prefix of the workers' keys, the set listing them, the last-beat key). The last-beat
+    key has no TTL: once every worker is gone, it still says when one was last seen."""
     return (
         f"jobkit:worker:{queue_name}:",
         f"jobkit:workers:{queue_name}",

@@ -87,7 +87,8 @@ def current() -> Pickup | None:
 
 
 def worker_id() -> str:
-    """WORKER_ID from the environment, else `host:pid`: unique per worker process."""
+    """WORKER_ID from the environment, else `host:pid`: one per worker process (two workers
+    given the same WORKER_ID would share one heartbeat)."""
     return os.environ.get("WORKER_ID") or f"{socket.gethostname()}:{os.getpid()}"
 
 
