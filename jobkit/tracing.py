@@ -14,9 +14,10 @@ headers. The carrier we recommend is the job's own payload: ARQ stores a job as 
 and the worker reads it back as ARQ reads the job (jobkit.worker_events). It is written in
 ARQ's own enqueue transaction, costs no extra round trip, stays with the job through every
 retry (the payload is kept until the job ends), leaves the job's arguments alone, and works
-from stage 2 on. A ledger row's column is the other natural carrier (from stage 3): store
-`inject()`'s dict with the row and hand it to the worker's pick-up (`Pickup.carrier`) before
-the try; it costs a read per try and a schema change, which is why it is not the default.
+from stage 2 on. A ledger row's column is the other natural carrier (from stage 3):
+`sending()` yields the carrier for an app that stores it itself. But the worker would then
+read the row before each try, a query per try, to start the try's span under it; this module
+does not do that, and the payload is what we recommend.
 
 One setting turns tracing on, naming where spans go:
 - "" (the default): off; nothing here runs and nothing is measured;
