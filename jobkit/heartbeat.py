@@ -206,3 +206,13 @@ async def live_workers(redis: Redis, queue_name: str) -> Workers:
         alive.append(WorkerBeat(last_seen_s=last_seen_s, **record))
     since = None if last_ms is None else max(0.0, (int(now_ms) - int(last_ms)) / 1000)
     return Workers(sorted(alive, key=lambda beat: beat.id), since)
+
+
+def workers_seen(workers: Workers) -> dict[str, Any]:
+    """What /health says of the workers: how many are alive, and if none, since when none was
+    seen ("no worker seen for 12 s"; "no worker seen yet" if none ever was)."""
+    said: dict[str, Any] = {"workers": len(workers.alive)}
+    if not workers.alive:
+        since = workers.last_seen_s
+        said["warning"] = "no worker seen " + ("yet" if since is None else f"for {since:.0f} s")
+    return said

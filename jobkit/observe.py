@@ -65,7 +65,11 @@ async def start_worker(
     (the heartbeat says which), or the port; `tracing`: jobkit.tracing's setting."""
     if json_logs:
         logs.use_json_logs()
-    worker = worker_of(ctx)
+    try:
+        worker = worker_of(ctx)
+    except RuntimeError:  # the hook was called by hand (a script, a test), not by a worker
+        logger.info("observe: not started by an arq Worker; nothing to observe")
+        return
     observers: list[Observer] = []
     extra: dict[str, Any] = {}
     metrics = None

@@ -9,6 +9,8 @@ from typing import Any
 
 from arq.connections import RedisSettings
 
+from jobkit import observe
+
 from . import jobs
 from .config import get_settings
 from .jobs import Status, read_outcome
@@ -43,9 +45,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     # still has the result, and GET /jobs/{id} shows it from there.
     ctx["ledger"] = Ledger(get_settings().database_url, write_behind=True)
     await asyncio.to_thread(ctx["ledger"].create_schema)
+    # A heartbeat of its own, so that GET /queue and /health can tell which workers are
+    # alive (ARQ's one health-check key per queue is overwritten by every worker).
+    await observe.start_worker(ctx, get_settings().queue_name)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    await observe.stop_worker(ctx)
     await ctx["ledger"].flush()
     ctx["ledger"].close()
 

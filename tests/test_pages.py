@@ -23,6 +23,7 @@ PAGES = [
     "docs/stages/stage3.md",
     "docs/stages/stage4.md",
     "docs/production.md",
+    "docs/operating.md",
     "docs/faq.md",
     "docs/load-testing.md",
     "docs/performance.md",

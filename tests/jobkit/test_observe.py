@@ -75,3 +75,13 @@ def test_with_everything_off_fastapi_measures_and_traces_nothing(redis_url):
     with TestClient(app) as client:
         assert client.post("/tasks/add", json={"x": 1, "y": 2}).status_code == 202
     assert not app._native_telemetry.enabled()  # FastAPI's own switch: nothing to measure
+
+
+def test_start_worker_called_outside_an_arq_worker_observes_nothing_and_says_so(caplog):
+    # A script or a test may call a worker's start-up hook by hand: there is no Worker to
+    # observe, and that is no error.
+    caplog.set_level("INFO", logger="jobkit.observe")
+    ctx: dict[str, object] = {}
+    asyncio.run(observe.start_worker(ctx, "arq:queue"))
+    assert "not started by an arq Worker" in caplog.text
+    asyncio.run(observe.stop_worker(ctx))  # and stopping it is harmless
