@@ -7,8 +7,8 @@
 - The history is kept in its own table (LEDGER_VERSION_TABLE), so it can sit beside an Alembic
   setup of your app's own in the same database without either touching the other's.
 
-Copied into your project, this file imports your copy of the stage: change
-`stage4_retries_scheduling` below to your copy's package (docs/guides/your-app.md).
+Copied into your project, this file imports your copy of the stage: change the package in the
+import below to your copy's (docs/guides/your-app.md shows the one command that does it).
 """
 
 import logging.config

@@ -23,6 +23,8 @@ PAGES = [
     "docs/stages/stage3.md",
     "docs/stages/stage4.md",
     "docs/production.md",
+    "docs/guides/your-app.md",
+    "docs/guides/testing.md",
     "docs/faq.md",
     "docs/load-testing.md",
 ]
