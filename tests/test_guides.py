@@ -4,7 +4,9 @@ each stage needs (jobkit/ modules, packages and their ranges); the stages' impor
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.metadata
+import inspect
 import re
 import sys
 import tomllib
@@ -110,3 +112,13 @@ def test_the_requirements_on_the_page_are_the_ones_this_repository_tests():
     listed = set().union(*(names(cells[3]) for cells in table_rows().values()))
     by_name = {normal(r.split("[")[0].split(">")[0]): r for r in shown}
     assert {normal(n) for n in listed} <= set(by_name), {normal(n) for n in listed} - set(by_name)
+
+
+def test_stage_4s_create_job_takes_one_argument_more_than_stage_3s_when():
+    # your-app.md: the example app's own route calls stage 3's create_job, and the page says
+    # what differs in stage 4's.
+    three, four = (
+        inspect.signature(importlib.import_module(f"{STAGES[n]}.jobstore").create_job)
+        for n in (3, 4)
+    )
+    assert list(four.parameters) == [*three.parameters, "when"]

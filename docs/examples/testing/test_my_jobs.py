@@ -23,31 +23,6 @@ from arq.worker import func
 from stage4_retries_scheduling import fetch, tables, tasks
 from stage4_retries_scheduling.config import Settings, get_settings
 
-# How long the timeout test gives a job; far below the 10 s the job would take.
-SHORT_TIMEOUT_S = 0.2
-# How long the killed-worker test's workers give any job. ARQ runs a killed worker's job again
-# once its "in progress" mark expires: this timeout + 10 s after it started.
-JOB_TIMEOUT_S = 3
-RERUN_DEADLINE_S = JOB_TIMEOUT_S + 10 + 30  # the mark, then room for a slow machine
-# ARQ keeps a job's due time in whole milliseconds, so a try may start a millisecond before
-# the microsecond it was due.
-ARQ_CLOCK = timedelta(milliseconds=2)
-
-
-def enqueue(client, task: str, body: dict[str, Any]) -> str:
-    response = client.post(f"/tasks/{task}", json=body)
-    assert response.status_code == 202, response.text
-    return response.json()["job_id"]
-
-
-def wait_for(check: Callable[[], Any], deadline_s: float, what: str) -> Any:
-    """Call `check` until it returns something true; fail after `deadline_s`."""
-    deadline = time.monotonic() + deadline_s
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"no {what} within {deadline_s} s"
-        time.sleep(0.05)
-    return result
-
 
 # --8<-- [start:plain]
 def test_a_task_is_an_async_function_you_can_call_with_a_ctx_of_your_own():
@@ -68,6 +43,13 @@ def test_the_backoff_doubles_up_to_its_cap(monkeypatch):
 
 
 # --8<-- [start:end_to_end]
+def enqueue(client, task: str, body: dict[str, Any]) -> str:
+    """POST /tasks/<task>: the job's id."""
+    response = client.post(f"/tasks/{task}", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()["job_id"]
+
+
 def test_a_job_goes_through_the_api_and_a_worker_to_its_result(client, run_jobs):
     job_id = enqueue(client, "add", {"x": 5, "y": 10})
     assert client.get(f"/jobs/{job_id}").json()["status"] == "queued"  # no worker yet
@@ -108,6 +90,9 @@ def test_a_job_that_raises_fails_once_and_the_ledger_keeps_its_error(client, run
 
 # --8<-- [start:retry]
 FAILURES = 2  # the stand-in below fails this many times, then works
+# ARQ keeps a job's due time in whole milliseconds, so a try may start a millisecond before
+# the microsecond it was due.
+ARQ_CLOCK = timedelta(milliseconds=2)
 
 
 async def flaky_add(ctx: dict[str, Any], x: int, y: int) -> int:
@@ -141,6 +126,9 @@ def test_a_job_that_asks_for_a_retry_runs_again_after_its_backoff(
 
 
 # --8<-- [start:timeout]
+SHORT_TIMEOUT_S = 0.2  # far below the 10 s the job would take
+
+
 def test_a_job_over_its_timeout_fails_and_is_not_retried(client, run_jobs):
     job_id = enqueue(client, "wait", {"seconds": 10})
 
@@ -157,6 +145,21 @@ def test_a_job_over_its_timeout_fails_and_is_not_retried(client, run_jobs):
 
 
 # --8<-- [start:killed]
+# The workers' job timeout here. ARQ runs a killed worker's job again once its "in progress"
+# mark expires: the timeout + 10 s after the job started.
+JOB_TIMEOUT_S = 3
+RERUN_DEADLINE_S = JOB_TIMEOUT_S + 10 + 30  # the mark, then room for a slow machine
+
+
+def wait_for(check: Callable[[], Any], deadline_s: float, what: str) -> Any:
+    """Call `check` until it returns something true; fail after `deadline_s`."""
+    deadline = time.monotonic() + deadline_s
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"no {what} within {deadline_s} s"
+        time.sleep(0.05)
+    return result
+
+
 def start_worker(log_path) -> subprocess.Popen[bytes]:
     """`arq <the stage>.worker.WorkerSettings` as a process of its own, as in production. It
     reads REDIS_URL and DATABASE_URL from the environment the `settings` fixture set."""
