@@ -24,6 +24,8 @@ PAGES = [
     "docs/stages/stage4.md",
     "docs/production.md",
     "docs/operating.md",
+    "docs/guides/your-app.md",
+    "docs/guides/testing.md",
     "docs/faq.md",
     "docs/load-testing.md",
     "docs/performance.md",

@@ -6,50 +6,20 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import datetime
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
-from psycopg.conninfo import conninfo_to_dict
 
 import jobkit.streams
 from devkit.valkey import EmbeddedValkey
 from tests.helpers import enqueue, run_reconcile
-from tests.postgres import own_postgres
 
 pytestmark = pytest.mark.since_stage(3)
 
 FINAL = {"complete", "failed"}
-
-
-@pytest.fixture(scope="session")
-def postgres_admin() -> Iterator[str]:
-    """A PostgreSQL server to make databases in: yours, or one of our own (tests/postgres.py)."""
-    if conninfo := os.environ.get("LEDGER_TEST_POSTGRES"):
-        yield conninfo
-        return
-    with own_postgres() as conninfo:
-        yield conninfo
-
-
-@pytest.fixture(scope="session")
-def postgres_database(postgres_admin: str) -> Iterator[str]:
-    """A throwaway PostgreSQL database for this session (dropped after)."""
-    name = f"jobs_test_{uuid.uuid4().hex[:12]}"
-    # The admin connection's every parameter (host, even a socket folder, port, user,
-    # password), in the query of a URL that names the new database.
-    server = {k: str(v) for k, v in conninfo_to_dict(postgres_admin).items() if k != "dbname"}
-    url = sa.URL.create("postgresql+psycopg", database=name, query=server)
-    with psycopg.connect(postgres_admin, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield url.render_as_string(hide_password=False)
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # The PostgreSQL variant starts a server of its own (tests/postgres.py): an e2e test.
