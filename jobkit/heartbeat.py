@@ -34,7 +34,7 @@ from typing import Any
 from arq.worker import Worker
 from redis.asyncio import Redis
 
-from .worker_events import worker_id, worker_of
+from jobkit.worker_events import worker_id, worker_of
 
 INTERVAL_S = 5.0  # how often a worker writes its heartbeat
 TTL_S = 15.0  # a worker missing three beats in a row has died: its key expires
@@ -176,10 +176,15 @@ async def start(
     interval_s: float = INTERVAL_S,
     ttl_s: float = TTL_S,
     extra: dict[str, Any] | None = None,
-) -> Heartbeat:
+) -> Heartbeat | None:
     """Start this worker's heartbeat (call it from on_startup). `extra`: more fields for its
-    record, e.g. where its metrics are."""
-    worker = worker_of(ctx)
+    record, e.g. where its metrics are. Called by hand (a script, a test), not by an arq
+    Worker, there is no worker to beat for: it does nothing and returns None."""
+    try:
+        worker = worker_of(ctx)
+    except RuntimeError:
+        logger.info("heartbeat: not started by an arq Worker; no heartbeat")
+        return None
     heartbeat = Heartbeat(
         ctx["redis"], worker, queue_name, interval_s=interval_s, ttl_s=ttl_s, extra=extra
     )

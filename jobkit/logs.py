@@ -25,7 +25,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from .worker_events import current
+from jobkit.worker_events import current
 
 _api_job: ContextVar[dict[str, Any] | None] = ContextVar("jobkit_log_job", default=None)
 

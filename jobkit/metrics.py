@@ -37,7 +37,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .queue_state import QueueView, read_queue
+from jobkit.queue_state import QueueView, read_queue
 
 METRICS_PATH = "/metrics"
 logger = logging.getLogger(__name__)

@@ -39,11 +39,11 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.telemetry import TelemetryConfig
 
-from . import heartbeat, logs
-from .metrics import METRICS_PATH, ApiMetrics
-from .tracing import ConsumerSpans, Serializer, Tracing
-from .worker_events import Observer, attach, worker_of
-from .worker_metrics import WorkerMetrics
+from jobkit import heartbeat, logs
+from jobkit.metrics import METRICS_PATH, ApiMetrics
+from jobkit.tracing import ConsumerSpans, Serializer, Tracing
+from jobkit.worker_events import Observer, attach, worker_of
+from jobkit.worker_metrics import WorkerMetrics
 
 _CTX_KEY = "jobkit_observe"
 logger = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
-from .heartbeat import WorkerBeat, live_workers
+from jobkit.heartbeat import WorkerBeat, live_workers
 
 SCAN_WINDOW = 500  # ids looked at per step, oldest due first
 MAX_SCANNED = 20_000  # bounds how long the script may hold Redis

@@ -47,7 +47,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .worker_events import CARRIER_KEY, Pickup
+from jobkit.worker_events import CARRIER_KEY, Pickup
 
 Serializer = Callable[[dict[str, Any]], bytes]  # ARQ's job_serializer
 _W3C = TraceContextTextMapPropagator()  # the W3C `traceparent` header, whatever else is set up

@@ -9,7 +9,7 @@ from typing import Any
 
 from arq.connections import RedisSettings
 
-from jobkit import observe
+from jobkit import heartbeat
 
 from . import jobs
 from .config import get_settings
@@ -47,11 +47,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     await asyncio.to_thread(ctx["ledger"].create_schema)
     # A heartbeat of its own, so that GET /queue and /health can tell which workers are
     # alive (ARQ's one health-check key per queue is overwritten by every worker).
-    await observe.start_worker(ctx, get_settings().queue_name)
+    await heartbeat.start(ctx, get_settings().queue_name)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    await observe.stop_worker(ctx)
+    await heartbeat.stop(ctx)
     await ctx["ledger"].flush()
     ctx["ledger"].close()
 
