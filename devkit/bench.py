@@ -361,7 +361,8 @@ def variant_rows(apps: list[App]) -> list[str]:
 def render(apps: list[App], args: argparse.Namespace) -> str:
     rows = figure_rows(apps)
     width = max(len(name) for name, _, _ in rows) + 2
-    column = max(14, *(len(c) + 2 for _, cells, _ in rows for c in cells))
+    column = max(14, *(len(c) + 2 for _, cells, _ in rows for c in cells),
+                 *(len(app.label) + 2 for app in apps))  # fmt: skip
     lines = [
         # Not platform.platform(): it runs `uname -p`, a process, for a word we do not show.
         f"machine: {os.cpu_count()} CPUs, {platform.system()} {platform.release()} "

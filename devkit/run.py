@@ -45,6 +45,10 @@ REDIS_TIMEOUT_S = 1.0
 COLOURS = {"runner": "1", "valkey": "31", "api": "32", "worker": "36"}
 
 
+# Each worker's own /metrics on a free port (stage 4; GET /queue says where). Yours wins.
+WORKER_DEFAULTS = {"WORKER_METRICS_PORT": "0"}
+
+
 class Fatal(Exception):
     """A one-line error for the user, no traceback."""
 
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace, stop: Stop) -> None:
         args.stage, data_dir, workers=args.workers,
         host=args.host, port=args.port, redis_url=os.environ.get("REDIS_URL"), persist=True,
         api_args=("--timeout-graceful-shutdown", str(API_GRACE_S)),
-        env=os.environ, on_line=relay(args.stage),
+        env={**WORKER_DEFAULTS, **os.environ}, on_line=relay(args.stage),
     )  # fmt: skip
     claim(stack)  # first: a second run on another port must still not touch the first
     stop.queue, stop.wait_s = worker_shutdown(args.stage) if stack.has_worker else ("", 0)

@@ -36,7 +36,7 @@ DOCS = ROOT / "docs"
 DIFF_DIR = DOCS / "diffs"  # generated copies of the stage files (devkit.stagediff)
 # Where a section may be defined: the stage packages and everything else a page could include
 # from. The docs' include paths are relative to ROOT (`base_path: ["."]` in mkdocs.yml).
-SOURCE_FOLDERS = ("stage*_*", "docs", "devkit", "loadtests")
+SOURCE_FOLDERS = ("stage*_*", "docs", "devkit", "loadtests", "migrations")
 SKIPPED = (DIFF_DIR,)
 
 # The build's own patterns, so this check reads an include or a marker exactly as mkdocs does.

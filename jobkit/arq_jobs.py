@@ -161,7 +161,9 @@ class End:
 
 async def ends(redis: ArqRedis, job_ids: list[str], queue_name: str) -> dict[str, End]:
     """Each job's End, in one round trip (what Job.result_info and Job.status read)."""
-    async with redis.pipeline(transaction=False) as pipe:
+    # One transaction, not just one round trip: a job that finishes between its reads would
+    # look "gone" (no result yet, no job key any more), and be marked lost.
+    async with redis.pipeline(transaction=True) as pipe:
         for job_id in job_ids:
             pipe.get(result_key_prefix + job_id)
             pipe.exists(job_key_prefix + job_id)

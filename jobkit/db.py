@@ -171,12 +171,16 @@ class Database:
         """A failed write-behind batch: nobody can be told, so try it again, within reason.
         Writes made meanwhile wait behind it, so a job's writes still land in order."""
         loop = asyncio.get_running_loop()
+        if not isinstance(error, sa.exc.OperationalError):
+            # A constraint or a bug in one write: the same batch would fail the same way, so
+            # its writes go one by one, and only the bad one is lost.
+            await loop.run_in_executor(self.writer, self._commit_one_by_one, batch)
+            return
         for attempt in range(1, WRITE_BEHIND_RETRIES + 1):
-            if not isinstance(error, sa.exc.OperationalError):
-                break  # a constraint or a bug: the same batch would fail the same way
             logger.warning(
                 "db: %d writes failed (%s); again in %g s (%d of %d)",
-                *(len(batch), error.orig, WRITE_BEHIND_RETRY_S, attempt, WRITE_BEHIND_RETRIES),
+                *(len(batch), getattr(error, "orig", error), WRITE_BEHIND_RETRY_S, attempt),
+                WRITE_BEHIND_RETRIES,
             )
             await asyncio.sleep(WRITE_BEHIND_RETRY_S)
             try:
@@ -185,6 +189,13 @@ class Database:
             except Exception as exc:
                 error = exc
         logger.error("db: %d writes lost: %r", len(batch), error)
+
+    def _commit_one_by_one(self, batch: list[PendingWrite]) -> None:
+        for write in batch:
+            try:
+                self._commit([write])
+            except Exception:
+                logger.exception("db: 1 write lost")
 
     def _commit(self, batch: list[PendingWrite]) -> None:
         with self.engine.begin() as connection:  # one transaction; writes land in order

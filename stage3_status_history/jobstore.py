@@ -37,13 +37,13 @@ async def create_job(redis: ArqRedis, ledger: Ledger, name: str, job_id: str, kw
 
 
 # --8<-- [start:read_job]
-# What a job's ending in Redis adds to its row, until the worker has recorded it.
+# What a job's ending in Redis gives its row: the fields jobs.outcome() sets.
 ENDING = {"status", "result", "error", "start_time", "finish_time", "attempts", "progress"}
 
 
 async def read_job(redis: ArqRedis, ledger: Ledger, job_id: str, queue_name: str) -> JobView | None:
     """The ledger's story, with Redis's word on where an unfinished job is now; None for a job
-    not on record. It only reads: the worker records what happens to a job, never a GET."""
+    not on record."""
     record = await ledger.get(job_id)
     if record is None:
         # Not a job this API made: Redis also holds other code's jobs (ARQ's cron runs, say),
@@ -55,9 +55,14 @@ async def read_job(redis: ArqRedis, ledger: Ledger, job_id: str, queue_name: str
     if live is None:
         return record  # Redis has forgotten it: the story so far (stage 4 settles such rows)
     if live.status in FINAL:
-        # Ended, and the worker records it a moment later (its writes go behind), or never
-        # when ARQ ended the job without calling the worker's hooks (max tries, expired).
-        return record.model_copy(update=live.model_dump(include=ENDING, exclude_unset=True))
+        # Redis is ahead of the row. The worker records the ending a moment later (its writes
+        # go behind), or never: ARQ ended the job without calling its hooks (max tries,
+        # expired), or the worker died first. So the read records it, a read repair: one
+        # write that only an unfinished row takes, and the ledger keeps the ending after
+        # Redis has forgotten it.
+        ended = live.model_dump(include=ENDING, exclude_unset=True)
+        await ledger.update(job_id, **ended)
+        return record.model_copy(update=ended)
     return record.model_copy(update={"status": live.status, "attempts": live.attempts})
 
 

@@ -1,9 +1,9 @@
 """The Ledger: the jobs table (tables.py) for async code. Redis is the queue, this the record.
 
 The API writes a job's row *before* it enqueues; the worker records its start, progress and
-end. Reads never write: an ending the worker's hooks never saw (ARQ skips them for some) is
-shown from Redis while Redis has it (jobstore.read_job); stage 4 adds a cron job that records
-those endings."""
+end. An ending the worker's hooks never saw (ARQ skips them for some), or whose write it
+lost, is recorded from Redis by the read that finds it (jobstore.read_job); stage 4 adds a
+cron job that settles every unfinished row."""
 
 from datetime import datetime
 from typing import Any
@@ -29,6 +29,7 @@ class Ledger:
         self.insert_job = JOBS.insert()
         this_job = JOBS.c.job_id == sa.bindparam("_job_id")
         self.update_unfinished = JOBS.update().where(this_job, JOBS.c.status.not_in(FINAL))
+        self.update_progress = JOBS.update().where(this_job)
 
     def create_schema(self) -> None:
         create_tables(LedgerModel.metadata, self.db.engine)
@@ -45,6 +46,12 @@ class Ledger:
         await self.db.write(
             self.update_unfinished, {"_job_id": job_id, **values, "updated_at": now()}
         )
+
+    async def report_progress(self, job_id: str, progress: int, message: str | None) -> None:
+        """The job's own report of how far it got. Not its state, so it is written even once
+        the ending is recorded: a read may record the ending before this lands (jobstore)."""
+        values = {"_job_id": job_id, "progress": progress, "message": message, "updated_at": now()}
+        await self.db.write(self.update_progress, values)
 
     async def flush(self) -> None:
         await self.db.flush()

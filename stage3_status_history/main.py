@@ -30,7 +30,9 @@ from fastapi.sse import EventSourceResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
+from jobkit.heartbeat import live_workers, workers_seen
 from jobkit.http import BODY_ERRORS, refuse_bad_input
+from jobkit.queue_state import QueueView, read_queue
 from jobkit.redis_pool import open_pool
 from jobkit.streams import RESPONSES as STREAM_LIMITS
 from jobkit.streams import Streams
@@ -104,8 +106,8 @@ async def ping() -> dict[str, str]:
 
 # --8<-- [start:health]
 @app.get("/health", tags=["health"], responses={503: {"description": "Redis or DB down"}})
-async def health(redis: RedisDep, ledger: LedgerDep) -> JSONResponse:
-    """Readiness: can we reach Redis and the database?"""
+async def health(redis: RedisDep, ledger: LedgerDep, settings: SettingsDep) -> JSONResponse:
+    """Readiness: can we reach Redis and the database? Also: how many workers are alive."""
     try:
         await redis.ping()
     except (OSError, errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
@@ -116,7 +118,17 @@ async def health(redis: RedisDep, ledger: LedgerDep) -> JSONResponse:
     except errors.DatabaseUnavailable as exc:
         down = {"database": repr(exc)}
         return JSONResponse({"status": "unavailable", "down": down}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    # Workers are reported, not required: the API is ready without them, and failing its
+    # readiness would not bring one back (it would only stop the API's own traffic).
+    workers = await live_workers(redis, settings.queue_name)
+    return JSONResponse({"status": "ok", **workers_seen(workers)})
+
+
+@app.get("/queue", tags=["health"], responses=errors.REDIS_DOWN)
+async def queue(redis: RedisDep, settings: SettingsDep) -> QueueView:
+    """The queue's true state: ready (due, not running), scheduled (due later), running, the
+    oldest ready job's age, and the workers alive. (ARQ's ZCARD counts the first three as one.)"""
+    return await read_queue(redis, settings.queue_name)
 
 
 # --8<-- [end:health]

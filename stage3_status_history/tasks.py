@@ -157,7 +157,7 @@ async def set_progress(ctx: dict[str, Any], percent: int, message: str | None = 
     # The worker put its ledger in ctx (worker.startup). Each call is one small UPDATE, so
     # report every step of slow work, not every item of a tight loop.
     percent = max(0, min(100, percent))
-    await ctx["ledger"].update(ctx["job_id"], progress=percent, message=message)
+    await ctx["ledger"].report_progress(ctx["job_id"], percent, message)
 
 
 async def report(ctx: dict[str, Any], steps: int, step_seconds: float) -> int:

@@ -9,6 +9,8 @@ from typing import Any
 
 from arq.connections import RedisSettings
 
+from jobkit import heartbeat
+
 from . import jobs
 from .config import get_settings
 from .jobs import Status, read_outcome
@@ -40,12 +42,16 @@ HEALTH_CHECK_INTERVAL_S = 10
 async def startup(ctx: dict[str, Any]) -> None:
     # write_behind: a hook doesn't wait for its row to be committed, so a job never waits
     # for the database (jobkit.db). A worker that dies loses what it had not committed; Redis
-    # still has the result, and GET /jobs/{id} shows it from there.
+    # still has the result, and GET /jobs/{id} records it from there.
     ctx["ledger"] = Ledger(get_settings().database_url, write_behind=True)
     await asyncio.to_thread(ctx["ledger"].create_schema)
+    # A heartbeat of its own, so that GET /queue and /health can tell which workers are
+    # alive (ARQ's one health-check key per queue is overwritten by every worker).
+    await heartbeat.start(ctx, get_settings().queue_name)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    await heartbeat.stop(ctx)
     await ctx["ledger"].flush()
     ctx["ledger"].close()
 

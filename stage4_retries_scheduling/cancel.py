@@ -25,6 +25,7 @@ from .jobs import (
     KEEP_RESULT_S,
     LOST_IN_REDIS,
     NOT_RUN,
+    CancelledBeforeItRan,
     JobView,
     Status,
     deserialize,
@@ -142,7 +143,7 @@ def cancelled_result(job: JobView, found: Found, queue_name: str) -> bytes:
         function, args, kwargs = job.function, (), job.args
         attempts = job.attempts
         enqueue_ms = int(job.enqueue_time.timestamp() * 1000)
-    error = asyncio.CancelledError(why_cancelled(job, found))
+    error = CancelledBeforeItRan(why_cancelled(job, found))
     fields = (function, args, kwargs, attempts, enqueue_ms, error, queue_name)
     return arq_jobs.failed_result(job.job_id, *fields, serializer=serialize)
 

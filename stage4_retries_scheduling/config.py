@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     # Longer than creating a job takes (the ledger's 5 s lock wait, a few Redis round trips),
     # short enough that a key a crashed API left claimed frees itself soon, not after a day.
     idempotency_claim_ttl_s: int = 30  # how long a request may hold a key while it creates the job
+    # Seeing the queue (jobkit.observe): GET /metrics on the API; each worker's own metrics
+    # port (None: none; 0: a free one, which GET /queue shows); one trace from the request to
+    # each try ("otlp", "console" or "file:<path>"; "": off); JSON log lines naming their job.
+    metrics: bool = True
+    worker_metrics_port: int | None = None
+    tracing: str = ""
+    json_logs: bool = False
 
     def model_post_init(self, _context: object) -> None:
         self.database_url = self.database_url or f"sqlite:///{self.data_dir / 'jobs.db'}"

@@ -23,14 +23,19 @@ KEEP_RESULT_S = 3600
 # and a cancel's with "status": "cancelled", decided here, once, as the result is stored.
 
 
-def _encode_exception(value: object) -> dict[str, str]:
+class CancelledBeforeItRan(asyncio.CancelledError):
+    """A cancel that took the job off the queue (cancel.py): no try of it ran for this."""
+
+
+def _encode_exception(value: object) -> dict[str, Any]:
     if not isinstance(value, BaseException):
         raise TypeError(f"{type(value).__name__} is not JSON serializable")
     if isinstance(value, asyncio.CancelledError):
         # Stored only for a cancel (DELETE): a shutdown's cancellation puts the job back in
         # the queue, and stores nothing.
         why = str(value) or "cancelled while running (DELETE /jobs/{id})"
-        return {"error": f"CancelledError: {why}", "status": Status.CANCELLED}
+        ran = not isinstance(value, CancelledBeforeItRan)
+        return {"error": f"CancelledError: {why}", "status": Status.CANCELLED, "ran": ran}
     if isinstance(value, TimeoutError) and not str(value):
         return {"error": "TimeoutError: the job ran longer than its timeout and was stopped"}
     message = str(value)
@@ -139,18 +144,22 @@ def outcome(info: JobResult) -> dict[str, Any]:
         "attempts": info.job_try,
     }
     # ARQ keeps only the last try's start. After one try that ran, that is the job's start;
-    # after several (or a cancel between tries), the job's is the first try's, which the
-    # worker recorded as that try started.
-    if info.job_try == 1 and status != Status.CANCELLED:
+    # after several, the job's is the first try's, which the worker recorded as it started.
+    ran = not (isinstance(info.result, dict) and info.result.get("ran") is False)
+    if info.job_try == 1 and ran:
         ended["start_time"] = info.start_time
     return ended | {"progress": 100} if info.success else ended
 
 
 def ended_as(result: Any) -> Status:
     """The status a failed job's stored result gives it; ARQ's own strings are failures."""
-    if isinstance(result, dict) and result.get("status") == Status.CANCELLED:
+    if not isinstance(result, dict):
+        return Status.FAILED
+    if "status" not in result and str(result.get("error")).startswith("CancelledError"):
+        # Stored by the release before this one, which kept no status: read for the
+        # KEEP_RESULT_S after an upgrade that such a result may still be in Redis.
         return Status.CANCELLED
-    return Status.FAILED
+    return Status.CANCELLED if result.get("status") == Status.CANCELLED else Status.FAILED
 
 
 async def read_outcome(redis: ArqRedis, job_id: str, queue_name: str) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ from arq.connections import ArqRedis
 from redis.exceptions import WatchError
 
 from . import errors
-from .jobs import FINAL, JobView, Status, read_from_redis, read_outcome
+from .jobs import FINAL, Attempt, JobView, Status, read_from_redis, read_outcome
 from .ledger import Ledger
 from .tables import now
 
@@ -60,26 +60,49 @@ async def cancelled_meanwhile(redis: ArqRedis, ledger: Ledger, job_id: str) -> b
 # --8<-- [end:create_job]
 
 
-# What a job's ending in Redis adds to its row, until the worker has recorded it.
+# What a job's ending in Redis gives its row: the fields jobs.outcome() sets.
 ENDING = {"status", "result", "error", "start_time", "finish_time", "attempts", "progress"}
 
 
 async def read_job(redis: ArqRedis, ledger: Ledger, job_id: str, queue_name: str) -> JobView | None:
     """The ledger's story, with Redis's word on where an unfinished job is now; None for a job
-    not on record. It only reads: the worker records what happens to a job, never a GET."""
+    not on record."""
     record = await ledger.get(job_id)
     if record is None:
         # Not a job this API made: Redis also holds other code's jobs (ARQ's cron runs, say),
         # and the ledger, not Redis, says which jobs are ours to show.
         return None
     if record.status in FINAL:
-        return record  # finished: the ledger remembers after Redis has forgotten
+        return with_last_try(record)  # finished: the ledger remembers after Redis forgets
     live = await read_from_redis(redis, job_id, queue_name)
     if live is None:
         return record  # Redis has forgotten it: the story so far (the cron job settles it)
     if live.status in FINAL:
-        # Ended, and the worker records it a moment later (its writes go behind), or never
-        # when ARQ ended the job without calling the worker's hooks (max tries, expired): the
-        # cron job records those. Until then, the last try is missing from the attempt log.
-        return record.model_copy(update=live.model_dump(include=ENDING, exclude_unset=True))
+        # Redis is ahead of the row. The worker records the ending a moment later (its writes
+        # go behind), or never: ARQ ended the job without calling its hooks (max tries,
+        # expired), or the worker died first. So the read records it, a read repair: one
+        # write that only an unfinished row takes, and the ledger keeps the ending after
+        # Redis has forgotten it.
+        ended = live.model_dump(include=ENDING, exclude_unset=True)
+        await ledger.update(job_id, **ended)
+        return with_last_try(record.model_copy(update=ended))
     return record.model_copy(update={"status": live.status, "attempts": live.attempts})
+
+
+def with_last_try(job: JobView) -> JobView:
+    """A finished job's attempt log ends with the try that finished it. The worker writes that
+    try's row a moment after the result (its writes go behind); until it lands, the try is
+    shown from the job's own ending, so a finished job never looks untried. (A cancel that
+    took the job off the queue ended no try: nothing to show.)"""
+    if job.status not in (Status.COMPLETE, Status.FAILED) or not job.attempts:
+        return job
+    if any(attempt.attempt == job.attempts for attempt in job.attempt_log):
+        return job
+    last = Attempt(
+        attempt=job.attempts,
+        outcome=job.status,
+        error=job.error,
+        start_time=job.start_time if job.attempts == 1 else None,  # later tries' are not kept
+        finish_time=job.finish_time,
+    )
+    return job.model_copy(update={"attempt_log": [*job.attempt_log, last]})

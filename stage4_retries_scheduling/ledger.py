@@ -1,9 +1,9 @@
 """The Ledger: the jobs table (tables.py) for async code. Redis is the queue, this the record.
 
 The API writes a job's row *before* it enqueues; the worker records its start, progress and
-end, and each try in the attempt log. Reads never write: an ending the worker's hooks never
-saw (ARQ skips them for some) is shown from Redis while Redis has it (jobstore.read_job), and
-recorded by the cron job (maintenance.reconcile)."""
+end, and each try in the attempt log. An ending the worker's hooks never saw (ARQ skips them
+for some), or whose write it lost, is recorded from Redis by the read that finds it
+(jobstore.read_job) and by the cron job (maintenance.reconcile), for all of them."""
 
 from collections import defaultdict
 from datetime import datetime
@@ -29,6 +29,7 @@ class Ledger:
         self.insert_job = JOBS.insert()
         this_job = JOBS.c.job_id == sa.bindparam("_job_id")
         self.update_unfinished = JOBS.update().where(this_job, JOBS.c.status.not_in(FINAL))
+        self.update_progress = JOBS.update().where(this_job)
         self.insert_attempt = insert_attempt_if_on_record()  # Retries: the attempt log
 
     def create_schema(self) -> None:
@@ -46,6 +47,12 @@ class Ledger:
         cancel too: its client was told)."""
         values = {"_job_id": job_id, **values, "updated_at": now()}
         await self.db.write(self.update_unfinished, values)
+
+    async def report_progress(self, job_id: str, progress: int, message: str | None) -> None:
+        """The job's own report of how far it got. Not its state, so it is written even once
+        the ending is recorded: a read may record the ending before this lands (jobstore)."""
+        values = {"_job_id": job_id, "progress": progress, "message": message, "updated_at": now()}
+        await self.db.write(self.update_progress, values)
 
     async def flush(self) -> None:
         await self.db.flush()
@@ -91,7 +98,7 @@ class Ledger:
 
 
 def with_attempt_logs(connection: sa.Connection, jobs: sa.Select[Any]) -> list[JobView]:
-    """The jobs `jobs` selects, each with its tries in order: two queries for any number."""
+    """The jobs `jobs` selects, each with its tries in order: two queries for a whole page."""
     rows = connection.execute(jobs).mappings().all()
     ids = [row["job_id"] for row in rows]
     tries = ATTEMPTS.select().where(ATTEMPTS.c.job_id.in_(ids)).order_by(ATTEMPTS.c.attempt)
@@ -111,7 +118,13 @@ def job_and_tries(rows: list[Any]) -> JobView | None:
     if not rows:
         return None
     log = [
-        Attempt.model_validate({name[len("try_") :]: value for name, value in row.items()})
+        Attempt.model_validate(
+            {
+                name.removeprefix("try_"): value
+                for name, value in row.items()
+                if name.startswith("try_")
+            }
+        )
         for row in rows
         if row["try_attempt"] is not None
     ]

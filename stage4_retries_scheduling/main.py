@@ -4,7 +4,8 @@ What it adds, a module each: fetch's retries with backoff and the SSRF guard (fe
 log of every try (the worker's hooks, tables.py), `run_at`/`delay_seconds` (scheduling.py),
 the `Idempotency-Key` header (idempotency.py), `DELETE /jobs/{id}` (cancel.py), a timeout per
 task (tasks.py) and graceful shutdown (worker.py), and a cron job for the ledger
-(maintenance.py).
+(maintenance.py). And operating it: Prometheus `/metrics` on the API and each worker,
+optional traces and JSON logs (jobkit.observe; docs: "Operating it").
 
 Run it:
     make run STAGE=4
@@ -13,7 +14,7 @@ Run it:
     arq stage4_retries_scheduling.worker.WorkerSettings
 
 What it leaves out, on purpose: authentication, a retry policy for tasks other than fetch,
-separate queues for slow and fast work, and metrics (docs: "Going to production").
+and separate queues for slow and fast work (docs: "Going to production").
 """
 
 import asyncio
@@ -31,7 +32,10 @@ from fastapi.sse import EventSourceResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
+from jobkit import observe
+from jobkit.heartbeat import live_workers, workers_seen
 from jobkit.http import BODY_ERRORS, refuse_bad_input
+from jobkit.queue_state import QueueView, read_queue
 from jobkit.redis_pool import open_pool
 from jobkit.streams import RESPONSES as STREAM_LIMITS
 from jobkit.streams import Streams
@@ -47,6 +51,7 @@ from .deps import (
     SettingsDep,
     StreamPlaceDep,
     StreamsDep,
+    get_redis,
 )
 from .jobstore import create_job, read_job
 from .ledger import Ledger
@@ -73,7 +78,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     pool = open_pool(settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.redis = ArqRedis(
         pool,
-        job_serializer=jobs.serialize,
+        job_serializer=observed.serializer(jobs.serialize),  # carries the trace, if any
         job_deserializer=jobs.deserialize,
         default_queue_name=settings.queue_name,
     )
@@ -90,14 +95,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.redis.aclose()
         await pool.aclose()
         app.state.ledger.close()
+        observed.shutdown()
 
 
 logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
+# Seeing the queue (jobkit.observe): GET /metrics, FastAPI's own HTTP metrics and spans, and a
+# span for each enqueue, in the trace the worker's tries continue; each as the settings ask.
+observed = observe.Api(
+    get_settings().queue_name,
+    metrics=get_settings().metrics,
+    tracing=get_settings().tracing,
+    json_logs=get_settings().json_logs,
+)
 # FastAPIOffline is FastAPI whose /docs and /redoc load their files from this machine, not a CDN.
 app = FastAPIOffline(
     title=get_settings().app_name,
     description=get_settings().app_description,
     lifespan=lifespan,
+    telemetry=observed.telemetry(),
 )
 # Armour every app needs and this chapter doesn't teach (jobkit/http.py): a JSON 413 for an
 # oversized body, and a 422 that never echoes the bad input back.
@@ -112,8 +127,8 @@ async def ping() -> dict[str, str]:
 
 
 @app.get("/health", tags=["health"], responses={503: {"description": "Redis or DB down"}})
-async def health(redis: RedisDep, ledger: LedgerDep) -> JSONResponse:
-    """Readiness: can we reach Redis and the database?"""
+async def health(redis: RedisDep, ledger: LedgerDep, settings: SettingsDep) -> JSONResponse:
+    """Readiness: can we reach Redis and the database? Also: how many workers are alive."""
     try:
         await redis.ping()
     except (OSError, errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
@@ -124,7 +139,17 @@ async def health(redis: RedisDep, ledger: LedgerDep) -> JSONResponse:
     except errors.DatabaseUnavailable as exc:
         down = {"database": repr(exc)}
         return JSONResponse({"status": "unavailable", "down": down}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    # Workers are reported, not required: the API is ready without them, and failing its
+    # readiness would not bring one back (it would only stop the API's own traffic).
+    workers = await live_workers(redis, settings.queue_name)
+    return JSONResponse({"status": "ok", **workers_seen(workers)})
+
+
+@app.get("/queue", tags=["health"], responses=errors.REDIS_DOWN)
+async def queue(redis: RedisDep, settings: SettingsDep) -> QueueView:
+    """The queue's true state: ready (due, not running), scheduled (due later), running, the
+    oldest ready job's age, and the workers alive. (ARQ's ZCARD counts the first three as one.)"""
+    return await read_queue(redis, settings.queue_name)
 
 
 # --8<-- [start:submit]
@@ -146,7 +171,8 @@ def submit_route(name: str, model: type[Args]) -> Callable[..., Awaitable[Enqueu
             if earlier is None:  # no Idempotency-Key, or the first request with it
                 # Checked for a new job only: a replay's job was checked when it was made.
                 await args.check_before_enqueue(client)  # e.g. fetch's SSRF guard; most: none
-                await create_job(redis, ledger, name, job_id, kwargs, schedule.defer_until)
+                with observed.enqueuing(job_id, name):  # the PRODUCER span, if tracing is on
+                    await create_job(redis, ledger, name, job_id, kwargs, schedule.defer_until)
         if earlier is not None:  # the same request came before: its job, not a second one
             response.headers["Idempotent-Replayed"] = "true"
             job_id = earlier
@@ -224,4 +250,5 @@ async def job_events(
 
 
 app.include_router(cancel.router)  # DELETE /jobs/{id}, cancelling a job: cancel.py
+app.include_router(observed.router(get_redis))  # GET /metrics, when metrics are on
 app.include_router(history.router)  # GET /jobs and GET /, the job history: history.py

@@ -257,12 +257,9 @@ async def wait(ctx: dict[str, Any], seconds: float) -> float:
 async def set_progress(ctx: dict[str, Any], percent: int, message: str | None = None) -> None:
     """Record how far the job has got; GET /jobs/{id}, its event stream and the page show it."""
     # The worker put its ledger in ctx (worker.startup). Each call is one small UPDATE, so
-    # report every step of slow work, not every item of a tight loop. It may land after the
-    # API has recorded the end (the worker writes a little behind), hence overwrite_final.
+    # report every step of slow work, not every item of a tight loop.
     percent = max(0, min(100, percent))
-    await ctx["ledger"].update(
-        ctx["job_id"], overwrite_final=True, progress=percent, message=message
-    )
+    await ctx["ledger"].report_progress(ctx["job_id"], percent, message)
 
 
 async def report(ctx: dict[str, Any], steps: int, step_seconds: float) -> int:

@@ -14,10 +14,11 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import Function, func
 
-from jobkit import pinned_http
+from jobkit import logs, observe, pinned_http
 
 from . import jobs, maintenance
 from .config import get_settings
+from .fetch import FetchFailed
 from .jobs import KEEP_RESULT_S, Status, read_outcome
 from .ledger import Ledger
 from .tables import now
@@ -63,12 +64,25 @@ async def startup(ctx: dict[str, Any]) -> None:
     # still has the results, and the cron job records them.
     ctx["ledger"] = Ledger(get_settings().database_url, write_behind=True)
     await asyncio.to_thread(ctx["ledger"].create_schema)
+    # A heartbeat of its own, so that GET /queue and /health can tell which workers are
+    # alive (ARQ's one health-check key per queue is overwritten by every worker); and, as
+    # the settings ask, this worker's own /metrics, a span per try, JSON logs (jobkit.observe).
+    settings = get_settings()
+    await observe.start_worker(
+        ctx,
+        settings.queue_name,
+        metrics_port=settings.worker_metrics_port,
+        tracing=settings.tracing,
+        json_logs=settings.json_logs,
+    )
+    logs.expect_failures(FetchFailed)  # a 404 is an answer, not a crash: one line, no traceback
     # For fetch: its settings, and one HTTP client per worker process for every job.
     ctx["settings"] = get_settings()
     ctx["http"] = pinned_http.make_client(ctx["settings"].fetch_timeout_s)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    await observe.stop_worker(ctx)
     await ctx["http"].aclose()
     await ctx["ledger"].flush()
     ctx["ledger"].close()

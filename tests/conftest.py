@@ -37,7 +37,7 @@ from devkit.stages import STAGES
 from devkit.valkey import EmbeddedValkey
 from tests.helpers import run_burst_worker
 
-pytest_plugins = ["tests.browser"]  # the `chromium` fixture
+pytest_plugins = ["tests.browser", "tests.postgres"]  # `chromium`; `postgres_admin`, ...
 
 # Markers that say a test starts processes; `make check` deselects them.
 PROCESS_MARKERS = ("e2e", "browser")

@@ -1,9 +1,10 @@
 """Follow a docs page as a reader would: one shell, real processes, output compared.
 
-A page's session has its own folder (the repository's files linked in, its own `.data`),
-its own ports and its own environment: nothing it starts touches port 8000, the system
-Redis or the repository's `.data`. `make run` starts its own embedded Valkey as it does
-for a reader.
+A page's session has its own folder (the repository's files linked in, its own `.data`,
+its own temporary folder), its own ports and its own environment: nothing it starts touches
+port 8000, the system Redis or the repository's `.data`. `make run` starts its own embedded
+Valkey as it does for a reader. As in a reader's terminal, a `cd` holds for the commands
+after it (the background ones too).
 
 What a page shows and what came back differ in what differs from run to run: job ids,
 times, durations, ports. The page's own values are bound to the real ones the first time
@@ -150,9 +151,12 @@ class Session:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self.cwd = folder  # where the next command runs: a `cd` moves it
         self.bindings = Bindings()
         self.procs = Processes(folder / ".logs")
         self.env = reader_env()
+        self.env["TMPDIR"] = str(folder / ".tmp")  # `mktemp -d`: a scratch folder in ours
+        (folder / ".tmp").mkdir(parents=True, exist_ok=True)
         self.background: list[tuple[str, Proc]] = []
         self.last_code = 0  # what `$?` says in the next command
         folder.mkdir(parents=True, exist_ok=True)
@@ -192,22 +196,28 @@ class Session:
 
     def shell(self, command: str) -> tuple[int, str]:
         """Run `command` in bash on a terminal (as a reader's curl and `time` print on one);
-        keep the variables it sets for the next command."""
-        env_file = self.folder / ".env-after"
-        keep = f"__rc=$?\nset +a\nexport -n __rc\nenv -0 > {shlex.quote(str(env_file))}\n"
+        keep the variables it sets, and the folder it moved to, for the next command."""
+        env_file, cwd_file = self.folder / ".env-after", self.folder / ".cwd-after"
+        keep = (
+            f"__rc=$?\nset +a\nexport -n __rc\nenv -0 > {shlex.quote(str(env_file))}\n"
+            f"pwd > {shlex.quote(str(cwd_file))}\n"
+        )
         script = f"set -a\n(exit {self.last_code})\n{command}\n{keep}exit $__rc\n"
-        code, output = run_on_terminal(["bash", "-c", script], self.env, self.folder)
+        code, output = run_on_terminal(["bash", "-c", script], self.env, self.cwd)
         if env_file.exists():
             pairs = env_file.read_bytes().split(b"\0")
             self.env = dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
             env_file.unlink()
+        if cwd_file.exists():
+            self.cwd = Path(cwd_file.read_text().strip())
+            cwd_file.unlink()
         self.last_code = code
         return code, output
 
     def start(self, step: Step) -> None:
         command = self.bindings.command(step.command)
         name = process_name(command)
-        script = f"cd {shlex.quote(str(self.folder))}\n{command}\n"
+        script = f"cd {shlex.quote(str(self.cwd))}\n{command}\n"
         proc = self.procs.start(name, ["bash", "-c", script], self.env)
         self.background.append((name, proc))
         poll(lambda: ready(name, command, proc), START_DEADLINE_S, f"`{command}` to answer")

@@ -10,6 +10,10 @@ them as the `postgres` user (or `nobody`).
 To run the same tests against a server of yours instead, give its admin connection in
 LEDGER_TEST_POSTGRES ("host=... port=... user=... dbname=postgres"): they create a
 throwaway database there and drop it afterwards.
+
+The fixtures below (a pytest plugin: tests/conftest.py loads this module) share one server per
+session: `postgres_admin` (the server), `postgres_database` (a database for the session) and
+`new_postgres_database` (a fresh, empty database each time it is called).
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
+import pytest
+import sqlalchemy as sa
+from psycopg.conninfo import conninfo_to_dict
 
 from tests.tools import require
 
@@ -101,3 +109,44 @@ def own_postgres() -> Iterator[str]:
                 server.wait()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_database(admin_conninfo: str) -> Iterator[str]:
+    """A new, empty database on the admin connection's server, dropped afterwards: its URL."""
+    name = f"jobs_test_{uuid.uuid4().hex[:12]}"
+    # The admin connection's every parameter (host, even a socket folder, port, user,
+    # password), in the query of a URL that names the new database.
+    server = {k: str(v) for k, v in conninfo_to_dict(admin_conninfo).items() if k != "dbname"}
+    url = sa.URL.create("postgresql+psycopg", database=name, query=server)
+    with psycopg.connect(admin_conninfo, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin_conninfo, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[str]:
+    """A PostgreSQL server to make databases in: yours, or one of our own (own_postgres)."""
+    if conninfo := os.environ.get("LEDGER_TEST_POSTGRES"):
+        yield conninfo
+        return
+    with own_postgres() as conninfo:
+        yield conninfo
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_admin: str) -> Iterator[str]:
+    """A throwaway PostgreSQL database for this session (dropped after)."""
+    with throwaway_database(postgres_admin) as url:
+        yield url
+
+
+@pytest.fixture
+def new_postgres_database(postgres_admin: str) -> Iterator[Callable[[], str]]:
+    """Call it for a fresh, empty database (each dropped after the test): its URL."""
+    with contextlib.ExitStack() as made:
+        yield lambda: made.enter_context(throwaway_database(postgres_admin))

@@ -6,50 +6,20 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import datetime
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
-from psycopg.conninfo import conninfo_to_dict
 
 import jobkit.streams
 from devkit.valkey import EmbeddedValkey
 from tests.helpers import enqueue, run_reconcile
-from tests.postgres import own_postgres
 
 pytestmark = pytest.mark.since_stage(3)
 
 FINAL = {"complete", "failed"}
-
-
-@pytest.fixture(scope="session")
-def postgres_admin() -> Iterator[str]:
-    """A PostgreSQL server to make databases in: yours, or one of our own (tests/postgres.py)."""
-    if conninfo := os.environ.get("LEDGER_TEST_POSTGRES"):
-        yield conninfo
-        return
-    with own_postgres() as conninfo:
-        yield conninfo
-
-
-@pytest.fixture(scope="session")
-def postgres_database(postgres_admin: str) -> Iterator[str]:
-    """A throwaway PostgreSQL database for this session (dropped after)."""
-    name = f"jobs_test_{uuid.uuid4().hex[:12]}"
-    # The admin connection's every parameter (host, even a socket folder, port, user,
-    # password), in the query of a URL that names the new database.
-    server = {k: str(v) for k, v in conninfo_to_dict(postgres_admin).items() if k != "dbname"}
-    url = sa.URL.create("postgresql+psycopg", database=name, query=server)
-    with psycopg.connect(postgres_admin, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield url.render_as_string(hide_password=False)
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # The PostgreSQL variant starts a server of its own (tests/postgres.py): an e2e test.
@@ -135,32 +105,27 @@ def over_max_tries(client, raw_redis) -> str:
     return job_id
 
 
-def test_a_job_over_max_tries_shows_failed_from_redis_and_its_read_writes_nothing(
-    client, drain, raw_redis
-):
-    # ARQ fails it without calling a hook, so the worker never records it. A read shows how it
-    # ended, from Redis; it records nothing (reads never write): stage 4's cron job does that.
+def test_a_job_over_max_tries_ends_failed_when_it_is_read(client, drain, raw_redis):
     job_id = over_max_tries(client, raw_redis)
     drain()
+    assert client.get(f"/jobs/{job_id}").json()["status"] == "failed"  # read: copied from Redis
+    raw_redis.flushall()
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "failed"
     assert job["error"] == "JobExecutionFailed: max 5 retries exceeded"
-    assert client.get("/jobs").json()["jobs"][0]["status"] == "queued"  # the row, as it was
 
 
-def test_reading_a_job_that_ended_before_its_row_did_shows_the_ending_and_writes_nothing(
-    client, drain
-):
+def test_reading_a_job_that_ended_before_its_row_did_shows_the_ending_and_records_it(client, drain):
     # The worker's writes go behind; here they never come (no after_job_end hook), as when a
-    # read lands between the result in Redis and the worker's commit. The read answers the
-    # ending from Redis, progress included, and leaves the row to the worker.
+    # worker dies between the result in Redis and its commit. The read answers the ending
+    # from Redis, progress included, and records it: a read repair.
     job_id = enqueue(client, "add", {"x": 2, "y": 3})
     drain(after_job_end=None)
     job = client.get(f"/jobs/{job_id}").json()
     assert (job["status"], job["result"], job["progress"]) == ("complete", 5, 100)
     assert job["finish_time"] is not None
     (row,) = client.get("/jobs").json()["jobs"]
-    assert (row["status"], row["result"], row["progress"]) == ("in_progress", None, 0)
+    assert (row["status"], row["result"], row["progress"]) == ("complete", 5, 100)
 
 
 @pytest.mark.since_stage(4)  # stage 4's cron job sweeps; stage 3 has no sweep
