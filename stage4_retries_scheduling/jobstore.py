@@ -18,7 +18,12 @@ class EnqueueUnconfirmed(errors.RedisTimeoutError):
 
 
 async def create_job(
-    redis: ArqRedis, ledger: Ledger, name: str, job_id: str, kwargs: dict, when: datetime | None
+    redis: ArqRedis,
+    ledger: Ledger,
+    name: str,
+    job_id: str,
+    kwargs: dict,
+    when: datetime | None = None,
 ) -> None:
     """The row comes first, then the job goes to Redis, so a job Redis loses is still on
     record. (Enqueue first, and a crash in between leaves a job no one can look up.)"""

@@ -1,13 +1,15 @@
 """Your app, with stage 3's jobs wired in (docs/guides/your-app.md).
 
 Before: a FastAPI app with its own settings (config.py), its own database (db.py) and a route
-of its own. The stage was copied to myapp/jobs/ and jobkit/ beside myapp/; the blocks marked
-below are what wiring it in took. Run from the project's root:
+of its own. The stage was copied to myapp/jobs/ and jobkit/ beside myapp/; the imports from
+.jobs and jobkit and the block marked `wire` are what wiring it in took, and the `route` block
+is a route of yours that starts a job. Run from the project's root:
 
     uvicorn myapp.main:app
     arq myapp.jobs.worker.WorkerSettings
 """
 
+# --8<-- [start:imports]
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +18,6 @@ from fastapi import FastAPI, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-# --8<-- [start:imports]
 from jobkit.http import refuse_bad_input
 
 from . import db
@@ -51,6 +52,7 @@ refuse_bad_input(app, get_settings().max_body_bytes)
 # --8<-- [end:wire]
 
 
+# --8<-- [start:route]
 class NoteIn(BaseModel):
     text: str
 
@@ -61,7 +63,6 @@ class NoteQueued(BaseModel):
     status_url: str
 
 
-# --8<-- [start:route]
 # The job this route starts: a short report, standing in for a job of yours.
 REPORT_STEPS = 3
 REPORT_STEP_S = 0.2
