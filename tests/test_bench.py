@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from devkit import bench
+from devkit import bench, bench_telemetry
 
 
 def app(label: str, enqueue: list[float], status: list[float]) -> bench.App:
@@ -122,3 +122,10 @@ def test_a_variant_is_compared_with_its_own_stage_round_by_round() -> None:
                      out, re.M), out  # fmt: skip
     assert re.search(r"^stage 3 direct-writes / stage 3: status req/s\s+0\.75 \(0\.50-1\.00\)$",
                      out, re.M), out  # fmt: skip
+
+
+def test_the_telemetry_bench_measures_each_way_through_a_route_that_answers(capsys) -> None:
+    assert bench_telemetry.main(["--requests", "20", "--rounds", "1"]) == 0
+    printed = capsys.readouterr().out
+    for way in ("off", "metrics", "tracing"):
+        assert re.search(rf"^{way} +\d+\.\d µs/request", printed, re.MULTILINE), printed
