@@ -44,6 +44,9 @@ PROCESS_MARKERS = ("e2e", "browser")
 # What starting a program raises as an audit event (sys.addaudithook), whatever the API used.
 PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.posix_spawn", "os.spawn", "os.system",
                             "os.exec", "os.fork", "os.forkpty"})  # fmt: skip
+# Not a process a test starts: matplotlib runs fontconfig's `fc-list` the first time it is
+# used on a machine, to build its font cache (a chart test on a fresh clone).
+NOT_THE_TESTS = frozenset({"fc-list"})
 
 
 class ProcessWatch:
@@ -57,6 +60,9 @@ class ProcessWatch:
     def audit(self, event: str, args: tuple) -> None:
         if event in PROCESS_EVENTS and self.watching and not self.shared:
             program = args[1] if event == "subprocess.Popen" else args[0] if args else ""
+            command = program if isinstance(program, (list, tuple)) else [program]
+            if command and Path(str(command[0])).name in NOT_THE_TESTS:
+                return
             self.started.append(f"{event}: {program}"[:200])
 
     @contextlib.contextmanager

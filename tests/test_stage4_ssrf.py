@@ -361,6 +361,7 @@ def test_a_pinned_https_fetch_verifies_the_certificate_against_the_host_name(
         assert "Hostname mismatch" in job["error"] and "other.test" in job["error"]
 
 
+@pytest.mark.e2e  # openssl makes the certificate
 def test_a_certificate_that_fails_verification_is_a_final_failure_not_retried(
     twin_env, fake_dns, certificate, client, drain
 ):
