@@ -1,5 +1,5 @@
 """The API's Redis connection pool: a deadline on every command, and a bounded number of
-connections.
+connections. And what REDIS_URL means, for the pool and the worker's ARQ settings alike.
 
 A Redis that is down, or stuck (connected but silent: a SIGSTOPped server, a full network
 buffer), would otherwise hold a request until the client gives up. With these timeouts a
@@ -13,22 +13,107 @@ they are all in use only under a burst; then a command waits for one, up to `tim
 fails with RedisBusy (a ConnectionError). Unbounded, a burst opens a connection per request
 and keeps them all open afterwards.
 
+Past one machine, Redis is a primary, its replica(s) and three sentinels that watch it and
+promote a replica when it fails; a client asks a sentinel where the primary is instead of
+connecting to a fixed address. redis-py has no URL for that, so this module defines one, read
+here (`parse_sentinel_url`) for the API's pool and for the worker's ARQ settings alike:
+
+    redis+sentinel://[[user]:password@]host:port[,host:port...]/primary-name[/db]
+
+e.g. `redis+sentinel://10.0.0.5:26379,10.0.0.6:26379,10.0.0.7:26379/jobs/0` (a port left out
+is the sentinels' 26379). The password is the primary's; the sentinels are reached without
+one (a deployment that protects them too would add redis-py's `sentinel_kwargs`).
+
+Each new connection asks the sentinels where the primary is, within the same deadline;
+after a failover, a command on a connection to the old primary fails (refused, or READONLY
+from a primary turned replica, which redis-py turns into a ConnectionError and a reconnect),
+so a request costs a 503 and the next connection finds the new primary.
+
 A learner may skip this module: every stage with Redis opens one pool in its lifespan with
 `open_pool(settings.redis_url, timeout_s=...)`.
 """
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+from arq.connections import RedisSettings
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 MAX_CONNECTIONS = 64  # per API process
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379  # the sentinels' well-known port
 
 
 class RedisBusy(RedisConnectionError):
     """Redis answers, but every connection of the pool stayed in use: this process is busy."""
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    sentinels: list[tuple[str, int]]
+    primary: str  # the name the sentinels know the primary by (`sentinel monitor <name> ...`)
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelURL | None:
+    """The sentinels and the primary's name of a `redis+sentinel://` URL; None for any other
+    URL. A malformed one is a ValueError that says what is wrong, at start-up."""
+    if not url.startswith(f"{SENTINEL_SCHEME}://"):
+        return None
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ValueError(f"{SENTINEL_SCHEME} URL: no query or fragment expected in {url!r}")
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = credentials.partition(":") if credentials else ("", "", "")
+    path = [piece for piece in parts.path.split("/") if piece]
+    if not 1 <= len(path) <= 2:
+        raise ValueError(
+            f"{SENTINEL_SCHEME} URL: expected /primary-name[/db] after the hosts in {url!r}"
+        )
+    if len(path) == 2 and not path[1].isdigit():
+        raise ValueError(f"{SENTINEL_SCHEME} URL: the database must be a number, not {path[1]!r}")
+    return SentinelURL(
+        sentinels=[sentinel_address(host) for host in hosts.split(",")],
+        primary=unquote(path[0]),
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+    )
+
+
+def sentinel_address(host_port: str) -> tuple[str, int]:
+    """`host:port` (or `host`, or `[v6]:port`) as a pair; the port within 1..65535."""
+    parts = urlsplit(f"//{host_port}")
+    try:
+        port = parts.port or SENTINEL_PORT
+    except ValueError:
+        raise ValueError(f"{SENTINEL_SCHEME} URL: bad port in {host_port!r}") from None
+    if not parts.hostname:
+        raise ValueError(f"{SENTINEL_SCHEME} URL: a sentinel address is empty: {host_port!r}")
+    return parts.hostname, port
+
+
+def arq_settings(url: str) -> RedisSettings:
+    """ARQ's RedisSettings for a plain URL (ARQ's own `from_dsn`) or a Sentinel one (ARQ's
+    `sentinel=True`, which asks the sentinels for the primary each time it connects)."""
+    target = parse_sentinel_url(url)
+    if target is None:
+        return RedisSettings.from_dsn(url)
+    return RedisSettings(
+        host=target.sentinels,  # with sentinel=True, ARQ takes the sentinels' addresses
+        sentinel=True,
+        sentinel_master=target.primary,
+        database=target.db,
+        username=target.username,
+        password=target.password,
+    )
 
 
 class BoundedPool(BlockingConnectionPool):
@@ -54,13 +139,44 @@ class BoundedPool(BlockingConnectionPool):
         return connection
 
 
+class BoundedSentinelPool(SentinelConnectionPool, BoundedPool):
+    """The same bounded pool, whose connections find the primary through the sentinels."""
+
+    sentinel_manager: Sentinel
+
+    def __init__(self, primary: str, sentinels: Sentinel, **kwargs: Any) -> None:
+        super().__init__(primary, sentinels, **kwargs)  # type: ignore[no-untyped-call]
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        for client in self.sentinel_manager.sentinels:
+            await client.aclose()
+
+
 def open_pool(url: str, timeout_s: float) -> BoundedPool:
     """One pool for the whole app: connecting, every command, and the wait for a free
-    connection, each bounded by `timeout_s`."""
-    return BoundedPool.from_url(
-        url,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s,
-        max_connections=MAX_CONNECTIONS,
-        timeout=timeout_s,
+    connection, each bounded by `timeout_s`; a `redis+sentinel://` URL asks the sentinels
+    (each question bounded too) where the primary is."""
+    deadlines: dict[str, Any] = {
+        "socket_connect_timeout": timeout_s,
+        "socket_timeout": timeout_s,
+        "max_connections": MAX_CONNECTIONS,
+        "timeout": timeout_s,
+    }
+    target = parse_sentinel_url(url)
+    if target is None:
+        return BoundedPool.from_url(url, **deadlines)
+    # Finding the primary asks the sentinels one after the other until one knows: each gets
+    # its share of the deadline, so silent sentinels cost no more than one timeout in all.
+    share_s = timeout_s / len(target.sentinels)
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]  # redis-py's is untyped
+        target.sentinels, socket_connect_timeout=share_s, socket_timeout=share_s
+    )
+    return BoundedSentinelPool(
+        target.primary,
+        sentinels,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        **deadlines,
     )

@@ -11,10 +11,9 @@ runs a cron job that looks after the ledger (maintenance.py).
 import asyncio
 from typing import Any
 
-from arq.connections import RedisSettings
 from arq.worker import Function, func
 
-from jobkit import logs, observe, pinned_http
+from jobkit import logs, observe, pinned_http, redis_pool
 
 from . import jobs, maintenance
 from .config import get_settings
@@ -140,7 +139,8 @@ class WorkerSettings:
     # them: a second worker configuration copies the ones it needs instead.
     functions = task_functions()
     cron_jobs = [maintenance.every_few_minutes(maintenance.maintain_ledger)]
-    redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
+    # ARQ's RedisSettings for a redis:// URL, or for a Sentinel-watched primary (jobkit)
+    redis_settings = redis_pool.arq_settings(get_settings().redis_url)
     queue_name = get_settings().queue_name
     job_serializer = jobs.serialize
     job_deserializer = jobs.deserialize
