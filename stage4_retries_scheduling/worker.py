@@ -71,6 +71,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         ctx,
         settings.queue_name,
         metrics_port=settings.worker_metrics_port,
+        metrics_host=settings.worker_metrics_host,
         tracing=settings.tracing,
         json_logs=settings.json_logs,
     )
