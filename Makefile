@@ -38,7 +38,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 run: $(BIN)/.installed  ## start the newest stage (or STAGE=n): embedded Valkey, API, worker(s)
 	$(BIN)/python -m devkit.run $(if $(STAGE),--stage $(STAGE)) --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-scaleout: $(BIN)/.installed tools  ## stage 4 past one machine: Redis with sentinels, PostgreSQL, 2 APIs, 3 worker hosts
+scaleout: $(BIN)/.installed  ## stage 4 past one machine: Valkey + sentinels, PostgreSQL, 2 APIs, 3 worker hosts
 	$(BIN)/python -m devkit.scaleout
 
 test: $(BIN)/.installed tools  ## everything CI checks: lint, types, tests, docs build, load-test smoke

@@ -63,7 +63,9 @@ def own_postgres() -> Iterator[str]:
     """A fresh PostgreSQL cluster for this session: its admin conninfo."""
     bindir = server_programs()
     user = unprivileged_user()
-    folder = Path(tempfile.mkdtemp(prefix="ledger-postgres-"))  # not pytest's: root-only
+    # Not pytest's temporary folder, nor a $TMPDIR inside one: the server's user must reach it.
+    shared = "/tmp" if user and Path("/tmp").is_dir() else None
+    folder = Path(tempfile.mkdtemp(prefix="ledger-postgres-", dir=shared))
     as_user = {"user": user, "group": pwd.getpwnam(user).pw_gid} if user else {}
     if user:
         shutil.chown(folder, **as_user)
@@ -82,6 +84,7 @@ def own_postgres() -> Iterator[str]:
                 [bindir / "postgres", "-D", data, "-k", folder, "-c", "listen_addresses=",
                  "-c", "fsync=off"],
                 stdout=out, stderr=subprocess.STDOUT, **as_user,
+                process_group=0,  # a Ctrl-C reaches its launcher, which stops it in order
             )  # fmt: skip
         try:
             deadline = time.monotonic() + START_DEADLINE_S

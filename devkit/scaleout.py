@@ -83,14 +83,30 @@ class ScaleOut:
         self.database_url = self._postgres.enter_context(throwaway_database(conninfo))
         for n in range(1, self.api_count + 1):
             self.apis.append(self._api(n))
-        for n in range(1, self.worker_count + 1):
-            self.workers.append(self._worker(n))
+        for _ in range(self.worker_count):
+            self.add_worker(wait=False)
         for host in self.apis:
             url = f"http://{host.address}:{API_PORT}"
             harness.wait_until(lambda url=url: harness.api_answers(url), url, [host.process])
         for host in self.workers:
-            harness.wait_until(lambda h=host: harness.worker_polls(h.process), host.name,
-                               [host.process])  # fmt: skip
+            self.wait_for(host)
+
+    def add_worker(self, wait: bool = True) -> Host:
+        """One more worker host, the next address; `wait`: until it polls the queue."""
+        host = self._worker(len(self.workers) + 1)
+        self.workers.append(host)
+        if wait:
+            self.wait_for(host)
+        return host
+
+    def remove_worker(self) -> None:
+        """Stop the last worker host (SIGTERM: its running jobs go back to the queue)."""
+        host = self.workers.pop()
+        harness.stop_together([host.process])
+
+    @staticmethod
+    def wait_for(host: Host) -> None:
+        harness.wait_until(lambda: harness.worker_polls(host.process), host.name, [host.process])
 
     def _env(self, name: str, **extra: str) -> dict[str, str]:
         folder = self.data_dir / name

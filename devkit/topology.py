@@ -25,6 +25,8 @@ PRIMARY_NAME = "jobs"
 QUORUM = 2  # of the three sentinels
 DOWN_AFTER_MS = 1000  # silence before a sentinel calls the primary down (Redis' default: 30 s)
 FAILOVER_TIMEOUT_MS = 5000  # and before a failed failover is tried again
+VALKEY_PORT = 6379  # each node on its own address, so the usual ports never collide
+SENTINEL_PORT = 26379
 READY_TIMEOUT_S = 15.0  # for the sentinels to find each other and the replica
 SENTINEL_TIMEOUT_S = 1.0  # each question to a sentinel
 
@@ -38,7 +40,7 @@ class SentinelServer(EmbeddedValkey):
     """valkey-server --sentinel: watches the primary and, with its peers, fails it over."""
 
     def __init__(self, data_dir: Path, host: str, primary: EmbeddedValkey) -> None:
-        super().__init__(data_dir, host=host, persist=False)
+        super().__init__(data_dir, host=host, port=SENTINEL_PORT, persist=False)
         self.primary = primary
 
     def command(self) -> list[str]:
@@ -63,7 +65,7 @@ class ReplicatedValkey:
         self.data_dir = Path(data_dir)
         self.network = network
         self.primary = EmbeddedValkey(
-            self.data_dir / "valkey-1", host=loopback(network, 1), persist=persist
+            self.data_dir / "valkey-1", host=loopback(network, 1), port=VALKEY_PORT, persist=persist
         )
         self.replica: EmbeddedValkey | None = None
         self.sentinels: list[SentinelServer] = []
@@ -83,6 +85,7 @@ class ReplicatedValkey:
         self.replica = EmbeddedValkey(
             self.data_dir / "valkey-2",
             host=loopback(self.network, 2),
+            port=VALKEY_PORT,
             persist=self.persist,
             extra_args=[
                 *("--replicaof", self.primary.host, str(self.primary.port)),

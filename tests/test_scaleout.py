@@ -259,7 +259,8 @@ def check_failover(scaleout, load: Submissions, at: float, monkeypatch, what: st
     assert all(states[i][0] == "complete" for i in load.accepted if i not in lost)
     report = (
         f"{what}: {len(load.accepted)} accepted, {statuses[503]} answered 503, "
-        f"2xx again {recovered:.2f} s after it, {len(lost)} acknowledged jobs lost by Redis "
+        f"2xx again {recovered:.2f} s after it, slowest answer {slowest:.2f} s, "
+        f"{len(lost)} acknowledged jobs lost by Redis "
         f"and settled by the ledger; all 3 workers beating on the new primary "
         f"{workers_back:.1f} s after it (worker restarts so far: {len(scaleout.restarts)})"
     )
