@@ -63,13 +63,22 @@ class ReplicatedValkey:
 
     def __init__(self, data_dir: Path, network: int = 25, persist: bool = False) -> None:
         self.data_dir = Path(data_dir)
-        self.network = network
-        self.primary = EmbeddedValkey(
-            self.data_dir / "valkey-1", host=loopback(network, 1), port=VALKEY_PORT, persist=persist
-        )
+        self.network, self.persist = network, persist
+        self.primary = self.node(1, [])
         self.replica: EmbeddedValkey | None = None
         self.sentinels: list[SentinelServer] = []
-        self.persist = persist
+
+    def node(self, n: int, extra_args: list[str]) -> EmbeddedValkey:
+        host = loopback(self.network, n)
+        return EmbeddedValkey(
+            self.data_dir / f"valkey-{n}",
+            host=host,
+            port=VALKEY_PORT,
+            persist=self.persist,
+            # As a replica (either may become one), say this address, not the 127.0.0.1 the
+            # connection comes from: the sentinels find replicas through what they announce.
+            extra_args=[*extra_args, "--replica-announce-ip", host],
+        )
 
     @property
     def url(self) -> str:
@@ -82,16 +91,7 @@ class ReplicatedValkey:
 
     def start(self) -> None:
         self.primary.start()
-        self.replica = EmbeddedValkey(
-            self.data_dir / "valkey-2",
-            host=loopback(self.network, 2),
-            port=VALKEY_PORT,
-            persist=self.persist,
-            extra_args=[
-                *("--replicaof", self.primary.host, str(self.primary.port)),
-                *("--replica-announce-ip", loopback(self.network, 2)),  # not 127.0.0.1
-            ],
-        )
+        self.replica = self.node(2, ["--replicaof", self.primary.host, str(self.primary.port)])
         self.replica.start()
         for n in (3, 4, 5):
             sentinel = SentinelServer(
@@ -142,10 +142,23 @@ class ReplicatedValkey:
         with self.ask(self.sentinels[0]) as client:
             client.execute_command("SENTINEL", "FAILOVER", PRIMARY_NAME)
 
+    def agreed_primary(self) -> tuple[str, int] | None:
+        """The primary's address if every sentinel says the same, else None."""
+        seen = set()
+        for sentinel in self.sentinels:
+            try:
+                with self.ask(sentinel) as client:
+                    host, port = client.sentinel_get_master_addr_by_name(PRIMARY_NAME)
+            except (redis.RedisError, TypeError):
+                return None
+            seen.add((str(host), int(port)))
+        return seen.pop() if len(seen) == 1 else None
+
     def wait_for_new_primary(self, old: tuple[str, int], timeout_s: float) -> tuple[str, int]:
-        self.wait_until(lambda: self.primary_address() not in (None, old), timeout_s,
+        """Until every sentinel names the same primary, and not `old`."""
+        self.wait_until(lambda: self.agreed_primary() not in (None, old), timeout_s,
                         "no new primary")  # fmt: skip
-        address = self.primary_address()
+        address = self.agreed_primary()
         assert address is not None
         return address
 

@@ -34,6 +34,7 @@ A learner may skip this module: every stage with Redis opens one pool in its lif
 """
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -47,6 +48,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 MAX_CONNECTIONS = 64  # per API process
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379  # the sentinels' well-known port
+# How often the API asks the sentinels whether the primary moved (one question, bounded by
+# the pool's deadline): bounds the writes a demoted primary can take from this process.
+PRIMARY_CHECK_S = 1.0
 
 
 class RedisBusy(RedisConnectionError):
@@ -140,12 +144,42 @@ class BoundedPool(BlockingConnectionPool):
 
 
 class BoundedSentinelPool(SentinelConnectionPool, BoundedPool):
-    """The same bounded pool, whose connections find the primary through the sentinels."""
+    """The same bounded pool, whose connections find the primary through the sentinels.
+
+    redis-py asks the sentinels only when it opens a connection. After a planned failover
+    (SENTINEL FAILOVER) the old primary keeps taking writes until the sentinels turn it into
+    a replica, seconds later, and then drops them: a pooled connection still open to it would
+    lose every job it enqueued meanwhile. So the pool asks again at most every
+    PRIMARY_CHECK_S when it hands out a connection, and reconnects one to a moved primary.
+    """
 
     sentinel_manager: Sentinel
 
     def __init__(self, primary: str, sentinels: Sentinel, **kwargs: Any) -> None:
         super().__init__(primary, sentinels, **kwargs)  # type: ignore[no-untyped-call]
+        self.checked_at = 0.0
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        connection = await super().get_connection(*args, **kwargs)
+        try:
+            if await self.primary_moved(connection):
+                await connection.disconnect()
+                await connection.connect()  # type: ignore[no-untyped-call]  # asks the sentinels again
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+    async def primary_moved(self, connection: AbstractConnection) -> bool:
+        now = time.monotonic()
+        if now - self.checked_at >= PRIMARY_CHECK_S:
+            self.checked_at = now
+            try:
+                await self.get_master_address()  # type: ignore[no-untyped-call]  # closes idle ones to the old
+            except RedisConnectionError:  # sentinels unreachable: keep the primary we know
+                return False
+        where = (getattr(connection, "host", None), getattr(connection, "port", None))
+        return self.master_address is not None and where != tuple(self.master_address)
 
     async def aclose(self) -> None:
         await super().aclose()

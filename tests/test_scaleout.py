@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+import redis
 import sqlalchemy as sa
 from arq.connections import ArqRedis
 
@@ -51,6 +52,7 @@ NO_HANG_S = 5.0  # the API's Redis deadline is 1 s; no request may take longer t
 FINAL_DEADLINE_S = IN_PROGRESS_EXPIRY_S + 40
 FINAL = {"complete", "failed", "cancelled"}
 REDIS_TIMEOUT_S = 1.0
+BEHIND = 10  # jobs accepted while the replica lags, in the primary SIGKILL test
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +243,12 @@ def under_submissions(scaleout: ScaleOut, api: httpx.Client, fault) -> tuple[Sub
     return load, at
 
 
-def check_failover(scaleout, load: Submissions, at: float, monkeypatch, what: str) -> None:
+def check_failover(
+    scaleout, load: Submissions, at: float, monkeypatch, what: str, also: list[str] = ()
+) -> list[str]:
+    """The answers were 202 or a quick 503 with Retry-After, 2xx came back in time, the
+    workers came back, and every accepted job (and `also`) is final: the ones Redis lost
+    settled by reconcile. Returns those."""
     statuses = Counter(status for _, status, _, _ in load.answers)
     assert set(statuses) <= {202, 503}, statuses
     assert all(retry_after for _, status, retry_after, _ in load.answers if status == 503)
@@ -252,19 +259,21 @@ def check_failover(scaleout, load: Submissions, at: float, monkeypatch, what: st
     # Every worker comes back on the new primary: each beats there again.
     poll(lambda: len(workers_beating(scaleout, at)) == 3, 60, "every worker on the new primary")
     workers_back = time.monotonic() - at
-    states = all_final(scaleout, load.accepted, monkeypatch)
+    accepted = [*load.accepted, *also]
+    states = all_final(scaleout, accepted, monkeypatch)
     lost = [i for i, (status, error) in states.items() if (error or "").startswith("lost")]
     assert {status for status, _ in states.values()} <= {"complete", "failed"}
-    assert len(states) == len(load.accepted)
+    assert len(states) == len(accepted)
     assert all(states[i][0] == "complete" for i in load.accepted if i not in lost)
     report = (
-        f"{what}: {len(load.accepted)} accepted, {statuses[503]} answered 503, "
+        f"{what}: {len(accepted)} accepted, {statuses[503]} answered 503, "
         f"2xx again {recovered:.2f} s after it, slowest answer {slowest:.2f} s, "
         f"{len(lost)} acknowledged jobs lost by Redis "
         f"and settled by the ledger; all 3 workers beating on the new primary "
         f"{workers_back:.1f} s after it (worker restarts so far: {len(scaleout.restarts)})"
     )
     print(f"\n{report}")
+    return lost
 
 
 def workers_beating(scaleout: ScaleOut, since: float) -> set[str]:
@@ -281,8 +290,32 @@ def test_a_sentinel_failover_under_submissions_costs_a_few_503s_and_no_job(
     check_failover(scaleout, load, at, monkeypatch, "SENTINEL FAILOVER")
 
 
-def test_the_primary_sigkilled_under_submissions_costs_a_few_503s_and_no_job(
+def test_the_primary_sigkilled_with_its_replica_behind_loses_jobs_the_ledger_settles(
     scaleout, api, monkeypatch
 ):
-    load, at = under_submissions(scaleout, api, lambda: scaleout.redis.current_primary().kill())
-    check_failover(scaleout, load, at, monkeypatch, "primary SIGKILLed")
+    """Replication is asynchronous: what the primary acknowledged after its replica last
+    heard from it dies with it. Here the replica is made to lag for sure (stopped, its link
+    cut) while BEHIND deferred jobs are accepted; then the primary is SIGKILLed."""
+    behind: list[str] = []
+
+    def crash_with_replica_behind() -> None:
+        primary = scaleout.redis.current_primary()
+        replica = next(s for s in scaleout.redis.servers if s is not primary)
+        assert replica.process is not None
+        replica.process.send_signal(signal.SIGSTOP)
+        try:
+            with redis.Redis(primary.host, primary.port, socket_timeout=5) as client:
+                client.client_kill_filter(_type="slave")  # redis-py says "slave"
+            with httpx.Client(base_url=scaleout.api_urls[0], timeout=10) as other:
+                for _ in range(BEHIND):  # deferred: they wait in Redis, where none will run
+                    response = other.post("/tasks/wait", json={"seconds": 0.05},
+                                          params={"delay_seconds": 60})  # fmt: skip
+                    assert response.status_code == 202, response.text
+                    behind.append(response.json()["job_id"])
+            primary.kill()
+        finally:
+            replica.process.send_signal(signal.SIGCONT)
+
+    load, at = under_submissions(scaleout, api, crash_with_replica_behind)
+    lost = check_failover(scaleout, load, at, monkeypatch, "primary SIGKILLed", also=behind)
+    assert set(behind) <= set(lost), "jobs the replica never had must be the ledger's to settle"
