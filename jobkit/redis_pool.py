@@ -34,13 +34,15 @@ A learner may skip this module: every stage with Redis opens one pool in its lif
 """
 
 import asyncio
+import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from arq.connections import RedisSettings
-from redis.asyncio import BlockingConnectionPool
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -214,3 +216,29 @@ def open_pool(url: str, timeout_s: float) -> BoundedPool:
         password=target.password,
         **deadlines,
     )
+
+
+def leave_when_primary_moves(redis: Redis) -> asyncio.Task[None] | None:
+    """For a worker whose Redis is Sentinel-watched (ARQ's own pool): ask the sentinels every
+    PRIMARY_CHECK_S where the primary is, and when it is no longer where this worker's
+    connections go, stop the worker as SIGTERM does (its running jobs get ARQ's
+    job_completion_wait), for its supervisor to start it again on the new primary. Without
+    this, after a planned failover the worker polls the old primary, which still answers,
+    until the sentinels demote it seconds later. None for a plain Redis; cancel the task at
+    shutdown."""
+    pool = redis.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return None
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(PRIMARY_CHECK_S)
+            try:
+                now = await pool.sentinel_manager.discover_master(pool.service_name)
+            except RedisConnectionError:  # no sentinel answers: keep the primary we have
+                continue
+            if pool.master_address is not None and now != pool.master_address:
+                os.kill(os.getpid(), signal.SIGTERM)  # ARQ's own graceful shutdown
+                return
+
+    return asyncio.create_task(watch(), name="leave-when-primary-moves")

@@ -79,9 +79,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     # For fetch: its settings, and one HTTP client per worker process for every job.
     ctx["settings"] = get_settings()
     ctx["http"] = pinned_http.make_client(ctx["settings"].fetch_timeout_s)
+    # Past one machine: after a failover, leave (as on SIGTERM) for the supervisor to start
+    # this worker again on the new primary; ARQ's connections never move by themselves.
+    ctx["watch"] = redis_pool.leave_when_primary_moves(ctx["redis"])
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if ctx.get("watch"):
+        ctx["watch"].cancel()
     await observe.stop_worker(ctx)
     await ctx["http"].aclose()
     await ctx["ledger"].flush()

@@ -11,7 +11,13 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from jobkit.redis_pool import BoundedSentinelPool, SentinelURL, arq_settings, open_pool
+from jobkit.redis_pool import (
+    BoundedSentinelPool,
+    SentinelURL,
+    arq_settings,
+    leave_when_primary_moves,
+    open_pool,
+)
 from jobkit.redis_pool import parse_sentinel_url as parse
 
 TIMEOUT_S = 0.3
@@ -107,3 +113,7 @@ def test_a_command_fails_at_once_when_no_sentinel_listens():
         await pool.aclose()
 
     asyncio.run(main())
+
+
+def test_a_worker_on_a_plain_redis_watches_no_sentinel():
+    assert leave_when_primary_moves(Redis.from_url("redis://127.0.0.1:1/0")) is None

@@ -1,17 +1,20 @@
 """jobkit.redis_pool against a real Valkey primary, replica and three sentinels
 (devkit/topology.py): the pool follows a failover, even to a primary that moved while its
-connections stayed open."""
+connections stayed open; and a worker on ARQ's own pool leaves when the primary moves."""
 
 import asyncio
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 import redis
+from arq.connections import create_pool
 from redis.asyncio import Redis
 
 from devkit.topology import ReplicatedValkey
-from jobkit.redis_pool import open_pool
+from jobkit.redis_pool import arq_settings, leave_when_primary_moves, open_pool
 
 pytestmark = pytest.mark.e2e
 
@@ -67,3 +70,36 @@ def test_after_a_planned_failover_every_write_goes_to_the_new_primary(topology):
             await pool.aclose()
 
     asyncio.run(main())
+
+
+@pytest.fixture
+def sigterm():
+    """SIGTERM to this process sets the event instead of ending the tests."""
+    received = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: received.set())
+    yield received
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_worker_on_arqs_pool_stops_itself_when_the_primary_moves(topology, sigterm):
+    old = topology.current_primary()
+
+    async def main() -> None:
+        arq_redis = await create_pool(arq_settings(topology.url))
+        try:
+            await arq_redis.ping()  # connected: the pool knows where the primary is
+            watch = leave_when_primary_moves(arq_redis)
+            assert watch is not None
+            await asyncio.sleep(0)
+            assert not sigterm.is_set()
+            topology.failover()
+            await asyncio.to_thread(topology.wait_for_new_primary, (old.host, old.port), 20)
+            await asyncio.wait_for(watch, FOLLOW_S)  # it ends once it has signalled
+            assert role(old) == "master", "no window to test: the old primary turned at once"
+        finally:
+            for client in arq_redis.connection_pool.sentinel_manager.sentinels:
+                await client.aclose()
+            await arq_redis.aclose()
+
+    asyncio.run(main())
+    assert sigterm.wait(1)
