@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import httpx
+import psutil
 import pytest
 import redis
 import sqlalchemy as sa
@@ -66,12 +67,17 @@ def scaleout(tmp_path_factory):
         env={"JOB_TIMEOUT_S": str(JOB_TIMEOUT_S), "MAX_JOBS": "4"},
     )
     stop = threading.Event()
+    before = set(psutil.Process().children(recursive=True))
     with topology:
         supervisor = threading.Thread(target=topology.supervise, args=(stop,), daemon=True)
         supervisor.start()
         yield topology
         stop.set()
         supervisor.join()
+        started = set(psutil.Process().children(recursive=True)) - before
+    # Torn down in order, nothing left: Valkey, the sentinels, PostgreSQL, APIs, workers.
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
 
 
 @pytest.fixture
