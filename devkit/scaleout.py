@@ -133,15 +133,18 @@ class ScaleOut:
     def supervise(self, stop: threading.Event) -> None:
         """Start again, after RESTART_DELAY_S, every worker that exited, until `stop`."""
         while not stop.wait(0.1):
-            for host in self.workers:
-                if host.name in self.held:
-                    continue
-                if (code := host.process.exit_code()) is not None and not stop.is_set():
-                    self.restarts.append((host.name, time.monotonic()))
-                    self.say(f"{host.name} exited with code {code} (ARQ workers do not "
-                             f"reconnect); starting it again in {RESTART_DELAY_S} s")  # fmt: skip
-                    if not stop.wait(RESTART_DELAY_S):
-                        host.process.start()
+            exited = [host for host in self.workers if self.exited(host)]
+            for host in exited:
+                self.restarts.append((host.name, time.monotonic()))
+                code = host.process.exit_code()
+                self.say(f"{host.name} exited with code {code} (ARQ workers do not reconnect); "
+                         f"starting it again in {RESTART_DELAY_S} s")  # fmt: skip
+            if exited and not stop.wait(RESTART_DELAY_S):
+                for host in exited:  # together: after a failover they all left at once
+                    host.process.start()
+
+    def exited(self, host: Host) -> bool:
+        return host.name not in self.held and host.process.exit_code() is not None
 
     @contextlib.contextmanager
     def down(self, name: str) -> Iterator[None]:
