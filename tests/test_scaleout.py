@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import httpx
 import psutil
@@ -173,12 +173,35 @@ def test_a_worker_sigkilled_mid_job_loses_nothing_and_drops_off_the_queue(
     victim = poll(lambda: busy_worker(scaleout, ids), 20, "a worker running a job")
     with scaleout.down(victim.name):  # a host that died: nothing starts it again
         victim.process.signal(signal.SIGKILL)
-        killed = time.monotonic()
+        killed = datetime.now(UTC)
+        held = running_in(victim, ids)
         states = all_final(scaleout, ids, monkeypatch)
         assert {status for status, _ in states.values()} == {"complete"}
+        # The jobs it held ran again elsewhere, once their in-progress marks had expired.
+        assert held
+        for finished in finish_times(scaleout.database_url, held):
+            assert (finished - killed).total_seconds() >= IN_PROGRESS_EXPIRY_S * 0.9
         poll(lambda: victim.name not in workers(api), HEARTBEAT_TTL_S + 10, "the dead worker gone")
-        assert time.monotonic() - killed >= IN_PROGRESS_EXPIRY_S * 0.9  # re-run after the mark
     poll(lambda: victim.name in workers(api), 30, f"{victim.name} back")
+
+
+def running_in(host, ids: list[str]) -> list[str]:
+    """The jobs among `ids` the host's log shows started (→) and not finished (←)."""
+    output = host.process.output()
+    started = set(re.findall(r"→ ([0-9a-f]{32}):", output))
+    ended = set(re.findall(r"← ([0-9a-f]{32}):", output))
+    return sorted((started - ended) & set(ids))
+
+
+def finish_times(database_url: str, ids: list[str]) -> list[datetime]:
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            query = sa.text("SELECT finish_time FROM jobs WHERE job_id = ANY(:ids)")
+            rows = connection.execute(query, {"ids": ids}).scalars().all()
+    finally:
+        engine.dispose()
+    return [when if when.tzinfo else when.replace(tzinfo=UTC) for when in rows]
 
 
 def test_a_worker_cut_off_from_redis_while_it_holds_jobs_loses_nothing(scaleout, api, monkeypatch):
