@@ -129,7 +129,12 @@ def all_final(scaleout: ScaleOut, ids: list[str], monkeypatch) -> dict[str, tupl
         return [i for i in ids if states.get(i, ("missing",))[0] not in FINAL]
 
     def settled() -> bool:
-        return not unfinished() or (bool(reconcile_now(scaleout, monkeypatch)) and not unfinished())
+        if not unfinished():
+            return True
+        try:  # a stopped worker may hold a row's lock for a while (jobkit.db's idle timeout)
+            return bool(reconcile_now(scaleout, monkeypatch)) and not unfinished()
+        except sa.exc.OperationalError:
+            return False
 
     poll(settled, FINAL_DEADLINE_S, "every accepted job final in the ledger", every_s=1.0)
     return ledger_states(scaleout.database_url, ids)
