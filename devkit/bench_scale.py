@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     with ScaleOut(folder / "burst", apis=1, workers=1, network=26, env=env) as scaleout:
         api = httpx.Client(base_url=scaleout.api_urls[0], timeout=30)
         drain = burst(scaleout, api)
+    shutil.rmtree(folder, ignore_errors=True)
     text = report(io, cpu, drain)
     print(text)
     if args.out:

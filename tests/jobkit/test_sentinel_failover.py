@@ -4,9 +4,7 @@ connections stayed open; and a worker on ARQ's own pool leaves when the primary 
 
 import asyncio
 import signal
-import tempfile
 import threading
-from pathlib import Path
 
 import pytest
 import redis
@@ -25,8 +23,8 @@ WRITES = 20
 
 
 @pytest.fixture
-def topology():
-    with ReplicatedValkey(Path(tempfile.mkdtemp(prefix="sentinel-")), network=NETWORK) as nodes:
+def topology(tmp_path):
+    with ReplicatedValkey(tmp_path / "redis", network=NETWORK) as nodes:
         yield nodes
 
 
