@@ -24,7 +24,7 @@ LOADTEST_ARGS ?=
 STAGE_PACKAGES := $(patsubst %/,%,$(dir $(wildcard stage*_*/main.py)))
 
 .DEFAULT_GOAL := help
-.PHONY: help run test check tools chaos lint format bench loadtest docs lock clean
+.PHONY: help run scaleout test check tools chaos lint format bench loadtest docs lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 run: $(BIN)/.installed  ## start the newest stage (or STAGE=n): embedded Valkey, API, worker(s)
 	$(BIN)/python -m devkit.run $(if $(STAGE),--stage $(STAGE)) --host $(HOST) --port $(PORT) --workers $(WORKERS)
+
+scaleout: $(BIN)/.installed  ## stage 4 past one machine: Valkey + sentinels, PostgreSQL, 2 APIs, 3 worker hosts
+	$(BIN)/python -m devkit.scaleout
 
 test: $(BIN)/.installed tools  ## everything CI checks: lint, types, tests, docs build, load-test smoke
 	$(BIN)/ruff check .
@@ -65,7 +68,8 @@ tools: $(BIN)/.installed  ## install the programs tests drive (Chromium, wrk, re
 
 chaos: $(BIN)/.installed  ## failure injection at full size: kills, Redis crash, 15 s of load, long fuzzing
 	CHAOS_SCALE=full $(BIN)/python -m pytest -rP --timeout=900 tests/test_crash_worker.py \
-		tests/test_crash_api.py tests/test_crash_redis.py tests/test_concurrency.py tests/test_fuzz.py
+		tests/test_crash_api.py tests/test_crash_redis.py tests/test_concurrency.py tests/test_fuzz.py \
+		tests/test_scaleout.py
 
 lint: $(BIN)/.installed  ## ruff check + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -30,10 +30,12 @@ from pathlib import Path
 import redis
 from arq.constants import in_progress_key_prefix
 from arq.worker import get_kwargs
+from redis.sentinel import Sentinel
 
 from devkit import harness
 from devkit.stages import STAGES, newest_stage
 from devkit.valkey import port_in_use
+from jobkit.redis_pool import parse_sentinel_url
 
 RESTART_BACKOFF_S = (0.5, 1, 2, 5)  # then every 5 s, for as long as it keeps exiting
 # On Ctrl-C the API gets this long to finish its requests (stage 1: its background tasks),
@@ -59,9 +61,21 @@ def say(name: str, line: str) -> None:
     print(f"{prefix} {line}", flush=True)
 
 
+def redis_client(url: str, timeout_s: float = REDIS_TIMEOUT_S) -> redis.Redis:
+    """REDIS_URL's Redis; a `redis+sentinel://` one's primary, found through its sentinels
+    (jobkit.redis_pool reads the URL, as the stages do)."""
+    deadlines = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s}
+    target = parse_sentinel_url(url)
+    if target is None:
+        return redis.Redis.from_url(url, **deadlines)
+    sentinels = Sentinel(target.sentinels, **deadlines)
+    return sentinels.master_for(target.primary, db=target.db, username=target.username,
+                                password=target.password, **deadlines)  # fmt: skip
+
+
 def check_redis(url: str) -> None:
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping()
+        redis_client(url).ping()
     except (redis.RedisError, ValueError) as exc:
         raise Fatal(
             f"REDIS_URL={url} does not answer ({exc}). Unset it to use embedded Valkey."
@@ -263,8 +277,7 @@ def running_jobs(redis_url: str | None, queue: str) -> dict[str, int] | None:
     if not redis_url:
         return None
     try:
-        with redis.Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT_S,
-                                  socket_connect_timeout=REDIS_TIMEOUT_S) as client:  # fmt: skip
+        with redis_client(redis_url) as client:
             keys = list(client.scan_iter(match=f"{in_progress_key_prefix}*", count=1000))
             ids = [key.decode().removeprefix(in_progress_key_prefix) for key in keys]
             with client.pipeline(transaction=False) as pipe:
@@ -295,7 +308,7 @@ def put_back(stack: harness.StageProcesses, queue: str, killed: list[harness.Pro
         return (f"stopped {count(jobs, 'running job')}: ARQ runs {them} again once {mark} "
                 f"in-progress mark expires, in about {seconds:.0f} s")  # fmt: skip
     try:
-        with redis.Redis.from_url(stack.redis_url, socket_timeout=REDIS_TIMEOUT_S) as client:
+        with redis_client(stack.redis_url) as client:
             client.delete(*(in_progress_key_prefix + job_id for job_id in jobs))
     except redis.RedisError as exc:
         return (f"stopped {count(jobs, 'running job')}; could not put {them} back ({exc}): "

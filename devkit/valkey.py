@@ -53,9 +53,17 @@ class EmbeddedValkey:
     """
 
     def __init__(
-        self, data_dir: Path, *, port: int | None = None, persist: bool = True, log_to_file=True
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        persist: bool = True,
+        log_to_file=True,
+        host: str = "127.0.0.1",
+        extra_args: list[str] | None = None,
     ):
-        self.host = "127.0.0.1"
+        self.host = host  # a loopback address: devkit.topology gives each node its own
+        self.extra_args = extra_args or []  # a replica's --replicaof, a sentinel's config file
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.persist = persist
@@ -82,6 +90,7 @@ class EmbeddedValkey:
             "--appendonly", "yes" if self.persist else "no",
             "--appendfsync", "everysec",
             "--logfile", "valkey.log" if self.log_to_file else "",
+            *self.extra_args,
         ]  # fmt: skip
 
     def start(self) -> None:

@@ -39,6 +39,11 @@ BUSY_TIMEOUT_MS = 5_000
 PG_CONNECT_TIMEOUT_S = 2  # libpq's smallest
 PG_LOCK_TIMEOUT_MS = 1_000
 PG_STATEMENT_TIMEOUT_MS = 5_000
+# A process that stops in the middle of a transaction (a worker SIGSTOPped, a paused VM, a host
+# cut off) would hold its rows' locks until it came back, and every other writer of those jobs
+# would wait and fail. The server ends such a session after this long idle in a transaction,
+# which frees them; no healthy transaction here pauses for anything near it.
+PG_IDLE_IN_TRANSACTION_MS = 10_000
 # How many times a process starting beside others tries to create the tables.
 CREATE_TRIES = 5
 # Threads for reads. Few: they share the GIL with the event loop, so more add contention.
@@ -74,7 +79,10 @@ def _tune_sqlite(connection: Any, _record: Any) -> None:
 def _connect_args(url: str) -> dict[str, Any]:
     if sa.make_url(url).get_backend_name() != "postgresql":
         return {}
-    limits = f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
+    limits = (
+        f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS} "
+        f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_MS}"
+    )
     return {"connect_timeout": PG_CONNECT_TIMEOUT_S, "options": limits}
 
 

@@ -1,5 +1,5 @@
 """The API's Redis connection pool: a deadline on every command, and a bounded number of
-connections.
+connections. And what REDIS_URL means, for the pool and the worker's ARQ settings alike.
 
 A Redis that is down, or stuck (connected but silent: a SIGSTOPped server, a full network
 buffer), would otherwise hold a request until the client gives up. With these timeouts a
@@ -13,22 +13,113 @@ they are all in use only under a burst; then a command waits for one, up to `tim
 fails with RedisBusy (a ConnectionError). Unbounded, a burst opens a connection per request
 and keeps them all open afterwards.
 
+Past one machine, Redis is a primary, its replica(s) and three sentinels that watch it and
+promote a replica when it fails; a client asks a sentinel where the primary is instead of
+connecting to a fixed address. redis-py has no URL for that, so this module defines one, read
+here (`parse_sentinel_url`) for the API's pool and for the worker's ARQ settings alike:
+
+    redis+sentinel://[[user]:password@]host:port[,host:port...]/primary-name[/db]
+
+e.g. `redis+sentinel://10.0.0.5:26379,10.0.0.6:26379,10.0.0.7:26379/jobs/0` (a port left out
+is the sentinels' 26379). The password is the primary's; the sentinels are reached without
+one (a deployment that protects them too would add redis-py's `sentinel_kwargs`).
+
+Each new connection asks the sentinels where the primary is, within the same deadline;
+after a failover, a command on a connection to the old primary fails (refused, or READONLY
+from a primary turned replica, which redis-py turns into a ConnectionError and a reconnect),
+so a request costs a 503 and the next connection finds the new primary.
+
 A learner may skip this module: every stage with Redis opens one pool in its lifespan with
 `open_pool(settings.redis_url, timeout_s=...)`.
 """
 
 import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-from redis.asyncio import BlockingConnectionPool
+from arq.connections import RedisSettings
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 MAX_CONNECTIONS = 64  # per API process
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379  # the sentinels' well-known port
+# How often the API asks the sentinels whether the primary moved (one question, bounded by
+# the pool's deadline): bounds the writes a demoted primary can take from this process.
+PRIMARY_CHECK_S = 1.0
 
 
 class RedisBusy(RedisConnectionError):
     """Redis answers, but every connection of the pool stayed in use: this process is busy."""
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    sentinels: list[tuple[str, int]]
+    primary: str  # the name the sentinels know the primary by (`sentinel monitor <name> ...`)
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelURL | None:
+    """The sentinels and the primary's name of a `redis+sentinel://` URL; None for any other
+    URL. A malformed one is a ValueError that says what is wrong, at start-up."""
+    if not url.startswith(f"{SENTINEL_SCHEME}://"):
+        return None
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ValueError(f"{SENTINEL_SCHEME} URL: no query or fragment expected in {url!r}")
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = credentials.partition(":") if credentials else ("", "", "")
+    path = [piece for piece in parts.path.split("/") if piece]
+    if not 1 <= len(path) <= 2:
+        raise ValueError(
+            f"{SENTINEL_SCHEME} URL: expected /primary-name[/db] after the hosts in {url!r}"
+        )
+    if len(path) == 2 and not path[1].isdigit():
+        raise ValueError(f"{SENTINEL_SCHEME} URL: the database must be a number, not {path[1]!r}")
+    return SentinelURL(
+        sentinels=[sentinel_address(host) for host in hosts.split(",")],
+        primary=unquote(path[0]),
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+    )
+
+
+def sentinel_address(host_port: str) -> tuple[str, int]:
+    """`host:port` (or `host`, or `[v6]:port`) as a pair; the port within 1..65535."""
+    parts = urlsplit(f"//{host_port}")
+    try:
+        port = parts.port or SENTINEL_PORT
+    except ValueError:
+        raise ValueError(f"{SENTINEL_SCHEME} URL: bad port in {host_port!r}") from None
+    if not parts.hostname:
+        raise ValueError(f"{SENTINEL_SCHEME} URL: a sentinel address is empty: {host_port!r}")
+    return parts.hostname, port
+
+
+def arq_settings(url: str) -> RedisSettings:
+    """ARQ's RedisSettings for a plain URL (ARQ's own `from_dsn`) or a Sentinel one (ARQ's
+    `sentinel=True`, which asks the sentinels for the primary each time it connects)."""
+    target = parse_sentinel_url(url)
+    if target is None:
+        return RedisSettings.from_dsn(url)
+    return RedisSettings(
+        host=target.sentinels,  # with sentinel=True, ARQ takes the sentinels' addresses
+        sentinel=True,
+        sentinel_master=target.primary,
+        database=target.db,
+        username=target.username,
+        password=target.password,
+    )
 
 
 class BoundedPool(BlockingConnectionPool):
@@ -54,13 +145,100 @@ class BoundedPool(BlockingConnectionPool):
         return connection
 
 
+class BoundedSentinelPool(SentinelConnectionPool, BoundedPool):
+    """The same bounded pool, whose connections find the primary through the sentinels.
+
+    redis-py asks the sentinels only when it opens a connection. After a planned failover
+    (SENTINEL FAILOVER) the old primary keeps taking writes until the sentinels turn it into
+    a replica, seconds later, and then drops them: a pooled connection still open to it would
+    lose every job it enqueued meanwhile. So the pool asks again at most every
+    PRIMARY_CHECK_S when it hands out a connection, and reconnects one to a moved primary.
+    """
+
+    sentinel_manager: Sentinel
+
+    def __init__(self, primary: str, sentinels: Sentinel, **kwargs: Any) -> None:
+        super().__init__(primary, sentinels, **kwargs)  # type: ignore[no-untyped-call]
+        self.checked_at = 0.0
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        connection = await super().get_connection(*args, **kwargs)
+        try:
+            if await self.primary_moved(connection):
+                await connection.disconnect()
+                await connection.connect()  # type: ignore[no-untyped-call]  # asks the sentinels again
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+    async def primary_moved(self, connection: AbstractConnection) -> bool:
+        now = time.monotonic()
+        if now - self.checked_at >= PRIMARY_CHECK_S:
+            self.checked_at = now
+            try:
+                await self.get_master_address()  # type: ignore[no-untyped-call]  # closes idle ones to the old
+            except RedisConnectionError:  # sentinels unreachable: keep the primary we know
+                return False
+        where = (getattr(connection, "host", None), getattr(connection, "port", None))
+        return self.master_address is not None and where != tuple(self.master_address)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        for client in self.sentinel_manager.sentinels:
+            await client.aclose()
+
+
 def open_pool(url: str, timeout_s: float) -> BoundedPool:
     """One pool for the whole app: connecting, every command, and the wait for a free
-    connection, each bounded by `timeout_s`."""
-    return BoundedPool.from_url(
-        url,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s,
-        max_connections=MAX_CONNECTIONS,
-        timeout=timeout_s,
+    connection, each bounded by `timeout_s`; a `redis+sentinel://` URL asks the sentinels
+    (each question bounded too) where the primary is."""
+    deadlines: dict[str, Any] = {
+        "socket_connect_timeout": timeout_s,
+        "socket_timeout": timeout_s,
+        "max_connections": MAX_CONNECTIONS,
+        "timeout": timeout_s,
+    }
+    target = parse_sentinel_url(url)
+    if target is None:
+        return BoundedPool.from_url(url, **deadlines)
+    # Finding the primary asks the sentinels one after the other until one knows: each gets
+    # its share of the deadline, so silent sentinels cost no more than one timeout in all.
+    share_s = timeout_s / len(target.sentinels)
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]  # redis-py's is untyped
+        target.sentinels, socket_connect_timeout=share_s, socket_timeout=share_s
     )
+    return BoundedSentinelPool(
+        target.primary,
+        sentinels,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        **deadlines,
+    )
+
+
+def leave_when_primary_moves(redis: Redis) -> asyncio.Task[None] | None:
+    """For a worker whose Redis is Sentinel-watched (ARQ's own pool): ask the sentinels every
+    PRIMARY_CHECK_S where the primary is, and when it is no longer where this worker's
+    connections go, stop the worker as SIGTERM does (its running jobs get ARQ's
+    job_completion_wait), for its supervisor to start it again on the new primary. Without
+    this, after a planned failover the worker polls the old primary, which still answers,
+    until the sentinels demote it seconds later. None for a plain Redis; cancel the task at
+    shutdown."""
+    pool = redis.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return None
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(PRIMARY_CHECK_S)
+            try:
+                now = await pool.sentinel_manager.discover_master(pool.service_name)
+            except RedisConnectionError:  # no sentinel answers: keep the primary we have
+                continue
+            if pool.master_address is not None and now != pool.master_address:
+                os.kill(os.getpid(), signal.SIGTERM)  # ARQ's own graceful shutdown
+                return
+
+    return asyncio.create_task(watch(), name="leave-when-primary-moves")

@@ -4,7 +4,7 @@
     arq stage2_arq_basic.worker.WorkerSettings
 """
 
-from arq.connections import RedisSettings
+from jobkit import redis_pool
 
 from . import jobs
 from .config import get_settings
@@ -35,7 +35,8 @@ class WorkerSettings:
     # ARQ reads these attributes from this class's own __dict__, so a subclass would lose
     # them: a second worker configuration copies the ones it needs instead.
     functions = [function for _, function in TASKS.values()]
-    redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
+    # ARQ's RedisSettings for a redis:// URL, or for a Sentinel-watched primary (jobkit)
+    redis_settings = redis_pool.arq_settings(get_settings().redis_url)
     queue_name = get_settings().queue_name
     job_serializer = jobs.serialize
     job_deserializer = jobs.deserialize

@@ -7,9 +7,7 @@
 import asyncio
 from typing import Any
 
-from arq.connections import RedisSettings
-
-from jobkit import heartbeat
+from jobkit import heartbeat, redis_pool
 
 from . import jobs
 from .config import get_settings
@@ -80,7 +78,8 @@ class WorkerSettings:
     # ARQ reads these attributes from this class's own __dict__, so a subclass would lose
     # them: a second worker configuration copies the ones it needs instead.
     functions = [function for _, function in TASKS.values()]
-    redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
+    # ARQ's RedisSettings for a redis:// URL, or for a Sentinel-watched primary (jobkit)
+    redis_settings = redis_pool.arq_settings(get_settings().redis_url)
     queue_name = get_settings().queue_name
     job_serializer = jobs.serialize
     job_deserializer = jobs.deserialize

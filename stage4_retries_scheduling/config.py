@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     # each try ("otlp", "console" or "file:<path>"; "": off); JSON log lines naming their job.
     metrics: bool = True
     worker_metrics_port: int | None = None
+    worker_metrics_host: str = "127.0.0.1"  # the address it listens on: this host's own
     tracing: str = ""
     json_logs: bool = False
 

@@ -11,10 +11,9 @@ runs a cron job that looks after the ledger (maintenance.py).
 import asyncio
 from typing import Any
 
-from arq.connections import RedisSettings
 from arq.worker import Function, func
 
-from jobkit import logs, observe, pinned_http
+from jobkit import logs, observe, pinned_http, redis_pool
 
 from . import jobs, maintenance
 from .config import get_settings
@@ -72,6 +71,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         ctx,
         settings.queue_name,
         metrics_port=settings.worker_metrics_port,
+        metrics_host=settings.worker_metrics_host,
         tracing=settings.tracing,
         json_logs=settings.json_logs,
     )
@@ -79,9 +79,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     # For fetch: its settings, and one HTTP client per worker process for every job.
     ctx["settings"] = get_settings()
     ctx["http"] = pinned_http.make_client(ctx["settings"].fetch_timeout_s)
+    # Past one machine: after a failover, leave (as on SIGTERM) for the supervisor to start
+    # this worker again on the new primary; ARQ's connections never move by themselves.
+    ctx["watch"] = redis_pool.leave_when_primary_moves(ctx["redis"])
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if ctx.get("watch"):
+        ctx["watch"].cancel()
     await observe.stop_worker(ctx)
     await ctx["http"].aclose()
     await ctx["ledger"].flush()
@@ -140,7 +145,8 @@ class WorkerSettings:
     # them: a second worker configuration copies the ones it needs instead.
     functions = task_functions()
     cron_jobs = [maintenance.every_few_minutes(maintenance.maintain_ledger)]
-    redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
+    # ARQ's RedisSettings for a redis:// URL, or for a Sentinel-watched primary (jobkit)
+    redis_settings = redis_pool.arq_settings(get_settings().redis_url)
     queue_name = get_settings().queue_name
     job_serializer = jobs.serialize
     job_deserializer = jobs.deserialize

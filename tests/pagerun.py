@@ -318,6 +318,8 @@ def ready(name: str, command: str, proc: Proc) -> bool:
         return "Press Ctrl-C to stop." in proc.output()
     if name == "arq":
         return harness.worker_polls(proc)
+    if name == "scaleout":  # its APIs listen on addresses of their own (devkit/scaleout.py)
+        return "Ctrl-C stops it all" in proc.output()
     ports = re.findall(r"(?:--port |:|http\.server )(\d{2,5})\b", command) or ["8000"]
     return all(listening(int(port)) for port in ports)
 

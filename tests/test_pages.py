@@ -23,6 +23,7 @@ PAGES = [
     "docs/stages/stage3.md",
     "docs/stages/stage4.md",
     "docs/production.md",
+    "docs/guides/beyond-one-machine.md",
     "docs/operating.md",
     "docs/guides/your-app.md",
     "docs/guides/testing.md",

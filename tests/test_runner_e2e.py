@@ -19,6 +19,7 @@ import redis
 
 from devkit.harness import api_answers, api_command, wait_until
 from devkit.stages import newest_stage
+from devkit.topology import ReplicatedValkey
 from devkit.valkey import free_port
 from tests import tools
 from tests.helpers import poll
@@ -313,3 +314,30 @@ def test_with_your_own_redis_a_second_ctrl_c_says_when_arq_runs_the_job_again(
         left_s = queue.pttl(f"arq:in-progress:{job_id}") / 1000
         assert 0 < left_s <= int(stopped[1]) + 1
         assert queue.zscore("arq:queue", job_id) is not None
+
+
+def test_the_runner_runs_a_stage_on_a_sentinel_watched_redis_url(tmp_path):
+    with ReplicatedValkey(tmp_path / "redis", network=123) as nodes:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        with Processes(tmp_path / "logs") as procs:
+            runner = procs.runner(2, port, tmp_path / "data", stage_env(nodes.url, tmp_path))
+            job_id = httpx.post(f"{url}/tasks/add", json={"x": 2, "y": 3}).json()["job_id"]
+            assert poll(lambda: job_status(url, job_id), JOB_DEADLINE_S, "the job") == "complete"
+            runner.process.send_signal(signal.SIGINT)
+            code, output = exited(runner)
+        assert code == 0, output
+        assert f"using your Redis at {nodes.url}" in output
+        primary = nodes.current_primary()
+        with redis.Redis(primary.host, primary.port) as client:
+            assert client.exists(f"arq:result:{job_id}")
+
+
+def test_a_sentinel_url_whose_sentinels_do_not_answer_is_a_one_line_error(tmp_path):
+    env = stage_env(f"redis+sentinel://127.0.0.1:{free_port()}/jobs", tmp_path)
+    with Processes(tmp_path / "logs") as procs:
+        command = runner_command(2, free_port(), tmp_path / "data")
+        code, output = exited(procs.start("runner", command, env))
+    assert code == 1
+    assert "does not answer" in output
+    assert "Traceback" not in output

@@ -2,6 +2,7 @@
 synchronous SQLAlchemy from async code (group commit, write-behind that survives a lock)."""
 
 import asyncio
+import contextlib
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 
 import jobkit.db
 from jobkit.db import Database, UTCDateTime, create_engine, create_tables
+from tests.helpers import poll
 
 metadata = sa.MetaData()
 ROWS = sa.Table(
@@ -45,7 +47,39 @@ def test_a_postgresql_url_gets_its_timeouts_and_sqlite_gets_none():
     assert args["connect_timeout"] == jobkit.db.PG_CONNECT_TIMEOUT_S
     assert f"lock_timeout={jobkit.db.PG_LOCK_TIMEOUT_MS}" in args["options"]
     assert f"statement_timeout={jobkit.db.PG_STATEMENT_TIMEOUT_MS}" in args["options"]
+    idle = f"idle_in_transaction_session_timeout={jobkit.db.PG_IDLE_IN_TRANSACTION_MS}"
+    assert idle in args["options"]
     assert jobkit.db._connect_args("sqlite:///x.db") == {}
+
+
+@pytest.mark.e2e  # starts a PostgreSQL of its own (tests/postgres.py)
+def test_a_session_stopped_inside_a_transaction_frees_its_rows(new_postgres_database, monkeypatch):
+    monkeypatch.setattr(jobkit.db, "PG_IDLE_IN_TRANSACTION_MS", 300)
+    url = new_postgres_database()
+    stopped, other = create_engine(url), create_engine(url)
+    with stopped.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE job (id int PRIMARY KEY, status text)")
+        connection.exec_driver_sql("INSERT INTO job VALUES (1, 'queued')")
+    held = stopped.connect()
+    held.begin()
+    held.exec_driver_sql("UPDATE job SET status = 'in_progress' WHERE id = 1")
+    # Its process does nothing more now, as a SIGSTOPped worker would, the row still locked.
+
+    def another_writer_gets_the_row() -> bool:
+        try:
+            with other.begin() as connection:
+                connection.exec_driver_sql("UPDATE job SET status = 'complete' WHERE id = 1")
+        except sa.exc.OperationalError:  # lock_timeout: still held
+            return False
+        return True
+
+    try:
+        poll(another_writer_gets_the_row, 10, "the stopped session's lock to go")
+    finally:
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
+            held.close()
+        stopped.dispose()
+        other.dispose()
 
 
 def test_create_tables_gives_up_after_its_tries(tmp_path, monkeypatch):
