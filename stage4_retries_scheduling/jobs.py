@@ -62,6 +62,7 @@ class Status(StrEnum):
 
 
 FINAL = frozenset({Status.COMPLETE, Status.FAILED, Status.CANCELLED})  # will not change any more
+UNFINISHED = frozenset(Status) - FINAL
 # Why DELETE took a job off the queue (cancel.py): it ended between tries, not in one.
 NOT_RUN = "cancelled before it ran"
 BETWEEN_TRIES = "cancelled while waiting for its next try"

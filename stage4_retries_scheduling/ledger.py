@@ -6,14 +6,16 @@ for some), or whose write it lost, is recorded from Redis by the read that finds
 (jobstore.read_job) and by the cron job (maintenance.reconcile), for all of them."""
 
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from jobkit.dashboard import count_by, moving_jobs
 from jobkit.db import Database, create_engine, create_tables
 
-from .jobs import FINAL, Attempt, JobView
+from .jobs import FINAL, UNFINISHED, Attempt, JobView
 from .tables import ATTEMPTS, JOBS, LedgerModel, insert_attempt_if_on_record, now
 
 
@@ -83,6 +85,16 @@ class Ledger:
         order = (JOBS.c.enqueue_time.desc(), JOBS.c.job_id.desc())
         page = query.order_by(*order).limit(limit)
         return await self.db.read_with(lambda connection: with_attempt_logs(connection, page))
+
+    async def page(self, newest: int, also: Sequence[str]) -> tuple[dict[str, int], list[JobView]]:
+        """For the jobs page (history.py): how many jobs are in each state, and the jobs that
+        move (the newest, the unfinished, and `also` by id) with their tries, in one trip."""
+        moving = moving_jobs(JOBS, UNFINISHED, newest, also)
+
+        def read(connection: sa.Connection) -> tuple[dict[str, int], list[JobView]]:
+            return count_by(connection, JOBS.c.status), with_attempt_logs(connection, moving)
+
+        return await self.db.read_with(read)
 
     async def ping(self) -> None:
         await self.db.read(JOBS.select().limit(0), dict)

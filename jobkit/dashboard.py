@@ -1,0 +1,110 @@
+"""The jobs page's machinery: one event stream per open page, fed by one read for all of them,
+and the page's script and styles (jobkit/static/), served as plain files: no build step, no
+CDN, so the page works on a machine with no network.
+
+- `Feed(streams, read)`: each open page follows one stream (`Feed.follow`) of the page's
+  state: what `read(also)` returns (the stage's counts, queue and the jobs that move). One
+  read every FEED_POLL_S feeds every open page, however many there are (jobkit.streams), and
+  the streams are capped the same way as a job's (a 429 beyond). The state is encoded once
+  per read, not once per page.
+- A job that ends leaves the unfinished jobs the read selects; the feed asks for it by id
+  (`also`) for KEEP_ENDED_S more, so every page sees how it ended.
+- `moving_jobs(...)` and `count_by(...)`: the SQL behind that read, the same on SQLite and
+  PostgreSQL, each on an index the ledger already has.
+
+A learner may skip this module: stages 3 and 4 use it for `GET /` and `GET /events`.
+"""
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from jobkit.queue_state import QueueView
+from jobkit.streams import Streams
+
+FEED_POLL_S = 0.5  # how often the page's state is read, for all the open pages together
+KEEP_ENDED_S = 10.0  # how long a job that has just ended stays in the state
+MAX_ENDED = 200  # ended jobs kept in the state at once (a burst of endings: the newest)
+MAX_UNFINISHED = 100  # unfinished jobs in the state: a page shows at most MAX_PAGE_SIZE
+FEED_KEY = "jobs page"  # the streams' key for the page's state (a job's key is its hex id)
+STATIC = Path(__file__).parent / "static"
+
+# What the stage reads for a page: given the ids of jobs that have just ended, the state
+# (a pydantic model) and the ids of the unfinished jobs in it.
+PageRead = Callable[[Sequence[str]], Awaitable[tuple[BaseModel, set[str]]]]
+
+
+def static_files() -> StaticFiles:
+    """The page's script and styles, as files (mounted at /static by the stages)."""
+    return StaticFiles(directory=STATIC)
+
+
+class Feed:
+    """The page's state for every open page: one read per FEED_POLL_S, one encoding."""
+
+    def __init__(self, streams: Streams, read: PageRead) -> None:
+        self.streams = streams
+        self.read = read
+        self.unfinished: set[str] = set()
+        self.ended: dict[str, float] = {}  # job id: until when (time.monotonic) it is kept
+
+    async def follow(self) -> AsyncIterator[str]:
+        """The state as JSON now, then each time it changes (until EVENTS_MAX_S: the browser
+        reconnects by itself)."""
+        first = await self._read(FEED_KEY)
+        async for state in self.streams.follow(
+            FEED_KEY, first, self._read, ended=_never, interval=FEED_POLL_S
+        ):
+            yield state
+
+    async def _read(self, key: str) -> str:
+        now = time.monotonic()
+        kept = sorted(self.ended.items(), key=lambda item: item[1])[-MAX_ENDED:]
+        self.ended = {job_id: until for job_id, until in kept if until > now}
+        state, unfinished = await self.read(list(self.ended))
+        for job_id in self.unfinished - unfinished:
+            self.ended.setdefault(job_id, now + KEEP_ENDED_S)
+        self.unfinished = unfinished
+        return state.model_dump_json()
+
+
+def _never(state: str) -> bool:
+    return False
+
+
+def moving_jobs(
+    jobs: sa.Table, unfinished: Collection[str], newest: int, also: Sequence[str]
+) -> sa.Select[Any]:
+    """The jobs a page must hear about, newest first: the `newest` few (a new job appears),
+    the unfinished ones (up to MAX_UNFINISHED: their bars move) and `also`, by id."""
+    ids = jobs.c.job_id
+    order = (jobs.c.enqueue_time.desc(), ids.desc())
+    newest_ids = sa.select(ids).order_by(*order).limit(newest)  # index jobs_newest_first
+    unfinished_ids = (  # the status index
+        sa.select(ids).where(jobs.c.status.in_(sorted(unfinished))).limit(MAX_UNFINISHED)
+    )
+    wanted = sa.or_(ids.in_(newest_ids), ids.in_(unfinished_ids), ids.in_(list(also)))
+    return jobs.select().where(wanted).order_by(*order)
+
+
+def count_by(connection: sa.Connection, column: sa.Column[Any]) -> dict[str, int]:
+    """How many rows have each value of `column` (the status: the page's counts)."""
+    query = sa.select(column, sa.func.count()).group_by(column)
+    return {value: count for value, count in connection.execute(query)}
+
+
+def page_queue(view: QueueView) -> dict[str, Any]:
+    """The queue as the page shows it: ages to the whole second, so an idle queue's state
+    changes about once a second, not at every read."""
+    queue = dict(vars(view))
+    if queue["oldest_ready_age_s"] is not None:
+        queue["oldest_ready_age_s"] = round(queue["oldest_ready_age_s"])
+    queue["workers"] = [
+        {**vars(worker), "last_seen_s": round(worker.last_seen_s)} for worker in view.workers
+    ]
+    return queue

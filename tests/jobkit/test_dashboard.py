@@ -1,0 +1,105 @@
+"""jobkit.dashboard: the jobs page's feed (one read for every open page, a job that ends kept
+a while), the SQL behind it on a real SQLite file, and the queue as the page shows it."""
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from pydantic import BaseModel
+
+import jobkit.dashboard
+from jobkit.dashboard import Feed, count_by, moving_jobs, page_queue
+from jobkit.db import UTCDateTime, create_engine, create_tables
+from jobkit.heartbeat import WorkerBeat
+from jobkit.queue_state import QueueView
+from jobkit.streams import Streams
+
+metadata = sa.MetaData()
+JOBS = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), index=True),
+    sa.Column("enqueue_time", UTCDateTime),
+    sa.Index("jobs_newest_first", "enqueue_time", "job_id"),
+)
+
+
+class State(BaseModel):
+    jobs: list[str]
+    also: list[str]
+
+
+def test_the_sql_selects_the_newest_the_unfinished_and_the_asked_for(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    create_tables(metadata, engine)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [("old-queued", "queued", 0), ("old-done", "complete", 1), ("asked", "failed", 2)]
+    rows += [(f"new-{n}", "complete", 10 + n) for n in range(3)]
+    with engine.begin() as connection:
+        for job_id, status, minute in rows:
+            when = start + timedelta(minutes=minute)
+            connection.execute(JOBS.insert(), dict(job_id=job_id, status=status, enqueue_time=when))
+    with engine.connect() as connection:
+        query = moving_jobs(JOBS, {"queued", "in_progress"}, newest=2, also=["asked"])
+        found = [row.job_id for row in connection.execute(query)]
+        counts = count_by(connection, JOBS.c.status)
+    engine.dispose()
+    assert found == ["new-2", "new-1", "asked", "old-queued"]  # newest first
+    assert counts == {"queued": 1, "complete": 4, "failed": 1}
+
+
+def test_every_follower_shares_one_read_and_an_ended_job_is_asked_for_a_while(monkeypatch):
+    monkeypatch.setattr(jobkit.dashboard, "FEED_POLL_S", 0.01)
+    reads: list[Sequence[str]] = []
+    unfinished = {"a", "b"}
+
+    async def read(also: Sequence[str]) -> tuple[State, set[str]]:
+        reads.append(list(also))
+        return State(jobs=sorted(unfinished), also=list(also)), set(unfinished)
+
+    async def scenario() -> list[list[str]]:
+        streams = Streams()
+        feed = Feed(streams, read)
+        followers = [feed.follow() for _ in range(5)]
+        firsts = [await anext(follower) for follower in followers]  # a read each
+        assert len(reads) == 5
+        unfinished.discard("a")  # job a ends
+        later = await asyncio.gather(*(anext(follower) for follower in followers))
+        asked = await asyncio.gather(*(anext(follower) for follower in followers))
+        for follower in followers:
+            await follower.aclose()
+        streams.close()
+        return [firsts[0], *later, *asked]
+
+    states = asyncio.run(scenario())
+    assert len(reads) <= 5 + 3  # five first reads, then a poll (or so) per change for all
+    assert State.model_validate_json(states[0]).jobs == ["a", "b"]
+    assert {State.model_validate_json(state).jobs[0] for state in states[1:]} == {"b"}
+    assert State.model_validate_json(states[-1]).also == ["a"]  # the ended job, by id
+
+
+def test_the_page_sees_ages_to_the_second():
+    worker = WorkerBeat("w1", "host", 1, "2026-01-01T00:00:00Z", 2.4, 1, 2, 0, 0)
+    view = QueueView(ready=1, scheduled=0, running=1, oldest_ready_age_s=3.7, workers=[worker])
+    shown = page_queue(view)
+    assert shown["oldest_ready_age_s"] == 4
+    assert shown["workers"][0]["last_seen_s"] == 2
+    assert page_queue(QueueView(0, 0, 0, None, []))["oldest_ready_age_s"] is None
+
+
+@pytest.mark.parametrize("ended", [0, 250])
+def test_endings_kept_are_bounded(monkeypatch, ended):
+    async def read(also: Sequence[str]) -> tuple[State, set[str]]:
+        return State(jobs=[], also=list(also)), set()
+
+    async def scenario() -> int:
+        feed = Feed(Streams(), read)
+        feed.unfinished = {f"j{n}" for n in range(ended)}
+        await feed._read("page")  # every one of them ended
+        state = State.model_validate_json(await feed._read("page"))
+        return len(state.also)
+
+    assert asyncio.run(scenario()) == min(ended, jobkit.dashboard.MAX_ENDED)

@@ -1,0 +1,141 @@
+"""The jobs page (stage 3+), used as a person uses it: in a real Chromium driven by
+Playwright, against a real uvicorn and a real arq worker, clicking and waiting for what
+appears. Nothing here reads the HTML as text."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.helpers import poll
+from tests.processes import Processes, free_port, stage_env
+
+pytestmark = [pytest.mark.since_stage(3), pytest.mark.browser]
+
+JOBS_DEADLINE_S = 60.0  # for a worker process to run a handful of short jobs
+
+
+@dataclass
+class Site:
+    url: str
+    procs: Processes
+    env: dict[str, str]
+    stage: Any
+
+    def submit(self, task: str, **args: Any) -> str:
+        response = httpx.post(f"{self.url}/tasks/{task}", json=args, timeout=10)
+        assert response.status_code == 202, response.text
+        return response.json()["job_id"]
+
+    def jobs(self, **params: Any) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/jobs", params=params, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def start_worker(self) -> Any:
+        return self.procs.worker(self.stage, self.env)
+
+
+@contextlib.contextmanager
+def site(stage: Any, redis_url: str, tmp_path: Path) -> Iterator[Site]:
+    """The stage's API as a uvicorn process (no worker yet: a test starts one)."""
+    port = free_port()
+    env = stage_env(redis_url, tmp_path / "data")
+    with Processes(tmp_path / "logs") as procs:
+        procs.api(stage, port, env)
+        yield Site(f"http://127.0.0.1:{port}", procs, env, stage)
+
+
+def open_page(page: Page, url: str) -> None:
+    page.goto(url)
+    expect(page.get_by_role("status")).to_have_text("Live: this page updates itself.")
+    page.evaluate("window.loadedOnce = true")  # gone if the page ever reloads
+
+
+def shown_ids(page: Page) -> list[str]:
+    rows = page.locator("#jobs tr[id^='job-']")
+    return rows.evaluate_all("rows => rows.map((row) => row.id.slice('job-'.length))")
+
+
+def test_a_job_submitted_after_the_page_loaded_appears_and_its_bar_moves(
+    stage, redis_url, tmp_path, page: Page
+):
+    with site(stage, redis_url, tmp_path) as app:
+        open_page(page, f"{app.url}/")
+        expect(page.get_by_role("alert").filter(has_text="No worker is running")).to_be_visible()
+        job_id = app.submit("report", steps=6, step_seconds=0.4)
+
+        row = page.locator(f"#job-{job_id}")
+        expect(row).to_have_class("queued")  # it appeared, with no reload
+        expect(page.locator("[data-count='queued']")).to_have_text("1")
+        app.start_worker()
+        expect(page.locator("#no-workers")).to_be_hidden()
+        expect(page.locator("#workers li")).to_have_count(1)
+        bar = row.get_by_role("progressbar")
+        poll(lambda: 0 < int(bar.evaluate("bar => bar.value")) < 100, JOBS_DEADLINE_S, "a bar")
+        expect(row).to_have_class("complete", timeout=JOBS_DEADLINE_S * 1000)
+        expect(bar).to_have_js_property("value", 100)
+        expect(row.locator(".message")).to_have_text("step 6 of 6")
+        expect(page.locator("[data-count='complete']")).to_have_text("1")
+        assert page.evaluate("window.loadedOnce") is True  # never reloaded
+
+
+def test_the_detail_view_shows_a_whole_long_result_the_table_truncates(
+    stage, redis_url, tmp_path, page: Page
+):
+    with site(stage, redis_url, tmp_path) as app:
+        app.start_worker()
+        failing = app.submit("divide", x=1, y=0)
+        poll(lambda: app.jobs(status="failed")["jobs"], JOBS_DEADLINE_S, "the job to fail")
+        open_page(page, f"{app.url}/")
+
+        page.get_by_role("button", name=f"details of job {failing}").click()
+        detail = page.get_by_role("dialog")
+        expect(detail).to_be_visible()
+        expect(detail.get_by_role("heading")).to_have_text(f"Job {failing}")
+        expect(detail.locator("dd").filter(has_text="ZeroDivisionError")).to_have_count(1)
+        expect(detail.locator("dt", has_text="finished (UTC)")).to_have_count(1)
+        page.keyboard.press("Escape")  # from the keyboard
+        expect(detail).to_be_hidden()
+
+
+def test_the_filters_and_the_pages_show_what_get_jobs_answers(
+    stage, redis_url, tmp_path, page: Page
+):
+    with site(stage, redis_url, tmp_path) as app:
+        app.start_worker()
+        for n in range(23):
+            app.submit("add", x=n, y=1)
+        for n in range(4):
+            app.submit("divide", x=n, y=0)
+        poll(lambda: len(app.jobs(status="complete", limit=50)["jobs"]) == 23, JOBS_DEADLINE_S,
+             "the jobs to run")  # fmt: skip
+        poll(lambda: len(app.jobs(status="failed")["jobs"]) == 4, JOBS_DEADLINE_S, "failures")
+        open_page(page, f"{app.url}/")
+
+        first = app.jobs(limit=20)
+        expect(page.locator("#jobs tr[id^='job-']")).to_have_count(20)
+        assert shown_ids(page) == [job["job_id"] for job in first["jobs"]]
+        page.get_by_role("button", name="Older jobs").click()
+        older = app.jobs(limit=20, cursor=first["next_cursor"])
+        expect(page.locator("#jobs tr[id^='job-']")).to_have_count(len(older["jobs"]))
+        assert shown_ids(page) == [job["job_id"] for job in older["jobs"]]
+        expect(page.get_by_role("button", name="Older jobs")).to_be_disabled()
+        page.get_by_role("button", name="Newer jobs").click()
+        expect(page.locator("#jobs tr[id^='job-']")).to_have_count(20)
+
+        page.get_by_label("Function").select_option("divide")
+        expect(page.locator("#jobs tr[id^='job-']")).to_have_count(4)
+        assert shown_ids(page) == [job["job_id"] for job in app.jobs(function="divide")["jobs"]]
+        page.get_by_label("Function").select_option("")
+        page.get_by_role("button", name="show the failed jobs").click()
+        expect(page.get_by_label("Status")).to_have_value("failed")
+        expect(page.locator("#jobs tr[id^='job-']")).to_have_count(4)
+        expect(page.locator("[data-count='complete']")).to_have_text("23")
