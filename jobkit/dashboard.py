@@ -11,6 +11,11 @@ CDN, so the page works on a machine with no network.
   (`also`) for KEEP_ENDED_S more, so every page sees how it ended.
 - `moving_jobs(...)` and `count_by(...)`: the SQL behind that read, the same on SQLite and
   PostgreSQL, each on an index the ledger already has.
+- `same_site_only`: a dependency for the page's actions (stage 4's cancel and retry). There
+  is no login, so what stops another site's page from making a visitor's browser send them
+  is this: a request a browser marks as sent from another site (Sec-Fetch-Site, Origin), or
+  with a body only an HTML form sends, gets a JSON 403. The page sends JSON from its own
+  origin; curl sends neither header, and passes.
 
 A learner may skip this module: stages 3 and 4 use it for `GET /` and `GET /events`.
 """
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from fastapi import HTTPException, Request
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
@@ -108,3 +114,20 @@ def page_queue(view: QueueView) -> dict[str, Any]:
         {**vars(worker), "last_seen_s": round(worker.last_seen_s)} for worker in view.workers
     ]
     return queue
+
+
+# What a plain HTML form can send (its enctype): anything else makes a browser ask the server
+# first (a CORS preflight), which this app never grants to another site.
+FORM_BODIES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
+OTHER_SITES = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site: not our own origin
+
+
+async def same_site_only(request: Request) -> None:
+    """A JSON 403 for an action another site's page may have made the browser send."""
+    own_origin = f"{request.url.scheme}://{request.url.netloc}"
+    origin = request.headers.get("origin")
+    body_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.headers.get("sec-fetch-site") in OTHER_SITES or origin not in (None, own_origin):
+        raise HTTPException(403, "Refused: sent from another site's page")
+    if body_type in FORM_BODIES:
+        raise HTTPException(403, "Refused: an action takes no form body (send JSON, or none)")

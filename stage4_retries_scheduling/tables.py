@@ -39,6 +39,10 @@ class JobRecord(LedgerModel, table=True):
     start_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finish_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=now, sa_type=UTCDateTime)
+    # Scheduling: when a deferred job is due. Retry from the page: the job this one retries;
+    # UNIQUE, so an old job has at most one retry, however many clicks or tabs ask at once.
+    run_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    retry_of: str | None = Field(default=None, max_length=64, unique=True)
 
 
 # The same table as SQLAlchemy Core sees it, for queries: JOBS.c.status, JOBS.select().

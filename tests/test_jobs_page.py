@@ -14,6 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from jobkit.heartbeat import TTL_S
 from tests.helpers import poll
 from tests.processes import Processes, free_port, stage_env
 
@@ -31,6 +32,12 @@ class Site:
 
     def submit(self, task: str, **args: Any) -> str:
         response = httpx.post(f"{self.url}/tasks/{task}", json=args, timeout=10)
+        assert response.status_code == 202, response.text
+        return response.json()["job_id"]
+
+    def submit_later(self, task: str, delay_seconds: float, **args: Any) -> str:
+        params = {"delay_seconds": delay_seconds}
+        response = httpx.post(f"{self.url}/tasks/{task}", json=args, params=params, timeout=10)
         assert response.status_code == 202, response.text
         return response.json()["job_id"]
 
@@ -87,7 +94,7 @@ def test_a_job_submitted_after_the_page_loaded_appears_and_its_bar_moves(
         assert page.evaluate("window.loadedOnce") is True  # never reloaded
 
 
-def test_the_detail_view_shows_a_whole_long_result_the_table_truncates(
+def test_the_detail_view_shows_a_jobs_arguments_error_and_times(
     stage, redis_url, tmp_path, page: Page
 ):
     with site(stage, redis_url, tmp_path) as app:
@@ -100,7 +107,8 @@ def test_the_detail_view_shows_a_whole_long_result_the_table_truncates(
         detail = page.get_by_role("dialog")
         expect(detail).to_be_visible()
         expect(detail.get_by_role("heading")).to_have_text(f"Job {failing}")
-        expect(detail.locator("dd").filter(has_text="ZeroDivisionError")).to_have_count(1)
+        expect(detail.locator("dd").filter(has_text="ZeroDivisionError").first).to_be_visible()
+        expect(detail.locator("dd pre").first).to_contain_text('"y": 0')
         expect(detail.locator("dt", has_text="finished (UTC)")).to_have_count(1)
         page.keyboard.press("Escape")  # from the keyboard
         expect(detail).to_be_hidden()
@@ -139,3 +147,58 @@ def test_the_filters_and_the_pages_show_what_get_jobs_answers(
         expect(page.get_by_label("Status")).to_have_value("failed")
         expect(page.locator("#jobs tr[id^='job-']")).to_have_count(4)
         expect(page.locator("[data-count='complete']")).to_have_text("23")
+
+
+@pytest.mark.since_stage(4)
+def test_cancel_stops_a_deferred_job_from_the_page(stage, redis_url, tmp_path, page: Page):
+    with site(stage, redis_url, tmp_path) as app:
+        app.start_worker()
+        job_id = app.submit_later("add", 60, x=1, y=2)
+        open_page(page, f"{app.url}/")
+        row = page.locator(f"#job-{job_id}")
+        expect(row.locator(".status")).to_contain_text("deferred until")
+        expect(page.locator("[data-queue='scheduled']")).to_have_text("1")
+
+        row.get_by_role("button", name=f"cancel job {job_id[:8]}").click()
+        expect(row).to_have_class("cancelled")
+        expect(page.locator("[data-queue='scheduled']")).to_have_text("0")
+        assert httpx.get(f"{app.url}/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+@pytest.mark.since_stage(4)
+def test_retry_of_a_failed_job_makes_one_linked_job_even_on_a_double_click(
+    stage, redis_url, tmp_path, page: Page
+):
+    with site(stage, redis_url, tmp_path) as app:
+        app.start_worker()
+        old = app.submit("divide", x=1, y=0)
+        poll(lambda: app.jobs(status="failed")["jobs"], JOBS_DEADLINE_S, "the job to fail")
+        open_page(page, f"{app.url}/")
+
+        page.get_by_role("button", name=f"retry job {old[:8]}").dblclick()
+        expect(page.get_by_role("status")).to_contain_text("Retried as job")
+        expect(page.locator("#jobs tr[id^='job-']")).to_have_count(2)  # it appeared
+        divides = poll(
+            lambda: [job for job in app.jobs(function="divide")["jobs"] if job["job_id"] != old],
+            JOBS_DEADLINE_S,
+            "the retry",
+        )
+        page.get_by_role("button", name=f"details of job {old}").click()
+        expect(page.get_by_role("dialog").locator("dd", has_text=divides[0]["job_id"][:8]))
+        assert len(app.jobs(function="divide")["jobs"]) == 2  # one retry, not two
+        new = httpx.get(f"{app.url}/jobs/{divides[0]['job_id']}").json()
+        assert new["retry_of"] == old
+        assert httpx.get(f"{app.url}/jobs/{old}").json()["retried_by"] == new["job_id"]
+
+
+@pytest.mark.stages(4)
+def test_a_killed_worker_leaves_the_workers_panel_within_its_heartbeat_ttl(
+    stage, redis_url, tmp_path, page: Page
+):
+    with site(stage, redis_url, tmp_path) as app:
+        worker = app.start_worker()
+        open_page(page, f"{app.url}/")
+        expect(page.locator("#workers li")).to_have_count(1)
+        worker.kill_all()  # SIGKILL: it writes nothing more
+        expect(page.locator("#workers li")).to_have_count(0, timeout=(TTL_S + 10) * 1000)
+        expect(page.get_by_role("alert").filter(has_text="No worker is running")).to_be_visible()

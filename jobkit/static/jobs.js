@@ -16,6 +16,7 @@ const view = {
   cursors: [], // the cursors of the pages before this one (the first page: none)
   stale: false, // rows were dropped off the end since the page was read
   detail: null, // the id of the job in the detail view, if open
+  heard: new Map(), // job id -> the job as the stream last told it, as JSON
 };
 
 // --- Reading the filters, and the page of jobs they select ---
@@ -112,6 +113,10 @@ function heard(state) {
   showQueue(state.queue);
   let added = false;
   for (const job of state.jobs) {
+    const heardBefore = view.heard.get(job.job_id);
+    const json = JSON.stringify(job);
+    if (heardBefore === json) continue; // nothing new: leave the row (and the focus) alone
+    view.heard.set(job.job_id, json);
     if (view.jobs.has(job.job_id)) {
       view.jobs.set(job.job_id, job);
       const row = document.getElementById(`job-${job.job_id}`);
@@ -255,5 +260,5 @@ function start() {
   loadPage().then(listen);
 }
 
-window.jobsPage = { view, loadPage, fillRow, say, field };
+window.jobsPage = { view, loadPage, fillRow, say, field, openDetail };
 start();

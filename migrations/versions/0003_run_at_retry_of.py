@@ -1,0 +1,31 @@
+"""Stage 4's jobs page: a deferred job's run time (run_at), and the job a retry retries
+(retry_of, unique: one retry per old job, however many clicks ask for it).
+
+Revision ID: 0003_run_at_retry_of
+Revises: 0002_attempts
+Create Date: 2026-12-07
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0003_run_at_retry_of"
+down_revision: str | Sequence[str] | None = "0002_attempts"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("run_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("retry_of", sa.String(length=64), nullable=True))
+        batch_op.create_unique_constraint(batch_op.f("uq_jobs_retry_of"), ["retry_of"])
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_constraint(batch_op.f("uq_jobs_retry_of"), type_="unique")
+        batch_op.drop_column("retry_of")
+        batch_op.drop_column("run_at")
