@@ -9,6 +9,9 @@ CDN, so the page works on a machine with no network.
   per read, not once per page.
 - A job that ends leaves the unfinished jobs the read selects; the feed asks for it by id
   (`also`) for KEEP_ENDED_S more, so every page sees how it ended.
+- The state a page hears carries only the jobs that changed in the last RECENT_S (a page
+  reads its table from GET /jobs when it opens, and then needs only what moves): an idle
+  queue's state is a few hundred bytes, however many jobs the table shows.
 - `moving_jobs(...)` and `count_by(...)`: the SQL behind that read, the same on SQLite and
   PostgreSQL, each on an index the ledger already has.
 - `same_site_only`: a dependency for the page's actions (stage 4's cancel and retry). There
@@ -20,6 +23,7 @@ CDN, so the page works on a machine with no network.
 A learner may skip this module: stages 3 and 4 use it for `GET /` and `GET /events`.
 """
 
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from pathlib import Path
@@ -37,6 +41,7 @@ FEED_POLL_S = 0.5  # how often the page's state is read, for all the open pages 
 KEEP_ENDED_S = 10.0  # how long a job that has just ended stays in the state
 MAX_ENDED = 200  # ended jobs kept in the state at once (a burst of endings: the newest)
 MAX_UNFINISHED = 100  # unfinished jobs in the state: a page shows at most MAX_PAGE_SIZE
+RECENT_S = 5.0  # a job stays in the state this long after it last changed
 FEED_KEY = "jobs page"  # the streams' key for the page's state (a job's key is its hex id)
 STATIC = Path(__file__).parent / "static"
 
@@ -58,6 +63,7 @@ class Feed:
         self.read = read
         self.unfinished: set[str] = set()
         self.ended: dict[str, float] = {}  # job id: until when (time.monotonic) it is kept
+        self.changed: dict[str, tuple[str, float]] = {}  # job id: (its JSON, when it changed)
 
     async def follow(self) -> AsyncIterator[str]:
         """The state as JSON now, then each time it changes (until EVENTS_MAX_S: the browser
@@ -76,7 +82,19 @@ class Feed:
         for job_id in self.unfinished - unfinished:
             self.ended.setdefault(job_id, now + KEEP_ENDED_S)
         self.unfinished = unfinished
-        return state.model_dump_json()
+        fields = state.model_dump(mode="json")
+        fields["jobs"] = self._recent(fields["jobs"], now)
+        return json.dumps(fields)  # once per read, not once per page
+
+    def _recent(self, jobs: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+        """The jobs that changed in the last RECENT_S."""
+        changed = {}
+        for job in jobs:
+            encoded = json.dumps(job, sort_keys=True)
+            before = self.changed.get(job["job_id"])
+            changed[job["job_id"]] = before if before and before[0] == encoded else (encoded, now)
+        self.changed = changed
+        return [job for job in jobs if now - changed[job["job_id"]][1] <= RECENT_S]
 
 
 def _never(state: str) -> bool:

@@ -28,8 +28,12 @@ JOBS = sa.Table(
 
 
 class State(BaseModel):
-    jobs: list[str]
+    jobs: list[dict[str, str]]
     also: list[str]
+
+
+def ids(state: str) -> list[str]:
+    return [job["job_id"] for job in State.model_validate_json(state).jobs]
 
 
 def test_the_sql_selects_the_newest_the_unfinished_and_the_asked_for(tmp_path):
@@ -58,7 +62,8 @@ def test_every_follower_shares_one_read_and_an_ended_job_is_asked_for_a_while(mo
 
     async def read(also: Sequence[str]) -> tuple[State, set[str]]:
         reads.append(list(also))
-        return State(jobs=sorted(unfinished), also=list(also)), set(unfinished)
+        jobs = [{"job_id": job_id} for job_id in sorted(unfinished)]
+        return State(jobs=jobs, also=list(also)), set(unfinished)
 
     async def scenario() -> list[list[str]]:
         streams = Streams()
@@ -76,8 +81,8 @@ def test_every_follower_shares_one_read_and_an_ended_job_is_asked_for_a_while(mo
 
     states = asyncio.run(scenario())
     assert len(reads) <= 5 + 3  # five first reads, then a poll (or so) per change for all
-    assert State.model_validate_json(states[0]).jobs == ["a", "b"]
-    assert {State.model_validate_json(state).jobs[0] for state in states[1:]} == {"b"}
+    assert ids(states[0]) == ["a", "b"]
+    assert {ids(state)[0] for state in states[1:]} == {"b"}
     assert State.model_validate_json(states[-1]).also == ["a"]  # the ended job, by id
 
 
@@ -103,3 +108,52 @@ def test_endings_kept_are_bounded(monkeypatch, ended):
         return len(state.also)
 
     assert asyncio.run(scenario()) == min(ended, jobkit.dashboard.MAX_ENDED)
+
+
+@pytest.mark.parametrize(
+    ("headers", "allowed"),
+    [
+        ({}, True),  # curl, a script
+        ({"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}, True),  # the page
+        ({"Content-Type": "application/json"}, True),
+        ({"Origin": "http://elsewhere.example"}, False),
+        ({"Sec-Fetch-Site": "cross-site"}, False),
+        ({"Sec-Fetch-Site": "same-site"}, False),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, False),
+        ({"Content-Type": "multipart/form-data; boundary=x"}, False),
+        ({"Content-Type": "text/plain;charset=UTF-8"}, False),
+    ],
+)
+def test_an_action_refuses_what_another_sites_page_could_send(headers, allowed):
+    from fastapi import Depends, FastAPI
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+
+    @app.post("/act", dependencies=[Depends(jobkit.dashboard.same_site_only)])
+    async def act() -> dict[str, bool]:
+        return {"done": True}
+
+    response = TestClient(app).post("/act", headers=headers)
+    assert response.status_code == (200 if allowed else 403)
+    if not allowed:
+        assert "Refused" in response.json()["detail"]
+
+
+def test_a_job_that_stopped_changing_leaves_the_state(monkeypatch):
+    monkeypatch.setattr(jobkit.dashboard, "RECENT_S", 0.05)
+    jobs = [{"job_id": "a", "progress": "10"}]
+
+    async def read(also: Sequence[str]) -> tuple[State, set[str]]:
+        return State(jobs=[dict(job) for job in jobs], also=[]), {"a"}
+
+    async def scenario() -> list[list[str]]:
+        feed = Feed(Streams(), read)
+        seen = [ids(await feed._read("page"))]
+        await asyncio.sleep(0.1)
+        seen.append(ids(await feed._read("page")))  # unchanged for longer than RECENT_S
+        jobs[0]["progress"] = "20"
+        seen.append(ids(await feed._read("page")))  # changed again
+        return seen
+
+    assert asyncio.run(scenario()) == [["a"], [], ["a"]]
