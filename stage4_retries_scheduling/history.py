@@ -14,7 +14,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
-from jobkit.dashboard import Feed, page_queue
+from jobkit.dashboard import Chart, Feed, page_queue
 from jobkit.queue_state import read_queue
 from jobkit.streams import RESPONSES as STREAM_LIMITS
 from jobkit.streams import Streams
@@ -103,6 +103,13 @@ class PageState(BaseModel):
     counts: dict[str, int]  # jobs per state
     queue: dict[str, Any] | None  # GET /queue (None: Redis does not answer)
     jobs: list[JobView]  # the newest, the unfinished and the just ended
+
+
+@router.get("/stats")
+async def stats(ledger: LedgerDep) -> Chart:
+    """Jobs finished per minute over the last hour, and their queue waits (p50, p95): the
+    jobs page's charts, from the ledger."""
+    return await ledger.chart()
 
 
 @router.get("/events", response_class=EventSourceResponse, responses=STREAM_LIMITS)

@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobkit.dashboard import count_by, moving_jobs
+from jobkit.dashboard import Chart, chart, chart_start, count_by, finished_since, moving_jobs
 from jobkit.db import Database, create_engine, create_tables
 
 from .jobs import FINAL, UNFINISHED, Attempt, JobView, Status
@@ -109,6 +109,11 @@ class Ledger:
 
     def close(self) -> None:
         self.db.close()
+
+    async def chart(self) -> Chart:
+        """The last hour's jobs finished per minute, and their queue waits (GET /stats)."""
+        since = chart_start(now())
+        return chart(await self.db.read(finished_since(JOBS, since), dict), since)
 
     # --- Retry from the page: a new job for an old one, at most one (retry.py) ---
     async def add_retry(self, old: JobView, job_id: str) -> tuple[str, bool]:

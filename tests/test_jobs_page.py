@@ -175,6 +175,8 @@ def test_retry_of_a_failed_job_makes_one_linked_job_even_on_a_double_click(
         poll(lambda: app.jobs(status="failed")["jobs"], JOBS_DEADLINE_S, "the job to fail")
         open_page(page, f"{app.url}/")
 
+        expect(page.locator("#chart-summary")).to_contain_text("1 failed")  # GET /stats
+        expect(page.locator("#chart-done canvas")).to_have_count(1)
         page.get_by_role("button", name=f"retry job {old[:8]}").dblclick()
         expect(page.get_by_role("status")).to_contain_text("Retried as job")
         expect(page.locator("#jobs tr[id^='job-']")).to_have_count(2)  # it appeared

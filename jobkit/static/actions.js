@@ -16,10 +16,11 @@
   }
 
   function statusText(job) {
-    if (job.status !== "deferred") return job.status;
+    const retry = job.retry_of ? ` (retry of ${job.retry_of.slice(0, 8)})` : "";
+    if (job.status !== "deferred") return job.status + retry;
     const next = nextTry(job);
     if (next) return `retrying: try ${job.attempts + 1} at ${clock(next)}`;
-    return job.run_at ? `deferred until ${clock(job.run_at)}` : "deferred";
+    return (job.run_at ? `deferred until ${clock(job.run_at)}` : "deferred") + retry;
   }
 
   // The page's own requests: same origin, JSON; what jobkit.dashboard.same_site_only lets by.
