@@ -137,6 +137,15 @@ class Ledger:
         except sa.exc.IntegrityError:  # another process added it in between
             return await self.db.run(add_once)
 
+    async def failed_not_retried(self, function: str | None, limit: int) -> list[JobView]:
+        """The newest failed jobs that have no retry yet (bulk retry, retry.py)."""
+        no_retry = ~sa.exists().where(RETRY.c.retry_of == JOBS.c.job_id)
+        query = JOBS.select().where(JOBS.c.status == Status.FAILED, no_retry)
+        if function:
+            query = query.where(JOBS.c.function == function)
+        newest = query.order_by(JOBS.c.enqueue_time.desc(), JOBS.c.job_id.desc()).limit(limit)
+        return await self.db.read(newest, JobView.model_validate)
+
     # --- Retries: the attempt log, a row per try (tables.AttemptRecord) ---
     async def add_attempt(self, values: dict[str, Any]) -> None:
         """Record one try of a job; nothing if the job is not on record."""

@@ -6,6 +6,10 @@ old one (the old job keeps its story; `GET /jobs/{old}` names the new one in `re
 One click must make one job, and a double click or a second tab must not make two: so an
 old job has at most one retry, held by a UNIQUE `retry_of` in the ledger, and asking again
 answers with the same new job. (A retry of the retry is the way to try a third time.)
+
+`POST /jobs/retry` retries the failed jobs a filter selects (the page's "Retry failed
+jobs"), at most MAX_BULK_RETRY at a time, newest first, each as above: a job already
+retried is left out, so sending it twice retries nothing twice.
 """
 
 import uuid
@@ -13,7 +17,7 @@ from typing import Annotated
 
 from arq.connections import ArqRedis
 from fastapi import APIRouter, HTTPException, Path, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from redis.exceptions import WatchError
 
 from . import errors
@@ -24,6 +28,7 @@ from .ledger import Ledger
 from .tables import now
 
 RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED})  # a complete job is not retried
+MAX_BULK_RETRY = 100  # failed jobs one bulk retry makes new jobs for, at most
 
 router = APIRouter(tags=["jobs"])
 
@@ -67,6 +72,35 @@ async def retry_job(
 
 
 # --8<-- [end:retry]
+
+
+class BulkRetry(BaseModel):
+    function: str | None = Field(None, max_length=64)  # the page's filter; None: any
+    max_jobs: int = Field(MAX_BULK_RETRY, ge=1, le=MAX_BULK_RETRY)
+
+
+class BulkRetried(BaseModel):
+    retried: list[Retried]
+    more: bool  # more failed jobs match than max_jobs: ask again for the next ones
+
+
+@router.post(
+    "/jobs/retry",
+    status_code=202,
+    summary="Retry the failed jobs a filter selects",
+    responses={403: {"description": "Sent from another site's page"}, **errors.REDIS_DOWN},
+)
+async def retry_failed_jobs(body: BulkRetry, redis: RedisDep, ledger: LedgerDep) -> BulkRetried:
+    """A new job for each failed job (of `function`) not retried yet, newest first, at most
+    `max_jobs`."""
+    failed = await ledger.failed_not_retried(body.function, body.max_jobs + 1)
+    retried = []
+    for old in failed[: body.max_jobs]:
+        new_id, made = await ledger.add_retry(old, uuid.uuid4().hex)
+        if made:
+            await enqueue(redis, ledger, new_id, old)
+        retried.append(Retried(job_id=new_id, status_url=f"/jobs/{new_id}", retry_of=old.job_id))
+    return BulkRetried(retried=retried, more=len(failed) > body.max_jobs)
 
 
 async def enqueue(redis: ArqRedis, ledger: Ledger, new_id: str, old: JobView) -> None:

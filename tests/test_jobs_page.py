@@ -192,6 +192,15 @@ def test_retry_of_a_failed_job_makes_one_linked_job_even_on_a_double_click(
         assert new["retry_of"] == old
         assert httpx.get(f"{app.url}/jobs/{old}").json()["retried_by"] == new["job_id"]
 
+        # Retry every failed divide not retried yet: the retry, which failed in turn.
+        page.keyboard.press("Escape")
+        poll(lambda: len(app.jobs(status="failed")["jobs"]) == 2, JOBS_DEADLINE_S, "2 failures")
+        page.get_by_label("Function").select_option("divide")
+        page.once("dialog", lambda dialog: dialog.accept())  # "Retry the failed ... jobs?"
+        page.get_by_role("button", name="Retry failed jobs…").click()
+        expect(page.get_by_role("status")).to_have_text("Retried 1 failed divide jobs.")
+        assert len(app.jobs(function="divide")["jobs"]) == 3
+
 
 @pytest.mark.stages(4)
 def test_a_killed_worker_leaves_the_workers_panel_within_its_heartbeat_ttl(

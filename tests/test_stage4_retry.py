@@ -103,3 +103,25 @@ def test_a_form_on_another_site_can_neither_retry_nor_cancel(client, drain):
     own = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
     assert client.post(f"/jobs/{old}/retry", headers=own, json={}).status_code == 202
     assert client.delete(f"/jobs/{waiting}").status_code == 200
+
+
+def test_bulk_retry_retries_the_failed_jobs_a_filter_selects_a_bounded_few_at_a_time(client, drain):
+    failed = [enqueue(client, "divide", {"x": n, "y": 0}) for n in range(3)]
+    enqueue(client, "add", ADD)
+    drain()
+
+    def bulk(**body):
+        response = client.post("/jobs/retry", json=body)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    assert bulk(function="add")["retried"] == []  # nothing of add failed
+    first = bulk(function="divide", max_jobs=2)
+    assert first["more"] is True
+    assert [made["retry_of"] for made in first["retried"]] == failed[::-1][:2]  # newest first
+    second = bulk(max_jobs=2)
+    assert (second["more"], [made["retry_of"] for made in second["retried"]]) == (False, failed[:1])
+    assert bulk()["retried"] == []  # each failed job has its retry: asking again makes none
+    assert client.post("/jobs/retry", json={"max_jobs": 101}).status_code == 422
+    assert client.post("/jobs/retry", headers=FOREIGN_FORM, content="x=1").status_code == 403
+    assert len(client.get("/jobs", params={"function": "divide"}).json()["jobs"]) == 6

@@ -24,13 +24,13 @@
   }
 
   // The page's own requests: same origin, JSON; what jobkit.dashboard.same_site_only lets by.
-  async function act(button, method, url, done) {
+  async function act(button, method, url, done, sent = {}) {
     button.disabled = true; // one request per click; the server makes one job per intent anyway
     try {
       const response = await fetch(url, {
         method,
         headers: { "Content-Type": "application/json" },
-        body: method === "POST" ? "{}" : undefined,
+        body: method === "POST" ? JSON.stringify(sent) : undefined,
       });
       const body = await response.json().catch(() => ({}));
       page().say(response.ok ? done(body) : `${method} ${url}: ${response.status} ${body.detail ?? ""}`);
@@ -103,6 +103,18 @@
       field(list, "actions", span);
     }
   }
+
+  // Bulk retry: the failed jobs of the function the filter picks, not retried yet, at most
+  // MAX_BULK (the server's bound too), after the person has said yes.
+  const MAX_BULK = 100;
+  const bulk = document.getElementById("retry-failed");
+  bulk?.addEventListener("click", async () => {
+    const fn = new FormData(document.getElementById("filters")).get("function") || null;
+    const which = fn ? `failed ${fn} jobs` : "failed jobs";
+    if (!window.confirm(`Retry the ${which} not retried yet (at most ${MAX_BULK}, newest first)?`)) return;
+    await act(bulk, "POST", "/jobs/retry", (body) =>
+      `Retried ${body.retried.length} ${which}` + (body.more ? "; more remain: press again." : "."), { function: fn });
+  });
 
   window.jobActions = { statusText, fill, detail };
 })();
