@@ -20,9 +20,10 @@ from jobkit.streams import RESPONSES as STREAM_LIMITS
 from jobkit.streams import Streams
 
 from . import errors
-from .deps import FeedDep, LedgerDep, StreamPlaceDep
+from .deps import FeedDep, LedgerDep, RedisDep, SettingsDep, StreamPlaceDep
 from .jobs import FINAL, JobView, Status
 from .ledger import Ledger
+from .maintenance import CronRun, recent_runs
 from .tasks import TASKS
 
 PAGE_SIZE = 20
@@ -110,6 +111,12 @@ async def stats(ledger: LedgerDep) -> Chart:
     """Jobs finished per minute over the last hour, and their queue waits (p50, p95): the
     jobs page's charts, from the ledger."""
     return await ledger.chart()
+
+
+@router.get("/cron")
+async def cron_runs(redis: RedisDep, settings: SettingsDep) -> list[CronRun]:
+    """The ledger's cron job's last runs, newest first, as Redis keeps their results."""
+    return await recent_runs(redis, settings.queue_name)
 
 
 @router.get("/events", response_class=EventSourceResponse, responses=STREAM_LIMITS)

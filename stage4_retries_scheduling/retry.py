@@ -20,6 +20,8 @@ from fastapi import APIRouter, HTTPException, Path, Response
 from pydantic import BaseModel, Field
 from redis.exceptions import WatchError
 
+from jobkit.http import BODY_ERRORS
+
 from . import errors
 from .deps import LedgerDep, RedisDep, SettingsDep
 from .jobs import JobView, Status
@@ -88,7 +90,11 @@ class BulkRetried(BaseModel):
     "/jobs/retry",
     status_code=202,
     summary="Retry the failed jobs a filter selects",
-    responses={403: {"description": "Sent from another site's page"}, **errors.REDIS_DOWN},
+    responses={
+        403: {"description": "Sent from another site's page"},
+        **BODY_ERRORS,
+        **errors.REDIS_DOWN,
+    },
 )
 async def retry_failed_jobs(body: BulkRetry, redis: RedisDep, ledger: LedgerDep) -> BulkRetried:
     """A new job for each failed job (of `function`) not retried yet, newest first, at most

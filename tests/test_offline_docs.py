@@ -63,7 +63,7 @@ def test_the_oauth2_redirect_page_is_still_served(client: TestClient) -> None:
 def test_the_docs_pages_add_nothing_to_the_openapi_schema(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert all(
-        p in ("/", "/events", "/stats")  # the jobs page, its stream and (stage 4) its charts
+        p in ("/", "/events", "/stats", "/cron")  # the jobs page, its stream, (4) charts, cron
         or p.startswith(("/ping", "/health", "/queue", "/metrics", "/tasks/", "/jobs"))
         for p in paths
     )

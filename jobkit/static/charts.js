@@ -1,7 +1,8 @@
 // Stage 4's charts on the jobs page: jobs finished per minute over the last hour, and how
 // long they waited in the queue (p50, p95), from GET /stats (counted from the ledger on the
 // server), drawn with uPlot (vendored in jobkit/static/uplot: no CDN). A sentence under the
-// charts says the same in words, for a screen reader.
+// charts says the same in words, for a screen reader. And the cron job's last runs, from
+// GET /cron.
 "use strict";
 
 (() => {
@@ -48,8 +49,27 @@
       (waits.length ? `; the latest minute's queue wait p95: ${waits.at(-1)} s.` : ".");
   }
 
-  if (document.getElementById("chart-done")) {
+  async function listCronRuns() {
+    const list = document.getElementById("cron-runs");
+    const response = await fetch("/cron");
+    if (!list || !response.ok) return;
+    list.replaceChildren(...(await response.json()).map((run) => {
+      const item = document.createElement("li");
+      const due = run.due.replace("T", " ").replace(/(Z|\+00:00)$/, "").slice(0, 16);
+      const said = run.error ?? (run.result ? JSON.stringify(run.result) : "");
+      item.textContent = `${due} UTC: ${run.status}${said ? ` ${said}` : ""}`;
+      item.className = run.status.replace(" ", "-");
+      return item;
+    }));
+  }
+
+  function refresh() {
     draw();
-    setInterval(draw, REFRESH_MS);
+    listCronRuns();
+  }
+
+  if (document.getElementById("chart-done")) {
+    refresh();
+    setInterval(refresh, REFRESH_MS);
   }
 })();
