@@ -1,5 +1,6 @@
 """Stage 3+: the job ledger. Every test runs on SQLite and on PostgreSQL (tests/postgres.py)."""
 
+import asyncio
 import base64
 import json
 import os
@@ -340,6 +341,26 @@ def test_the_jobs_page_and_its_files_are_served_from_the_app(client):
         response = client.get(path)
         assert response.status_code == 200
         assert kind in response.headers["content-type"]
+
+
+def test_the_jobs_pages_reads_work_on_the_ledgers_database(stage, app, client, drain):
+    # The SQL behind the page (jobkit.dashboard), on SQLite and on PostgreSQL: counts, the
+    # jobs that move, and in stage 4 the charts and a retry (a UNIQUE column).
+    done = enqueue(client, "add", {"x": 1, "y": 2})
+    failed = enqueue(client, "divide", {"x": 1, "y": 0})
+    drain()
+    waiting = enqueue(client, "add", {"x": 3, "y": 4})
+
+    counts, jobs = asyncio.run(app.state.ledger.page(1, [done]))
+    assert counts == {"complete": 1, "failed": 1, "queued": 1}
+    assert [job.job_id for job in jobs] == [waiting, done]  # the newest, the unfinished, `also`
+    if stage.number >= 4:
+        chart = client.get("/stats").json()
+        assert (sum(chart["complete"]), sum(chart["failed"])) == (1, 1)
+        retried = client.post(f"/jobs/{failed}/retry").json()["job_id"]
+        assert client.post(f"/jobs/{failed}/retry").json()["job_id"] == retried
+        assert client.get(f"/jobs/{failed}").json()["retried_by"] == retried
+        assert client.post("/jobs/retry", json={}).json()["retried"] == []
 
 
 HANG_S = 20  # a request still waiting this long for the lock would wait for ever

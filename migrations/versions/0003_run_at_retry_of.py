@@ -21,11 +21,11 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("run_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("retry_of", sa.String(length=64), nullable=True))
-        batch_op.create_unique_constraint(batch_op.f("uq_jobs_retry_of"), ["retry_of"])
+        batch_op.create_unique_constraint("jobs_retry_of_key", ["retry_of"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_constraint(batch_op.f("uq_jobs_retry_of"), type_="unique")
+        batch_op.drop_constraint("jobs_retry_of_key", type_="unique")
         batch_op.drop_column("retry_of")
         batch_op.drop_column("run_at")
