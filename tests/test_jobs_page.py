@@ -103,15 +103,21 @@ def test_the_detail_view_shows_a_jobs_arguments_error_and_times(
         poll(lambda: app.jobs(status="failed")["jobs"], JOBS_DEADLINE_S, "the job to fail")
         open_page(page, f"{app.url}/")
 
-        page.get_by_role("button", name=f"details of job {failing}").click()
+        page.get_by_role("button", name=f"details of job {failing}").focus()
+        page.keyboard.press("Enter")  # from the keyboard
         detail = page.get_by_role("dialog")
         expect(detail).to_be_visible()
         expect(detail.get_by_role("heading")).to_have_text(f"Job {failing}")
         expect(detail.locator("dd").filter(has_text="ZeroDivisionError").first).to_be_visible()
         expect(detail.locator("dd pre").first).to_contain_text('"y": 0')
         expect(detail.locator("dt", has_text="finished (UTC)")).to_have_count(1)
-        page.keyboard.press("Escape")  # from the keyboard
+        page.keyboard.press("Escape")
         expect(detail).to_be_hidden()
+
+        ink = "getComputedStyle(document.body).color"
+        light = page.evaluate(ink)
+        page.emulate_media(color_scheme="dark")  # the system's dark mode: the page follows
+        assert page.evaluate(ink) != light
 
 
 def test_the_filters_and_the_pages_show_what_get_jobs_answers(

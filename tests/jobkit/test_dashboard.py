@@ -157,3 +157,28 @@ def test_a_job_that_stopped_changing_leaves_the_state(monkeypatch):
         return seen
 
     assert asyncio.run(scenario()) == [["a"], [], ["a"]]
+
+
+def test_the_chart_counts_each_minute_by_outcome_with_nearest_rank_waits():
+    now = datetime(2026, 1, 1, 12, 30, 40, tzinfo=UTC)
+    since = jobkit.dashboard.chart_start(now)
+    assert since == datetime(2026, 1, 1, 11, 31, tzinfo=UTC)
+
+    def row(status, minute, wait_s, run_at=None):
+        finish = since + timedelta(minutes=minute, seconds=30)
+        start = finish - timedelta(seconds=1)
+        enqueued = start - timedelta(seconds=wait_s)
+        return dict(status=status, enqueue_time=enqueued, start_time=start, finish_time=finish,
+                    run_at=run_at)  # fmt: skip
+
+    rows = [row("complete", 59, wait) for wait in (1, 2, 3, 4)] + [row("failed", 59, 10)]
+    deferred = row("complete", 0, 5, run_at=since + timedelta(seconds=30))  # due after it began
+    rows.append(deferred)
+    rows.append(row("complete", 61, 1))  # after the chart's end: not counted
+    made = jobkit.dashboard.chart(rows, since)
+    assert len(made.minutes) == jobkit.dashboard.CHART_MINUTES
+    assert (made.complete[59], made.failed[59], made.complete[0]) == (4, 1, 1)
+    assert (made.wait_p50_s[59], made.wait_p95_s[59]) == (3.0, 10.0)
+    assert made.wait_p50_s[1] is None
+    assert made.wait_p50_s[0] == 0.0  # a wait counts from the run time, never below 0
+    assert jobkit.dashboard.percentile([5.0], 95) == 5.0
