@@ -93,10 +93,10 @@ class JobView(BaseModel):
     attempts: int
     progress: int = 0  # percent, as the job reports it (tasks.set_progress)
     message: str | None = None
-    attempt_log: list[Attempt] = []  # every try, from the attempts table (ledger.get)
     run_at: datetime | None = None  # a deferred job's run time, as it was asked
     retry_of: str | None = None  # the job this one retries (POST /jobs/{id}/retry)
     retried_by: str | None = None  # the job that retries this one (ledger.get)
+    attempt_log: list[Attempt] = []  # every try, from the attempts table (ledger.get)
 
 
 def has_ended(job: JobView) -> bool:
