@@ -16,6 +16,7 @@ from playwright.sync_api import Page, expect
 
 from jobkit.heartbeat import TTL_S
 from tests.helpers import poll
+from tests.httpserver import Reply, ScriptedServer
 from tests.processes import Processes, free_port, stage_env
 
 pytestmark = [pytest.mark.since_stage(3), pytest.mark.browser]
@@ -51,10 +52,10 @@ class Site:
 
 
 @contextlib.contextmanager
-def site(stage: Any, redis_url: str, tmp_path: Path) -> Iterator[Site]:
+def site(stage: Any, redis_url: str, tmp_path: Path, **settings: str) -> Iterator[Site]:
     """The stage's API as a uvicorn process (no worker yet: a test starts one)."""
     port = free_port()
-    env = stage_env(redis_url, tmp_path / "data")
+    env = stage_env(redis_url, tmp_path / "data", **settings)
     with Processes(tmp_path / "logs") as procs:
         procs.api(stage, port, env)
         yield Site(f"http://127.0.0.1:{port}", procs, env, stage)
@@ -221,3 +222,29 @@ def test_a_killed_worker_leaves_the_workers_panel_within_its_heartbeat_ttl(
         worker.kill_all()  # SIGKILL: it writes nothing more
         expect(page.locator("#workers li")).to_have_count(0, timeout=(TTL_S + 10) * 1000)
         expect(page.get_by_role("alert").filter(has_text="No worker is running")).to_be_visible()
+
+
+@pytest.mark.since_stage(4)
+def test_a_retrying_fetch_shows_its_next_try_and_its_long_result_is_cut_in_the_table(
+    stage, redis_url, tmp_path, page: Page
+):
+    local = {"FETCH_ALLOWLIST": '["127.0.0.1/32"]'}  # our server is on loopback
+    with ScriptedServer() as server, site(stage, redis_url, tmp_path, **local) as app:
+        busy = Reply(503, headers={"Retry-After": "3"})  # fetch honours it: 3 s to the next try
+        url = server.script("/busy", busy, Reply(200, body=b"ok"))
+        app.start_worker()
+        open_page(page, f"{app.url}/")
+        job_id = app.submit("fetch", url=url)
+        row = page.locator(f"#job-{job_id}")
+
+        expect(row.locator(".status")).to_contain_text("retrying: try 2 at")
+        expect(row).to_have_class("complete", timeout=JOBS_DEADLINE_S * 1000)
+        result = httpx.get(f"{app.url}/jobs/{job_id}").json()["result"]
+        cell = row.locator(".outcome")
+        expect(cell).to_contain_text("…")  # cut in the table
+        assert result["sha256"] not in cell.inner_text()
+        row.get_by_role("button", name=f"details of job {job_id}").click()
+        detail = page.get_by_role("dialog")
+        expect(detail).to_contain_text(result["sha256"])  # whole in the detail
+        expect(detail.locator("ol.tries li")).to_have_count(2)
+        expect(detail.locator("ol.tries li").first).to_contain_text("try 1: retrying")
