@@ -15,6 +15,7 @@ import json
 import httpx
 import pytest
 
+import jobkit.dashboard
 import jobkit.streams
 from tests.helpers import poll
 from tests.liveserver import serving
@@ -101,6 +102,7 @@ def test_the_watchers_of_one_job_share_one_poll_of_it(app, drain, monkeypatch):
 
 
 def test_every_open_jobs_page_is_fed_by_one_read_and_hears_of_a_new_job(app, drain, monkeypatch):
+    monkeypatch.setattr(jobkit.dashboard, "FEED_POLL_S", 0.1)  # the test's polls come sooner
     with serving(app) as url, contextlib.ExitStack() as stack:
         ledger, readers = app.state.ledger, []  # the asyncio task behind each read
         read = ledger.page
