@@ -14,10 +14,6 @@ CDN, so the page works on a machine with no network.
   queue's state is a few hundred bytes, however many jobs the table shows.
 - `moving_jobs(...)` and `count_by(...)`: the SQL behind that read, the same on SQLite and
   PostgreSQL, each on an index the ledger already has.
-- `finished_since(...)` and `chart(...)`: stage 4's charts, jobs finished per minute over
-  the last hour and how long they waited in the queue (p50, p95): the SQL selects the hour's
-  finished jobs (plain comparisons, the same on SQLite and PostgreSQL), the percentiles are
-  counted here, a point a minute.
 - `same_site_only`: a dependency for the page's actions (stage 4's cancel and retry). There
   is no login, so what stops another site's page from making a visitor's browser send them
   is this: a request a browser marks as sent from another site (Sec-Fetch-Site, Origin), or
@@ -29,8 +25,7 @@ A learner may skip this module: stages 3 and 4 use it for `GET /` and `GET /even
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +42,6 @@ KEEP_ENDED_S = 10.0  # how long a job that has just ended stays in the state
 MAX_ENDED = 200  # ended jobs kept in the state at once (a burst of endings: the newest)
 MAX_UNFINISHED = 100  # unfinished jobs in the state: a page shows at most MAX_PAGE_SIZE
 RECENT_S = 5.0  # a job stays in the state this long after it last changed
-CHART_MINUTES = 60  # the charts' span, a point a minute
-MAX_CHART_ROWS = 100_000  # finished jobs read for the charts at most (the newest hour's)
 FEED_KEY = "jobs page"  # the streams' key for the page's state (a job's key is its hex id)
 STATIC = Path(__file__).parent / "static"
 
@@ -156,56 +149,3 @@ async def same_site_only(request: Request) -> None:
         raise HTTPException(403, "Refused: sent from another site's page")
     if body_type in FORM_BODIES:
         raise HTTPException(403, "Refused: an action takes no form body (send JSON, or none)")
-
-
-class Chart(BaseModel):
-    """Stage 4's charts: a point a minute over the last CHART_MINUTES."""
-
-    minutes: list[int]  # each minute's start, Unix seconds
-    complete: list[int]  # jobs that finished in that minute, by outcome
-    failed: list[int]
-    wait_p50_s: list[float | None]  # how long they had waited for a worker (None: no job)
-    wait_p95_s: list[float | None]
-
-
-def chart_start(now: datetime) -> datetime:
-    return now.replace(second=0, microsecond=0) - timedelta(minutes=CHART_MINUTES - 1)
-
-
-def finished_since(jobs: sa.Table, since: datetime) -> sa.Select[Any]:
-    """The jobs that finished (complete or failed) since `since`, with their times."""
-    due = [jobs.c.run_at] if "run_at" in jobs.c else []  # a deferred job waits from then
-    columns = [jobs.c.status, jobs.c.enqueue_time, jobs.c.start_time, jobs.c.finish_time, *due]
-    finished = jobs.c.status.in_(["complete", "failed"])
-    return sa.select(*columns).where(jobs.c.finish_time >= since, finished).limit(MAX_CHART_ROWS)
-
-
-def chart(rows: Iterable[Any], since: datetime) -> Chart:
-    """The rows of finished_since, counted a minute at a time."""
-    counts = {"complete": [0] * CHART_MINUTES, "failed": [0] * CHART_MINUTES}
-    waits: list[list[float]] = [[] for _ in range(CHART_MINUTES)]
-    for row in rows:
-        minute = int((row["finish_time"] - since).total_seconds() // 60)
-        if not 0 <= minute < CHART_MINUTES:
-            continue
-        counts[row["status"]][minute] += 1
-        if row["start_time"] is not None:
-            waited_from = max(row["enqueue_time"], row.get("run_at") or row["enqueue_time"])
-            waits[minute].append(max(0.0, (row["start_time"] - waited_from).total_seconds()))
-    start = int(since.timestamp())
-    return Chart(
-        minutes=[start + 60 * n for n in range(CHART_MINUTES)],
-        complete=counts["complete"],
-        failed=counts["failed"],
-        wait_p50_s=[percentile(values, 50) for values in waits],
-        wait_p95_s=[percentile(values, 95) for values in waits],
-    )
-
-
-def percentile(values: list[float], percent: int) -> float | None:
-    """The nearest-rank percentile (None for no values)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * percent // 100))  # ceil without floats
-    return round(ordered[rank - 1], 3)

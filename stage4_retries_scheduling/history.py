@@ -14,7 +14,8 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
-from jobkit.dashboard import Chart, Feed, page_queue
+from jobkit.charts import Chart
+from jobkit.dashboard import Feed, page_queue
 from jobkit.queue_state import read_queue
 from jobkit.streams import RESPONSES as STREAM_LIMITS
 from jobkit.streams import Streams

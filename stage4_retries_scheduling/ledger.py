@@ -12,7 +12,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobkit.dashboard import Chart, chart, chart_start, count_by, finished_since, moving_jobs
+from jobkit.charts import Chart, chart, chart_start, finished_since
+from jobkit.dashboard import count_by, moving_jobs
 from jobkit.db import Database, create_engine, create_tables
 
 from .jobs import FINAL, UNFINISHED, Attempt, JobView, Status

@@ -6,6 +6,7 @@
 "use strict";
 
 const TRUNCATE_AT = 80; // characters of a result or error shown in the table
+const HEARD_MAX = 1000; // jobs the page remembers as last heard, to skip what has not changed
 const config = JSON.parse(document.getElementById("page-config").textContent);
 const FINAL = new Set(config.final);
 const $ = (selector) => document.querySelector(selector);
@@ -112,6 +113,7 @@ function heard(state) {
   }
   showQueue(state.queue);
   let added = false;
+  if (view.heard.size > HEARD_MAX) view.heard.clear(); // a page open for days stays small
   for (const job of state.jobs) {
     const heardBefore = view.heard.get(job.job_id);
     const json = JSON.stringify(job);

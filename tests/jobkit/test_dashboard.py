@@ -1,5 +1,6 @@
-"""jobkit.dashboard: the jobs page's feed (one read for every open page, a job that ends kept
-a while), the SQL behind it on a real SQLite file, and the queue as the page shows it."""
+"""jobkit.dashboard and jobkit.charts: the jobs page's feed (one read for every open page, a
+job that ends kept a while), the SQL behind it on a real SQLite file, the queue as the page
+shows it, the guard on its actions, and stage 4's charts."""
 
 import asyncio
 from collections.abc import Sequence
@@ -9,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel
 
+import jobkit.charts
 import jobkit.dashboard
 from jobkit.dashboard import Feed, count_by, moving_jobs, page_queue
 from jobkit.db import UTCDateTime, create_engine, create_tables
@@ -161,7 +163,7 @@ def test_a_job_that_stopped_changing_leaves_the_state(monkeypatch):
 
 def test_the_chart_counts_each_minute_by_outcome_with_nearest_rank_waits():
     now = datetime(2026, 1, 1, 12, 30, 40, tzinfo=UTC)
-    since = jobkit.dashboard.chart_start(now)
+    since = jobkit.charts.chart_start(now)
     assert since == datetime(2026, 1, 1, 11, 31, tzinfo=UTC)
 
     def row(status, minute, wait_s, run_at=None):
@@ -175,10 +177,10 @@ def test_the_chart_counts_each_minute_by_outcome_with_nearest_rank_waits():
     deferred = row("complete", 0, 5, run_at=since + timedelta(seconds=30))  # due after it began
     rows.append(deferred)
     rows.append(row("complete", 61, 1))  # after the chart's end: not counted
-    made = jobkit.dashboard.chart(rows, since)
-    assert len(made.minutes) == jobkit.dashboard.CHART_MINUTES
+    made = jobkit.charts.chart(rows, since)
+    assert len(made.minutes) == jobkit.charts.CHART_MINUTES
     assert (made.complete[59], made.failed[59], made.complete[0]) == (4, 1, 1)
     assert (made.wait_p50_s[59], made.wait_p95_s[59]) == (3.0, 10.0)
     assert made.wait_p50_s[1] is None
     assert made.wait_p50_s[0] == 0.0  # a wait counts from the run time, never below 0
-    assert jobkit.dashboard.percentile([5.0], 95) == 5.0
+    assert jobkit.charts.percentile([5.0], 95) == 5.0
