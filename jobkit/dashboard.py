@@ -138,6 +138,9 @@ def page_queue(view: QueueView) -> dict[str, Any]:
 # first (a CORS preflight), which this app never grants to another site.
 FORM_BODIES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 OTHER_SITES = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site: not our own origin
+SAME_SITE_ONLY: dict[int | str, dict[str, Any]] = {
+    403: {"description": "Sent from another site's page, or with a form's body"}
+}
 
 
 async def same_site_only(request: Request) -> None:

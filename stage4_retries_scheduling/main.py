@@ -34,7 +34,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from jobkit import observe
-from jobkit.dashboard import same_site_only, static_files
+from jobkit.dashboard import SAME_SITE_ONLY, same_site_only, static_files
 from jobkit.heartbeat import live_workers, workers_seen
 from jobkit.http import BODY_ERRORS, refuse_bad_input
 from jobkit.queue_state import QueueView, read_queue
@@ -256,9 +256,10 @@ async def job_events(
 
 # The page's actions, cancel and retry, refuse what another site's page could make a
 # browser send (jobkit.dashboard.same_site_only): there is no login to stop it.
-actions = [Depends(same_site_only)]
-app.include_router(cancel.router, dependencies=actions)  # DELETE /jobs/{id}: cancel.py
-app.include_router(retry.router, dependencies=actions)  # POST /jobs/{id}/retry: retry.py
+guard = [Depends(same_site_only)]
+# DELETE /jobs/{id}, cancelling a job (cancel.py); POST /jobs/{id}/retry (retry.py)
+app.include_router(cancel.router, dependencies=guard, responses=SAME_SITE_ONLY)
+app.include_router(retry.router, dependencies=guard, responses=SAME_SITE_ONLY)
 app.include_router(observed.router(get_redis))  # GET /metrics, when metrics are on
 app.include_router(history.router)  # GET /jobs, GET / and GET /events: history.py
 app.mount("/static", static_files())  # the jobs page's script and styles (jobkit/static)

@@ -47,7 +47,6 @@ class Retried(BaseModel):
     status_code=202,
     summary="Retry a failed or cancelled job",
     responses={
-        403: {"description": "Sent from another site's page"},
         404: {"description": "Unknown job"},
         409: {"description": "The job has not failed or been cancelled"},
         **errors.REDIS_DOWN,
@@ -90,11 +89,7 @@ class BulkRetried(BaseModel):
     "/jobs/retry",
     status_code=202,
     summary="Retry the failed jobs a filter selects",
-    responses={
-        403: {"description": "Sent from another site's page"},
-        **BODY_ERRORS,
-        **errors.REDIS_DOWN,
-    },
+    responses={**BODY_ERRORS, **errors.REDIS_DOWN},
 )
 async def retry_failed_jobs(body: BulkRetry, redis: RedisDep, ledger: LedgerDep) -> BulkRetried:
     """A new job for each failed job (of `function`) not retried yet, newest first, at most
