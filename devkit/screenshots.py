@@ -67,11 +67,11 @@ def photograph(page: Page, url: str, running: str, path: Path) -> None:
     page.screenshot(path=path, full_page=True)
 
 
-def shoot(browser: Browser, stage: int) -> Path:
-    with tempfile.TemporaryDirectory() as folder, StageProcesses(stage, Path(folder)) as procs:
+def shoot(browser: Browser, stage: int, folder: Path) -> Path:
+    with tempfile.TemporaryDirectory() as data, StageProcesses(stage, Path(data)) as procs:
         running = make_jobs(procs.url, stage)
         page = browser.new_page(viewport=WINDOW)
-        path = IMAGES / f"stage{stage}-jobs-page.png"
+        path = folder / f"stage{stage}-jobs-page.png"
         photograph(page, procs.url, running, path)
         page.close()
         return path
@@ -80,6 +80,7 @@ def shoot(browser: Browser, stage: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stages", type=int, nargs="+", default=[3, 4])
+    parser.add_argument("--out", type=Path, default=IMAGES, help="the folder (docs/img)")
     args = parser.parse_args()
     chromium = tools.find("chromium")
     if chromium is None:
@@ -87,8 +88,7 @@ def main() -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=FLAGS)
         for stage in args.stages:
-            path = shoot(browser, stage)
-            print(f"wrote {path.relative_to(IMAGES.parent.parent)}")
+            print(f"wrote {shoot(browser, stage, args.out)}")
         browser.close()
 
 

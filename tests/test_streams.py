@@ -134,3 +134,15 @@ def test_every_open_jobs_page_is_fed_by_one_read_and_hears_of_a_new_job(app, dra
     for state in heard:
         assert {job["job_id"]: job["status"] for job in state["jobs"]} == {job_id: "complete"}
         assert state["queue"]["ready"] == 0
+
+
+def test_the_jobs_pages_streams_are_capped_like_a_jobs(app, monkeypatch):
+    monkeypatch.setattr(jobkit.streams, "MAX_STREAMS_PER_CLIENT", 1)
+    with serving(app) as url, contextlib.ExitStack() as stack:
+        client = stack.enter_context(httpx.Client())
+        first = watch(stack, client, f"{url}/events")
+        second = watch(stack, client, f"{url}/events")  # a second tab from the same client
+        refused = second.read()
+    assert first.status_code == 200
+    assert second.status_code == 429
+    assert "this client has 1 event streams open" in json.loads(refused)["detail"]
