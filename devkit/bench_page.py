@@ -6,9 +6,10 @@ with --pages open, in paired rounds of one run.
 Starts the stage (embedded Valkey, API, one worker) on a throwaway data folder. In each
 round, a helper process keeps jobs moving (--rate report jobs a second, each reporting
 progress, so an open page has something to hear) and holds no page open, then --pages
-pages: each an open `GET /events` stream read to the end, as a browser tab's EventSource
-(from an address of its own, X-Forwarded-For, which uvicorn takes from loopback, so the
-per-client cap does not refuse them). Meanwhile this process asks `/ping` and
+pages: each an open `GET /events` stream read to the end, as a browser tab's EventSource,
+from an address of its own (X-Forwarded-For, which uvicorn takes from loopback, so the
+per-client cap does not refuse them), and as stage 4's page, `GET /stats` and `GET /cron`
+every CHARTS_EVERY_S (--charts-every). Meanwhile this process asks `/ping` and
 `GET /jobs/{id}` in turn, one request at a time, and prints each phase's p95 and the ratio
 of the two in each round. Not a test: a figure for a person (the issue's bound: `/ping`
 p95 at most 20 % slower, `GET /jobs/{id}` at most 30 %).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import subprocess
 import sys
@@ -31,6 +33,7 @@ from devkit.harness import StageProcesses
 
 SETTLE_S = 2.0  # after the helper starts: its pages connect, its jobs start moving
 WARM_UP_S = 2.0  # measured, not counted
+CHARTS_EVERY_S = 30.0  # as the page's charts.js (REFRESH_MS)
 OPEN_DEADLINE_S = 30.0
 
 
@@ -53,15 +56,25 @@ async def measure(url: str, job_id: str, seconds: float) -> dict[str, float]:
 
 
 # --- the helper process: pages held open, jobs kept moving --------------------------------
-async def hold(url: str, pages: int, rate: float) -> None:
+async def hold(url: str, pages: int, rate: float, charts_every_s: float) -> None:
     opened = asyncio.Event()
     count = 0
+
+    async def charts(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+        if not charts_every_s:
+            return
+        await asyncio.sleep(random.uniform(0, charts_every_s))  # the tabs were opened apart
+        while True:  # stage 4's page reads its charts and cron runs this often
+            for path in ("/stats", "/cron"):
+                await client.get(path, headers=headers)  # a 404 in stage 3: no charts there
+            await asyncio.sleep(charts_every_s)
 
     async def page(n: int) -> None:
         nonlocal count
         address = f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256 + 1}"
         async with httpx.AsyncClient(base_url=url, timeout=None) as client:
             headers = {"X-Forwarded-For": address}
+            tasks.append(asyncio.create_task(charts(client, headers)))
             while True:  # a tab's EventSource reconnects after a stream ends
                 async with client.stream("GET", "/events", headers=headers) as stream:
                     if stream.status_code != 200:
@@ -79,7 +92,8 @@ async def hold(url: str, pages: int, rate: float) -> None:
                 (await client.post("/tasks/report", json=body)).raise_for_status()
                 await asyncio.sleep(1 / rate)
 
-    tasks = [asyncio.create_task(page(n)) for n in range(pages)]
+    tasks: list[asyncio.Task[None]] = []
+    tasks += [asyncio.create_task(page(n)) for n in range(pages)]
     tasks.append(asyncio.create_task(submit()))
     if pages:
         await asyncio.wait_for(opened.wait(), OPEN_DEADLINE_S)
@@ -87,9 +101,9 @@ async def hold(url: str, pages: int, rate: float) -> None:
     await asyncio.gather(*tasks)
 
 
-def start_helper(url: str, pages: int, rate: float) -> subprocess.Popen[str]:
+def start_helper(url: str, pages: int, rate: float, charts_every_s: float) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "devkit.bench_page", "--hold", url]
-    command += ["--pages", str(pages), "--rate", str(rate)]
+    command += ["--pages", str(pages), "--rate", str(rate), "--charts-every", str(charts_every_s)]
     helper = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert helper.stdout is not None
     if helper.stdout.readline().strip() != "ready":
@@ -99,7 +113,7 @@ def start_helper(url: str, pages: int, rate: float) -> subprocess.Popen[str]:
     return helper
 
 
-def run(stage: int, pages: int, rounds: int, seconds: float, rate: float) -> None:
+def run(stage: int, pages: int, rounds: int, seconds: float, rate: float, charts_s: float) -> None:
     with tempfile.TemporaryDirectory() as folder, StageProcesses(stage, Path(folder)) as procs:
         body = {"steps": 1, "step_seconds": 0}
         job_id = httpx.post(f"{procs.url}/tasks/report", json=body).json()["job_id"]
@@ -111,7 +125,7 @@ def run(stage: int, pages: int, rounds: int, seconds: float, rate: float) -> Non
             found = {}
             # Which phase goes first alternates, so a drift over the run favours neither.
             for open_pages in (0, pages) if n % 2 else (pages, 0):
-                helper = start_helper(procs.url, open_pages, rate)
+                helper = start_helper(procs.url, open_pages, rate, charts_s)
                 try:
                     found[open_pages] = asyncio.run(measure(procs.url, job_id, seconds))
                 finally:
@@ -134,12 +148,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rate", type=float, default=2.0, help="report jobs a second")
+    parser.add_argument(
+        "--charts-every", type=float, default=CHARTS_EVERY_S, help="seconds; 0: no chart reads"
+    )
     parser.add_argument("--hold", metavar="URL", help=argparse.SUPPRESS)  # the helper process
     args = parser.parse_args()
     if args.hold:
-        asyncio.run(hold(args.hold, args.pages, args.rate))
+        asyncio.run(hold(args.hold, args.pages, args.rate, args.charts_every))
     else:
-        run(args.stage, args.pages, args.rounds, args.seconds, args.rate)
+        run(args.stage, args.pages, args.rounds, args.seconds, args.rate, args.charts_every)
 
 
 if __name__ == "__main__":

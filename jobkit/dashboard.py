@@ -12,6 +12,8 @@ CDN, so the page works on a machine with no network.
 - The state a page hears carries only the jobs that changed in the last RECENT_S (a page
   reads its table from GET /jobs when it opens, and then needs only what moves): an idle
   queue's state is a few hundred bytes, however many jobs the table shows.
+- `Feed.shared(key, read)`: what changes slowly (stage 4's charts and cron runs), read once
+  for every page that asks within SHARED_FOR_S.
 - `moving_jobs(...)` and `count_by(...)`: the SQL behind that read, the same on SQLite and
   PostgreSQL, each on an index the ledger already has.
 - `same_site_only`: a dependency for the page's actions (stage 4's cancel and retry). There
@@ -23,11 +25,12 @@ CDN, so the page works on a machine with no network.
 A learner may skip this module: stages 3 and 4 use it for `GET /` and `GET /events`.
 """
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from fastapi import HTTPException, Request
@@ -42,8 +45,10 @@ KEEP_ENDED_S = 10.0  # how long a job that has just ended stays in the state
 MAX_ENDED = 200  # ended jobs kept in the state at once (a burst of endings: the newest)
 MAX_UNFINISHED = 100  # unfinished jobs in the state: a page shows at most MAX_PAGE_SIZE
 RECENT_S = 5.0  # a job stays in the state this long after it last changed
+SHARED_FOR_S = 10.0  # a slow-changing read (charts, cron runs) serves the pages this long
 FEED_KEY = "jobs page"  # the streams' key for the page's state (a job's key is its hex id)
 STATIC = Path(__file__).parent / "static"
+T = TypeVar("T")
 
 # What the stage reads for a page: given the ids of jobs that have just ended, the state
 # (a pydantic model) and the ids of the unfinished jobs in it.
@@ -64,6 +69,8 @@ class Feed:
         self.unfinished: set[str] = set()
         self.ended: dict[str, float] = {}  # job id: until when (time.monotonic) it is kept
         self.changed: dict[str, tuple[str, float]] = {}  # job id: (its JSON, when it changed)
+        self.kept: dict[str, tuple[Any, float]] = {}  # Feed.shared: key: (value, when read)
+        self.reading = asyncio.Lock()  # one shared read at a time: the pages asking wait for it
 
     async def follow(self) -> AsyncIterator[str]:
         """The state as JSON now, then each time it changes (until EVENTS_MAX_S: the browser
@@ -73,6 +80,16 @@ class Feed:
             FEED_KEY, first, self._read, ended=_never, interval=FEED_POLL_S
         ):
             yield state
+
+    async def shared(self, key: str, read: Callable[[], Awaitable[T]]) -> T:
+        """`read()`'s value, read again only once SHARED_FOR_S has passed: every open page
+        asks every so often, and one read answers them all."""
+        async with self.reading:
+            kept = self.kept.get(key)
+            if kept is None or time.monotonic() - kept[1] > SHARED_FOR_S:
+                kept = self.kept[key] = (await read(), time.monotonic())
+            value: T = kept[0]
+            return value
 
     async def _read(self, key: str) -> str:
         now = time.monotonic()

@@ -4,6 +4,7 @@ hears what changes on one event stream, `GET /events`."""
 import base64
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -108,16 +109,16 @@ class PageState(BaseModel):
 
 
 @router.get("/stats")
-async def stats(ledger: LedgerDep) -> Chart:
+async def stats(ledger: LedgerDep, feed: FeedDep) -> Chart:
     """Jobs finished per minute over the last hour, and their queue waits (p50, p95): the
-    jobs page's charts, from the ledger."""
-    return await ledger.chart()
+    jobs page's charts, from the ledger (read once for every page asking meanwhile)."""
+    return await feed.shared("stats", ledger.chart)
 
 
 @router.get("/cron")
-async def cron_runs(redis: RedisDep, settings: SettingsDep) -> list[CronRun]:
+async def cron_runs(redis: RedisDep, settings: SettingsDep, feed: FeedDep) -> list[CronRun]:
     """The ledger's cron job's last runs, newest first, as Redis keeps their results."""
-    return await recent_runs(redis, settings.queue_name)
+    return await feed.shared("cron", partial(recent_runs, redis, settings.queue_name))
 
 
 @router.get("/events", response_class=EventSourceResponse, responses=STREAM_LIMITS)

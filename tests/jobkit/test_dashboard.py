@@ -184,3 +184,28 @@ def test_the_chart_counts_each_minute_by_outcome_with_nearest_rank_waits():
     assert made.wait_p50_s[1] is None
     assert made.wait_p50_s[0] == 0.0  # a wait counts from the run time, never below 0
     assert jobkit.charts.percentile([5.0], 95) == 5.0
+
+
+@pytest.mark.parametrize(("fresh_s", "reads"), [(60.0, 1), (0.0, 3)])
+def test_a_shared_read_answers_every_page_asking_while_it_is_fresh(monkeypatch, fresh_s, reads):
+    monkeypatch.setattr(jobkit.dashboard, "SHARED_FOR_S", fresh_s)
+    made: list[int] = []
+
+    async def read() -> int:
+        made.append(len(made))
+        await asyncio.sleep(0.01)
+        return len(made)
+
+    async def scenario() -> list[int]:
+        feed = Feed(Streams(), read_nothing)
+        answers = list(await asyncio.gather(*(feed.shared("stats", read) for _ in range(2))))
+        await asyncio.sleep(0.01)
+        return [*answers, await feed.shared("stats", read)]
+
+    answers = asyncio.run(scenario())
+    assert len(made) == reads
+    assert answers[-1] == reads
+
+
+async def read_nothing(also: Sequence[str]) -> tuple[State, set[str]]:
+    return State(jobs=[], also=[]), set()
