@@ -17,7 +17,7 @@ from typing import Annotated
 
 from arq.connections import ArqRedis
 from fastapi import APIRouter, HTTPException, Path, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import WatchError
 
 from jobkit.http import BODY_ERRORS
@@ -76,6 +76,9 @@ async def retry_job(
 
 
 class BulkRetry(BaseModel):
+    # As the tasks' bodies are: strict ("5" is not 5, true is not 1), no unknown field.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
     function: str | None = Field(None, max_length=64)  # the page's filter; None: any
     max_jobs: int = Field(MAX_BULK_RETRY, ge=1, le=MAX_BULK_RETRY)
 

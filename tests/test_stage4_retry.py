@@ -122,6 +122,7 @@ def test_bulk_retry_retries_the_failed_jobs_a_filter_selects_a_bounded_few_at_a_
     second = bulk(max_jobs=2)
     assert (second["more"], [made["retry_of"] for made in second["retried"]]) == (False, failed[:1])
     assert bulk()["retried"] == []  # each failed job has its retry: asking again makes none
-    assert client.post("/jobs/retry", json={"max_jobs": 101}).status_code == 422
+    for bad in [{"max_jobs": 101}, {"max_jobs": True}, {"max_jobs": "2"}, {"functon": "add"}]:
+        assert client.post("/jobs/retry", json=bad).status_code == 422, bad
     assert client.post("/jobs/retry", headers=FOREIGN_FORM, content="x=1").status_code == 403
     assert len(client.get("/jobs", params={"function": "divide"}).json()["jobs"]) == 6
