@@ -41,9 +41,12 @@ class Poll(Generic[T]):
     """One key's poll loop, shared by everyone following it: it reads every EVENTS_POLL_S and
     wakes the followers after each read, until the last one leaves."""
 
-    def __init__(self, key: str, read: Callable[[str], Awaitable[T]]) -> None:
+    def __init__(
+        self, key: str, read: Callable[[str], Awaitable[T]], interval: float = EVENTS_POLL_S
+    ) -> None:
         self.key = key
         self.read = read
+        self.interval = interval
         self.followers = 0
         self.latest: T | None = None  # None: the last read failed (unknown key, store down)
         self.polled = asyncio.Event()  # set after each read, then replaced by a new one
@@ -51,7 +54,7 @@ class Poll(Generic[T]):
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(EVENTS_POLL_S)
+            await asyncio.sleep(self.interval)
             try:
                 self.latest = await self.read(self.key)
             except Exception:  # the streams end; their clients may ask again
@@ -94,9 +97,11 @@ class Streams:
         first: T,
         read: Callable[[str], Awaitable[T]],
         ended: Callable[[T], bool],
+        interval: float = EVENTS_POLL_S,
     ) -> AsyncIterator[T]:
-        """`first`, then the value each time it changes, until it has ended."""
-        poll = self._join(key, read)
+        """`first`, then the value each time it changes, until it has ended (`read` runs every
+        `interval` seconds, once for all the followers of `key`)."""
+        poll = self._join(key, read, interval)
         try:
             deadline = time.monotonic() + EVENTS_MAX_S
             latest = first
@@ -113,10 +118,10 @@ class Streams:
         finally:
             self._leave(poll)
 
-    def _join(self, key: str, read: Callable[[str], Awaitable[T]]) -> Poll[T]:
+    def _join(self, key: str, read: Callable[[str], Awaitable[T]], interval: float) -> Poll[T]:
         poll = self.polls.get(key)
         if poll is None or poll.task.done():  # nobody follows it, or its last read failed
-            poll = self.polls[key] = Poll(key, read)
+            poll = self.polls[key] = Poll(key, read, interval)
         poll.followers += 1
         return poll
 

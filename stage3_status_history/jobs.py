@@ -40,6 +40,7 @@ class Status(StrEnum):
 
 
 FINAL = frozenset({Status.COMPLETE, Status.FAILED})  # a job here will not change any more
+UNFINISHED = frozenset(Status) - FINAL
 
 
 class JobView(BaseModel):

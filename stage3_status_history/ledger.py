@@ -5,14 +5,16 @@ end. An ending the worker's hooks never saw (ARQ skips them for some), or whose 
 lost, is recorded from Redis by the read that finds it (jobstore.read_job); stage 4 adds a
 cron job that settles every unfinished row."""
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from jobkit.dashboard import count_by, moving_jobs
 from jobkit.db import Database, create_engine, create_tables
 
-from .jobs import FINAL, JobView
+from .jobs import FINAL, UNFINISHED, JobView
 from .tables import JOBS, LedgerModel, now
 
 
@@ -84,6 +86,17 @@ class Ledger:
             query = query.where(sa.or_(JOBS.c.enqueue_time < when, same_time))
         order = (JOBS.c.enqueue_time.desc(), JOBS.c.job_id.desc())
         return await self._read(query.order_by(*order).limit(limit))
+
+    async def page(self, newest: int, also: Sequence[str]) -> tuple[dict[str, int], list[JobView]]:
+        """For the jobs page (history.py): how many jobs are in each state, and the jobs that
+        move (the newest, the unfinished, and `also` by id), in one trip to the database."""
+        moving = moving_jobs(JOBS, UNFINISHED, newest, also)
+
+        def read(connection: sa.Connection) -> tuple[dict[str, int], list[JobView]]:
+            rows = connection.execute(moving).mappings()
+            return count_by(connection, JOBS.c.status), [JobView.model_validate(r) for r in rows]
+
+        return await self.db.read_with(read)
 
     async def ping(self) -> None:
         await self._read(JOBS.select().limit(0))

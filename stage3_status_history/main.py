@@ -30,6 +30,7 @@ from fastapi.sse import EventSourceResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
+from jobkit.dashboard import static_files
 from jobkit.heartbeat import live_workers, workers_seen
 from jobkit.http import BODY_ERRORS, refuse_bad_input
 from jobkit.queue_state import QueueView, read_queue
@@ -69,7 +70,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.ledger = Ledger(settings.database_url)
     await asyncio.to_thread(app.state.ledger.create_schema)
-    app.state.streams = Streams()  # GET /jobs/{id}/events: one poll per job, capped
+    app.state.streams = Streams()  # event streams: one poll per job (or page), capped
+    app.state.feed = history.page_feed(  # GET /events: the jobs page's one stream
+        app.state.streams, app.state.ledger, app.state.redis, settings.queue_name
+    )
     # What start-up made lives as long as the app (the ORM's tables, compiled statements):
     # jobkit.tuning takes it out of the garbage collector's full scans, which stall requests.
     freeze_startup_objects()
@@ -223,4 +227,5 @@ async def job_events(
 # --8<-- [end:events]
 
 
-app.include_router(history.router)  # GET /jobs and GET /, the job history: history.py
+app.include_router(history.router)  # GET /jobs, GET / and GET /events: history.py
+app.mount("/static", static_files())  # the jobs page's script and styles (jobkit/static)

@@ -1,6 +1,7 @@
 """What the routes ask FastAPI for, one alias each: `redis: RedisDep`, `ledger: LedgerDep`,
 `settings: SettingsDep`, `client: ClientDep`, for an event stream `streams: StreamsDep` and
-`place: StreamPlaceDep`, and for a task route `schedule: ScheduleDep`."""
+`place: StreamPlaceDep`, for a task route `schedule: ScheduleDep`, and the jobs page's
+`feed: FeedDep`."""
 
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -8,6 +9,7 @@ from typing import Annotated
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
 
+from jobkit.dashboard import Feed
 from jobkit.streams import Streams
 
 from .config import Settings, get_settings
@@ -50,6 +52,10 @@ async def hold_a_stream_place(
         yield
 
 
+async def get_feed(request: Request) -> Feed:
+    return request.app.state.feed  # made once, in main.lifespan
+
+
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
 LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 SettingsDep = Annotated[Settings, Depends(read_settings)]
@@ -57,3 +63,4 @@ ClientDep = Annotated[str, Depends(client_address)]
 StreamsDep = Annotated[Streams, Depends(get_streams)]
 StreamPlaceDep = Annotated[None, Depends(hold_a_stream_place)]  # events: jobkit.streams
 ScheduleDep = Annotated[Schedule, Depends(read_schedule)]  # run_at / delay_seconds: scheduling.py
+FeedDep = Annotated[Feed, Depends(get_feed)]  # the jobs page's stream: jobkit.dashboard

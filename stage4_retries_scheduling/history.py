@@ -1,23 +1,38 @@
-"""The ledger read back: `GET /jobs`, the job history, and `GET /`, a page of recent jobs."""
+"""The ledger read back: `GET /jobs`, the job history, and `GET /`, the jobs page, which
+hears what changes on one event stream, `GET /events`."""
 
 import base64
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+from arq.connections import ArqRedis
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
-from .deps import LedgerDep
+from jobkit.charts import Chart
+from jobkit.dashboard import Feed, page_queue
+from jobkit.queue_state import read_queue
+from jobkit.streams import RESPONSES as STREAM_LIMITS
+from jobkit.streams import Streams
+
+from . import errors
+from .deps import FeedDep, LedgerDep, RedisDep, SettingsDep, StreamPlaceDep
 from .jobs import FINAL, JobView, Status
+from .ledger import Ledger
+from .maintenance import CronRun, recent_runs
 from .tasks import TASKS
 
 PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 MAX_CURSOR = 200  # characters; a real cursor is about 90
 MAX_JOB_ID = 64
+PAGE_SIZES = (PAGE_SIZE, 50, MAX_PAGE_SIZE)  # the page's choices
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(tags=["jobs"])
 
@@ -73,9 +88,58 @@ async def list_jobs(
 
 
 @router.get("/", response_class=HTMLResponse)
-async def jobs_page(request: Request, ledger: LedgerDep) -> HTMLResponse:
-    """Recent jobs as an HTML page; each unfinished one follows its event stream."""
-    records = await ledger.newest(PAGE_SIZE)
-    return templates.TemplateResponse(
-        request, "jobs.html", {"jobs": records, "final": sorted(FINAL)}
-    )
+async def jobs_page(request: Request) -> HTMLResponse:
+    """The jobs page: its table reads GET /jobs, and GET /events tells it what changes."""
+    config = {
+        "statuses": list(Status),
+        "final": sorted(FINAL),
+        "functions": list(TASKS),
+        "page_sizes": PAGE_SIZES,
+        "worker": f"{__package__}.worker.WorkerSettings",
+    }
+    return templates.TemplateResponse(request, "jobs.html", {"config": config})
+
+
+class PageState(BaseModel):
+    """What the jobs page hears on GET /events each time it changes."""
+
+    counts: dict[str, int]  # jobs per state
+    queue: dict[str, Any] | None  # GET /queue (None: Redis does not answer)
+    jobs: list[JobView]  # the newest, the unfinished and the just ended
+
+
+@router.get("/stats")
+async def stats(ledger: LedgerDep, feed: FeedDep) -> Chart:
+    """Jobs finished per minute over the last hour, and their queue waits (p50, p95): the
+    jobs page's charts, from the ledger (read once for every page asking meanwhile)."""
+    return await feed.shared("stats", ledger.chart)
+
+
+@router.get("/cron")
+async def cron_runs(redis: RedisDep, settings: SettingsDep, feed: FeedDep) -> list[CronRun]:
+    """The ledger's cron job's last runs, newest first, as Redis keeps their results."""
+    return await feed.shared("cron", partial(recent_runs, redis, settings.queue_name))
+
+
+@router.get("/events", response_class=EventSourceResponse, responses=STREAM_LIMITS)
+async def page_events(place: StreamPlaceDep, feed: FeedDep) -> AsyncIterator[ServerSentEvent]:
+    """Server-Sent Events for the jobs page: counts, queue, workers and the jobs that move."""
+    # One stream for the whole page, not one per row: a browser keeps six connections to a
+    # server for all its tabs. And one read feeds every open page (jobkit.dashboard).
+    async for state in feed.follow():
+        yield ServerSentEvent(raw_data=state)
+
+
+def page_feed(streams: Streams, ledger: Ledger, redis: ArqRedis, queue_name: str) -> Feed:
+    """The feed behind GET /events (main.lifespan makes one)."""
+
+    async def read(also: Sequence[str]) -> tuple[PageState, set[str]]:
+        counts, jobs = await ledger.page(PAGE_SIZE, also)
+        try:
+            queue = page_queue(await read_queue(redis, queue_name))
+        except (OSError, errors.RedisConnectionError, errors.RedisTimeoutError):
+            queue = None
+        state = PageState(counts=counts, queue=queue, jobs=jobs)
+        return state, {job.job_id for job in jobs if job.status not in FINAL}
+
+    return Feed(streams, read)

@@ -62,6 +62,7 @@ class Status(StrEnum):
 
 
 FINAL = frozenset({Status.COMPLETE, Status.FAILED, Status.CANCELLED})  # will not change any more
+UNFINISHED = frozenset(Status) - FINAL
 # Why DELETE took a job off the queue (cancel.py): it ended between tries, not in one.
 NOT_RUN = "cancelled before it ran"
 BETWEEN_TRIES = "cancelled while waiting for its next try"
@@ -92,6 +93,9 @@ class JobView(BaseModel):
     attempts: int
     progress: int = 0  # percent, as the job reports it (tasks.set_progress)
     message: str | None = None
+    run_at: datetime | None = None  # a deferred job's run time, as it was asked
+    retry_of: str | None = None  # the job this one retries (POST /jobs/{id}/retry)
+    retried_by: str | None = None  # the job that retries this one (ledger.get)
     attempt_log: list[Attempt] = []  # every try, from the attempts table (ledger.get)
 
 

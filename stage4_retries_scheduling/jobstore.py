@@ -28,7 +28,7 @@ async def create_job(
     """The row comes first, then the job goes to Redis, so a job Redis loses is still on
     record. (Enqueue first, and a crash in between leaves a job no one can look up.)"""
     status = Status.DEFERRED if when else Status.QUEUED  # when: run_at or delay_seconds
-    await ledger.add(job_id, name, kwargs, status=status)
+    await ledger.add(job_id, name, kwargs, status=status, run_at=when)
     try:
         job = await redis.enqueue_job(name, _job_id=job_id, _defer_until=when, **kwargs)
     except (errors.RedisConnectionError, errors.RedisTimeoutError, WatchError) as exc:

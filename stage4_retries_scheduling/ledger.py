@@ -6,14 +6,17 @@ for some), or whose write it lost, is recorded from Redis by the read that finds
 (jobstore.read_job) and by the cron job (maintenance.reconcile), for all of them."""
 
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from jobkit.charts import Chart, chart, chart_start, finished_since
+from jobkit.dashboard import count_by, moving_jobs
 from jobkit.db import Database, create_engine, create_tables
 
-from .jobs import FINAL, Attempt, JobView
+from .jobs import FINAL, UNFINISHED, Attempt, JobView, Status
 from .tables import ATTEMPTS, JOBS, LedgerModel, insert_attempt_if_on_record, now
 
 
@@ -35,12 +38,20 @@ class Ledger:
     def create_schema(self) -> None:
         create_tables(LedgerModel.metadata, self.db.engine)
 
-    async def add(self, job_id: str, function: str, args: dict[str, Any], status: str) -> None:
+    async def add(
+        self,
+        job_id: str,
+        function: str,
+        args: dict[str, Any],
+        status: str,
+        run_at: datetime | None = None,
+    ) -> None:
         """A new job's row; the columns not given take the table's defaults (progress 0)."""
         # A plain dict, not a JobRecord: this is the API's hottest write, and building an ORM
         # object for it is a measurable cost. result is NOT NULL: JSON null for now.
         row = dict(job_id=job_id, function=function, args=args, status=status, result=None)
-        await self.db.write(self.insert_job, {**row, "enqueue_time": now(), "updated_at": now()})
+        times = {"run_at": run_at, "enqueue_time": now(), "updated_at": now()}
+        await self.db.write(self.insert_job, {**row, **times})
 
     async def update(self, job_id: str, **values: Any) -> None:
         """Change the job's row, unless it has finished: an ending, once recorded, stays (a
@@ -84,11 +95,57 @@ class Ledger:
         page = query.order_by(*order).limit(limit)
         return await self.db.read_with(lambda connection: with_attempt_logs(connection, page))
 
+    async def page(self, newest: int, also: Sequence[str]) -> tuple[dict[str, int], list[JobView]]:
+        """For the jobs page (history.py): how many jobs are in each state, and the jobs that
+        move (the newest, the unfinished, and `also` by id) with their tries, in one trip."""
+        moving = moving_jobs(JOBS, UNFINISHED, newest, also)
+
+        def read(connection: sa.Connection) -> tuple[dict[str, int], list[JobView]]:
+            return count_by(connection, JOBS.c.status), with_attempt_logs(connection, moving)
+
+        return await self.db.read_with(read)
+
     async def ping(self) -> None:
         await self.db.read(JOBS.select().limit(0), dict)
 
     def close(self) -> None:
         self.db.close()
+
+    async def chart(self) -> Chart:
+        """The last hour's jobs finished per minute, and their queue waits (GET /stats)."""
+        since = chart_start(now())
+        return chart(await self.db.read(finished_since(JOBS, since), dict), since)
+
+    # --- Retry from the page: a new job for an old one, at most one (retry.py) ---
+    async def add_retry(self, old: JobView, job_id: str) -> tuple[str, bool]:
+        """The row of `old`'s retry: a new one with id `job_id` (True), or the one already
+        made (False). retry_of is UNIQUE: of two processes adding one at once, one fails
+        and reads the other's. Not a group-committed write: its failure is its own."""
+        row: dict[str, Any] = dict(job_id=job_id, function=old.function, args=old.args)
+        row |= {"status": Status.QUEUED, "result": None, "retry_of": old.job_id}
+        row |= {"enqueue_time": now(), "updated_at": now()}
+
+        def add_once(connection: sa.Connection) -> tuple[str, bool]:
+            made = JOBS.select().with_only_columns(JOBS.c.job_id)
+            existing = connection.execute(made.where(JOBS.c.retry_of == old.job_id)).scalar()
+            if existing is not None:
+                return existing, False
+            connection.execute(self.insert_job, row)
+            return job_id, True
+
+        try:
+            return await self.db.run(add_once)
+        except sa.exc.IntegrityError:  # another process added it in between
+            return await self.db.run(add_once)
+
+    async def failed_not_retried(self, function: str | None, limit: int) -> list[JobView]:
+        """The newest failed jobs that have no retry yet (bulk retry, retry.py)."""
+        no_retry = ~sa.exists().where(RETRY.c.retry_of == JOBS.c.job_id)
+        query = JOBS.select().where(JOBS.c.status == Status.FAILED, no_retry)
+        if function:
+            query = query.where(JOBS.c.function == function)
+        newest = query.order_by(JOBS.c.enqueue_time.desc(), JOBS.c.job_id.desc()).limit(limit)
+        return await self.db.read(newest, JobView.model_validate)
 
     # --- Retries: the attempt log, a row per try (tables.AttemptRecord) ---
     async def add_attempt(self, values: dict[str, Any]) -> None:
@@ -110,7 +167,11 @@ def with_attempt_logs(connection: sa.Connection, jobs: sa.Select[Any]) -> list[J
 
 # One job and its tries in one query: the job's columns, then each try's, named "try_...".
 TRIES = [column.label(f"try_{column.name}") for column in ATTEMPTS.columns]
-JOB_AND_TRIES = sa.select(JOBS, *TRIES).outerjoin(ATTEMPTS, ATTEMPTS.c.job_id == JOBS.c.job_id)
+RETRY = JOBS.alias("retry")  # the job that retries this one, if any
+RETRIED_BY = sa.select(RETRY.c.job_id).where(RETRY.c.retry_of == JOBS.c.job_id).scalar_subquery()
+JOB_AND_TRIES = sa.select(JOBS, RETRIED_BY.label("retried_by"), *TRIES).outerjoin(
+    ATTEMPTS, ATTEMPTS.c.job_id == JOBS.c.job_id
+)
 
 
 def job_and_tries(rows: list[Any]) -> JobView | None:

@@ -2,10 +2,11 @@
 
 What it adds, a module each: fetch's retries with backoff and the SSRF guard (fetch.py), a
 log of every try (the worker's hooks, tables.py), `run_at`/`delay_seconds` (scheduling.py),
-the `Idempotency-Key` header (idempotency.py), `DELETE /jobs/{id}` (cancel.py), a timeout per
-task (tasks.py) and graceful shutdown (worker.py), and a cron job for the ledger
-(maintenance.py). And operating it: Prometheus `/metrics` on the API and each worker,
-optional traces and JSON logs (jobkit.observe; docs: "Operating it").
+the `Idempotency-Key` header (idempotency.py), `DELETE /jobs/{id}` (cancel.py) and
+`POST /jobs/{id}/retry` (retry.py), also from the jobs page, a timeout per task (tasks.py)
+and graceful shutdown (worker.py), and a cron job for the ledger (maintenance.py). And
+operating it: Prometheus `/metrics` on the API and each worker, optional traces and JSON
+logs (jobkit.observe; docs: "Operating it").
 
 Run it:
     make run STAGE=4
@@ -33,6 +34,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from jobkit import observe
+from jobkit.dashboard import SAME_SITE_ONLY, same_site_only, static_files
 from jobkit.heartbeat import live_workers, workers_seen
 from jobkit.http import BODY_ERRORS, refuse_bad_input
 from jobkit.queue_state import QueueView, read_queue
@@ -41,7 +43,7 @@ from jobkit.streams import RESPONSES as STREAM_LIMITS
 from jobkit.streams import Streams
 from jobkit.tuning import freeze_startup_objects
 
-from . import cancel, errors, history, idempotency, jobs
+from . import cancel, errors, history, idempotency, jobs, retry
 from .config import Settings, get_settings
 from .deps import (
     ClientDep,
@@ -84,7 +86,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.ledger = Ledger(settings.database_url)
     await asyncio.to_thread(app.state.ledger.create_schema)
-    app.state.streams = Streams()  # GET /jobs/{id}/events: one poll per job, capped
+    app.state.streams = Streams()  # event streams: one poll per job (or page), capped
+    app.state.feed = history.page_feed(  # GET /events: the jobs page's one stream
+        app.state.streams, app.state.ledger, app.state.redis, settings.queue_name
+    )
     # What start-up made lives as long as the app (the ORM's tables, compiled statements):
     # jobkit.tuning takes it out of the garbage collector's full scans, which stall requests.
     freeze_startup_objects()
@@ -249,6 +254,12 @@ async def job_events(
         yield latest
 
 
-app.include_router(cancel.router)  # DELETE /jobs/{id}, cancelling a job: cancel.py
+# The page's actions, cancel and retry, refuse what another site's page could make a
+# browser send (jobkit.dashboard.same_site_only): there is no login to stop it.
+guard = [Depends(same_site_only)]
+# DELETE /jobs/{id}, cancelling a job (cancel.py); POST /jobs/{id}/retry (retry.py)
+app.include_router(cancel.router, dependencies=guard, responses=SAME_SITE_ONLY)
+app.include_router(retry.router, dependencies=guard, responses=SAME_SITE_ONLY)
 app.include_router(observed.router(get_redis))  # GET /metrics, when metrics are on
-app.include_router(history.router)  # GET /jobs and GET /, the job history: history.py
+app.include_router(history.router)  # GET /jobs, GET / and GET /events: history.py
+app.mount("/static", static_files())  # the jobs page's script and styles (jobkit/static)

@@ -11,18 +11,19 @@ the next run carries on where this one stopped.
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
 from arq.cron import CronJob, cron
 from arq.jobs import DeserializationError, deserialize_result
+from pydantic import BaseModel
 
 from jobkit import arq_jobs
 
 from .config import get_settings
-from .jobs import FINAL, JobView, Status, deserialize, outcome
+from .jobs import FINAL, JobView, Status, deserialize, outcome, read_outcome
 from .ledger import Ledger
 from .tables import ATTEMPTS, JOBS, now
 from .tasks import TASKS
@@ -193,3 +194,31 @@ def why_failed(record: JobView, lost_before: datetime) -> str | None:
 
 
 # --8<-- [end:budget]
+
+
+# --- The jobs page: the cron job's last runs, as Redis keeps their results ---
+CRON_RUNS_SHOWN = 6  # the last half hour of ticks
+
+
+class CronRun(BaseModel):
+    job_id: str  # ARQ's id of a unique cron run: cron:<function>:<the tick, in ms>
+    due: datetime
+    status: str  # complete or failed; "no result": not run (yet), or its result has expired
+    result: Any = None
+    error: str | None = None
+    finish_time: datetime | None = None
+
+
+async def recent_runs(redis: ArqRedis, queue_name: str) -> list[CronRun]:
+    """The cron job's last CRON_RUNS_SHOWN ticks, newest first (GET /cron). A run has no row
+    in the ledger (it is not a job a client made), but its id is known from its tick, and
+    Redis keeps its result for MAINTENANCE_KEEP_RESULT_S."""
+    step_ms = MAINTENANCE_EVERY_MIN * 60_000
+    last = int(now().timestamp() * 1000) // step_ms * step_ms
+    runs = []
+    for tick in range(last, last - CRON_RUNS_SHOWN * step_ms, -step_ms):
+        job_id = f"cron:{maintain_ledger.__qualname__}:{tick}"
+        ended = await read_outcome(redis, job_id, queue_name) or {"status": "no result"}
+        fields = {key: ended.get(key) for key in ("status", "result", "error", "finish_time")}
+        runs.append(CronRun(job_id=job_id, due=datetime.fromtimestamp(tick / 1000, UTC), **fields))
+    return runs

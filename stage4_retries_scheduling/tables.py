@@ -24,7 +24,10 @@ class LedgerModel(SQLModel, registry=registry()):
 
 class JobRecord(LedgerModel, table=True):
     __tablename__ = "jobs"
-    __table_args__ = (sa.Index("jobs_newest_first", "enqueue_time", "job_id"),)
+    __table_args__ = (
+        sa.Index("jobs_newest_first", "enqueue_time", "job_id"),
+        sa.UniqueConstraint("retry_of", name="jobs_retry_of_key"),  # one retry per job
+    )
 
     job_id: str = Field(primary_key=True, max_length=64)
     function: str = Field(index=True, max_length=64)
@@ -39,6 +42,10 @@ class JobRecord(LedgerModel, table=True):
     start_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finish_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=now, sa_type=UTCDateTime)
+    # Scheduling: when a deferred job is due. Retry from the page: the job this one retries;
+    # UNIQUE, so an old job has at most one retry, however many clicks or tabs ask at once.
+    run_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    retry_of: str | None = Field(default=None, max_length=64)
 
 
 # The same table as SQLAlchemy Core sees it, for queries: JOBS.c.status, JOBS.select().

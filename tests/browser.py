@@ -2,17 +2,21 @@
 Swagger UI), with no network but loopback.
 
 Debian's `chromium` package comes from `make tools` (which `make test` runs); a test that
-needs it when it is missing fails and says so.
+needs it when it is missing fails and says so. A test that only needs a page's DOM or a
+screenshot runs it from the command line (`dump_dom`, `screenshot`); a test that clicks, as
+a person does, drives it with Playwright (the `page` fixture): Playwright launches that same
+Chromium (`executable_path`), never a browser build of its own.
 """
 
 from __future__ import annotations
 
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests import tools
 
@@ -40,6 +44,33 @@ FLAGS = [
 @pytest.fixture(scope="session")
 def chromium() -> str:
     return tools.require("chromium")
+
+
+# Playwright's own waits: what a person would wait for, generously, on a busy 2-core laptop.
+PAGE_TIMEOUT_MS = 20_000
+
+
+@pytest.fixture
+def playwright_browser(chromium: str) -> Iterator[Browser]:
+    """The system Chromium driven by Playwright. One per test, not per session: Playwright's
+    synchronous API runs an event loop in this thread while it is started, and the tests
+    after it run their own (asyncio.run) in the same thread."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium, args=[flag for flag in FLAGS if flag != "--headless"]
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(playwright_browser: Browser) -> Iterator[Page]:
+    context = playwright_browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 def _run(chromium: str, *args: str) -> subprocess.CompletedProcess[str]:

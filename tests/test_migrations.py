@@ -29,7 +29,7 @@ pytestmark = pytest.mark.since_stage(3)
 MIGRATIONS = ROOT / "migrations"
 # The revision whose schema is each stage's tables. A new stage whose tables differ needs a
 # migration to reach them, and its line here.
-STAGE_REVISIONS = {3: "0001_jobs", 4: "0002_attempts"}
+STAGE_REVISIONS = {3: "0001_jobs", 4: "0003_run_at_retry_of"}
 VERSION_TABLE = "ledger_alembic_version"  # migrations/env.py keeps the history here
 # The stages migrations/ knows, oldest first; env.py's tables are the newest's.
 STAGE_PACKAGES = ("stage3_status_history", "stage4_retries_scheduling")

@@ -1,5 +1,6 @@
 """Stage 3+: the job ledger. Every test runs on SQLite and on PostgreSQL (tests/postgres.py)."""
 
+import asyncio
 import base64
 import json
 import os
@@ -331,15 +332,35 @@ def test_500_jobs_with_an_api_and_two_busy_workers_writing_leave_500_final_rows(
     assert busiest >= 2, f"at most {busiest} jobs ran at once: the writes never overlapped"
 
 
-def test_the_jobs_page_shows_status_progress_and_errors(client, drain):
-    report = enqueue(client, "report", {"steps": 2, "step_seconds": 0})
-    enqueue(client, "divide", {"x": 1, "y": 0})
-    drain()
+def test_the_jobs_page_and_its_files_are_served_from_the_app(client):
+    # What the page does is tested in a browser (tests/test_jobs_page.py); here, that it
+    # needs nothing from another server: its script and styles come from the app itself.
     page = client.get("/")
     assert page.headers["content-type"].startswith("text/html")
-    assert f'id="job-{report}" class="complete"' in page.text
-    assert '<progress max="100" value="100">' in page.text
-    assert "ZeroDivisionError: float division by zero" in page.text
+    for path, kind in [("/static/jobs.js", "javascript"), ("/static/jobs.css", "text/css")]:
+        response = client.get(path)
+        assert response.status_code == 200
+        assert kind in response.headers["content-type"]
+
+
+def test_the_jobs_pages_reads_work_on_the_ledgers_database(stage, app, client, drain):
+    # The SQL behind the page (jobkit.dashboard), on SQLite and on PostgreSQL: counts, the
+    # jobs that move, and in stage 4 the charts and a retry (a UNIQUE column).
+    done = enqueue(client, "add", {"x": 1, "y": 2})
+    failed = enqueue(client, "divide", {"x": 1, "y": 0})
+    drain()
+    waiting = enqueue(client, "add", {"x": 3, "y": 4})
+
+    counts, jobs = asyncio.run(app.state.ledger.page(1, [done]))
+    assert counts == {"complete": 1, "failed": 1, "queued": 1}
+    assert [job.job_id for job in jobs] == [waiting, done]  # the newest, the unfinished, `also`
+    if stage.number >= 4:
+        chart = client.get("/stats").json()
+        assert (sum(chart["complete"]), sum(chart["failed"])) == (1, 1)
+        retried = client.post(f"/jobs/{failed}/retry").json()["job_id"]
+        assert client.post(f"/jobs/{failed}/retry").json()["job_id"] == retried
+        assert client.get(f"/jobs/{failed}").json()["retried_by"] == retried
+        assert client.post("/jobs/retry", json={}).json()["retried"] == []
 
 
 HANG_S = 20  # a request still waiting this long for the lock would wait for ever

@@ -1,8 +1,7 @@
-"""Stage 3+ against a real uvicorn: the jobs page in headless Chromium, and an event loop
-that keeps answering while the database makes requests wait."""
+"""Stage 3+ against a real uvicorn: an event loop that keeps answering while the database
+makes requests wait. (The jobs page, in a real browser: tests/test_jobs_page.py.)"""
 
 import contextlib
-import re
 import sqlite3
 import threading
 import time
@@ -11,8 +10,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.browser import dump_dom
-from tests.helpers import poll
 from tests.processes import Proc, Processes, free_port, stage_env
 
 pytestmark = [pytest.mark.since_stage(3), pytest.mark.e2e]
@@ -36,39 +33,6 @@ def running_api(stage, redis_url: str, tmp_path) -> Iterator[tuple[str, Proc]]:
     with Processes(tmp_path / "logs") as procs:
         api = procs.api(stage, port, stage_env(redis_url, tmp_path / "data"))
         yield f"http://127.0.0.1:{port}", api
-
-
-@pytest.mark.browser
-def test_the_page_updates_itself_until_the_job_is_complete_at_100_percent(
-    stage, settings_env, redis_url, drain, chromium, tmp_path
-):
-    with running_api(stage, redis_url, tmp_path) as (url, api):
-        body = {"steps": 4, "step_seconds": 0.05}
-        job_id = httpx.post(f"{url}/tasks/report", json=body).json()["job_id"]
-
-        def requests(path: str) -> list[str]:
-            return [line for line in api.output().splitlines() if f'"GET {path} HTTP' in line]
-
-        def page_loads() -> list[str]:
-            return requests("/")
-
-        dom: list[str] = []
-        browser = threading.Thread(
-            target=lambda: dom.append(dump_dom(chromium, f"{url}/", PAGE_BUDGET_MS))
-        )
-        browser.start()
-        poll(page_loads, START_DEADLINE_S, "the browser to load the page")
-        drain()  # only now does the job run: the first load showed it queued
-        browser.join()
-        streams = requests(f"/jobs/{job_id}/events")
-
-    row = re.search(rf'<tr id="job-{job_id}" class="(\w+)">(.*?)</tr>', dom[0], re.S)
-    assert row, dom[0]
-    assert row[1] == "complete"
-    assert '<progress max="100" value="100">' in row[2]
-    assert "step 4 of 4" in row[2]
-    assert streams  # the row followed the job's event stream ...
-    assert len(page_loads()) == 1  # ... and the page never fetched itself again
 
 
 def test_requests_waiting_for_the_database_do_not_block_the_event_loop(

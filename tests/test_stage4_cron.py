@@ -263,3 +263,22 @@ def test_the_cron_jobs_log_lines_are_the_ones_the_page_shows(
         assert any(search.search(text) for text in printed), f"{line}\nnot in:\n" + "\n".join(
             printed
         )
+
+
+def test_the_cron_jobs_last_runs_are_listed_from_redis_for_the_page(
+    stage, client, drain, redis_url
+):
+    step_ms = stage.module("maintenance").MAINTENANCE_EVERY_MIN * 60_000
+    tick = int(time.time() * 1000) // step_ms * step_ms - step_ms  # the tick before this one
+    cron_id = f"cron:maintain_ledger:{tick}"
+    enqueue_behind_the_apis_back(stage, redis_url, "cron:maintain_ledger", cron_id)
+    drain()
+
+    runs = client.get("/cron").json()
+    assert len(runs) == stage.module("maintenance").CRON_RUNS_SHOWN
+    assert [run["due"] for run in runs] == sorted((run["due"] for run in runs), reverse=True)
+    (ran,) = [run for run in runs if run["job_id"] == cron_id]
+    assert ran["status"] == "complete"
+    assert "settled" in ran["result"]
+    others = {run["status"] for run in runs if run["job_id"] != cron_id}
+    assert others == {"no result"}  # no worker ran those ticks

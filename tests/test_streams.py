@@ -1,5 +1,6 @@
-"""Stage 3+: event streams (GET /jobs/{id}/events) are bounded in number, per client and in
-all, and every watcher of one job is fed by one poll of it.
+"""Stage 3+: event streams (GET /jobs/{id}/events, and the jobs page's GET /events) are
+bounded in number, per client and in all, and every watcher of one job (every open page) is
+fed by one poll of it.
 
 Six hundred idle watchers of one job used to poll it six hundred times over: every other
 request slowed down, and the Redis pool grew a connection per watcher. These tests hold
@@ -14,6 +15,7 @@ import json
 import httpx
 import pytest
 
+import jobkit.dashboard
 import jobkit.streams
 from tests.helpers import poll
 from tests.liveserver import serving
@@ -97,3 +99,50 @@ def test_the_watchers_of_one_job_share_one_poll_of_it(app, drain, monkeypatch):
 
     assert len(polling) == 1, f"{len(polling)} tasks polled the job for {WATCHERS} watchers"
     assert [(event["status"], event["result"]) for event in last] == [("complete", 3)] * WATCHERS
+
+
+def test_every_open_jobs_page_is_fed_by_one_read_and_hears_of_a_new_job(app, drain, monkeypatch):
+    monkeypatch.setattr(jobkit.dashboard, "FEED_POLL_S", 0.1)  # the test's polls come sooner
+    with serving(app) as url, contextlib.ExitStack() as stack:
+        ledger, readers = app.state.ledger, []  # the asyncio task behind each read
+        read = ledger.page
+
+        async def counted(newest, also):
+            readers.append(asyncio.current_task())
+            return await read(newest, also)
+
+        monkeypatch.setattr(ledger, "page", counted)
+        client = stack.enter_context(httpx.Client())
+        pages = [watch(stack, client, f"{url}/events") for _ in range(WATCHERS)]
+        opened = len(readers)  # each page's own first read
+        polls = 2 * WATCHERS
+        poll(lambda: len(readers) >= opened + polls, DEADLINE_S, f"{polls} reads of the state")
+        polling = set(readers[opened:])
+        job_id = httpx.post(f"{url}/tasks/add", json=ADD).json()["job_id"]
+        drain()
+        heard = []
+        for page in pages:
+            for line in page.iter_lines():
+                if line.startswith("data: "):
+                    state = json.loads(line[len("data: ") :])
+                    if state["counts"].get("complete"):
+                        heard.append(state)
+                        break
+
+    assert len(polling) == 1, f"{len(polling)} tasks read the state for {WATCHERS} pages"
+    assert len(heard) == WATCHERS
+    for state in heard:
+        assert {job["job_id"]: job["status"] for job in state["jobs"]} == {job_id: "complete"}
+        assert state["queue"]["ready"] == 0
+
+
+def test_the_jobs_pages_streams_are_capped_like_a_jobs(app, monkeypatch):
+    monkeypatch.setattr(jobkit.streams, "MAX_STREAMS_PER_CLIENT", 1)
+    with serving(app) as url, contextlib.ExitStack() as stack:
+        client = stack.enter_context(httpx.Client())
+        first = watch(stack, client, f"{url}/events")
+        second = watch(stack, client, f"{url}/events")  # a second tab from the same client
+        refused = second.read()
+    assert first.status_code == 200
+    assert second.status_code == 429
+    assert "this client has 1 event streams open" in json.loads(refused)["detail"]
