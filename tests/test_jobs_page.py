@@ -166,7 +166,9 @@ def test_cancel_stops_a_deferred_job_from_the_page(stage, redis_url, tmp_path, p
         expect(row.locator(".status")).to_contain_text("deferred until")
         expect(page.locator("[data-queue='scheduled']")).to_have_text("1")
         expect(page.locator("#cron-runs li")).to_have_count(6)  # GET /cron, none run yet
-        expect(page.locator("#cron-runs li").first).to_contain_text("no result")
+        expect(page.locator("#cron-runs li").first).to_contain_text(
+            "not run, or its result has expired"
+        )
 
         row.get_by_role("button", name=f"cancel job {job_id[:8]}").click()
         expect(row).to_have_class("cancelled")

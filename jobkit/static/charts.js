@@ -57,7 +57,10 @@
       const item = document.createElement("li");
       const due = run.due.replace("T", " ").replace(/(Z|\+00:00)$/, "").slice(0, 16);
       const said = run.error ?? (run.result ? JSON.stringify(run.result) : "");
-      item.textContent = `${due} UTC: ${run.status}${said ? ` ${said}` : ""}`;
+      // "no result": Redis has none for that tick, so it did not run (no worker was up) or
+      // its result has expired: say both, not a bare "no result".
+      const status = run.status === "no result" ? "not run, or its result has expired" : run.status;
+      item.textContent = `${due} UTC: ${status}${said ? ` ${said}` : ""}`;
       item.className = run.status.replace(" ", "-");
       return item;
     }));
