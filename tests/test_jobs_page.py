@@ -153,6 +153,43 @@ def test_a_page_refused_its_stream_goes_live_again_and_catches_up(
         expect(page.locator(f"#job-{later}")).to_have_class("queued")
 
 
+# A page with no navigator.locks (http on a host other than localhost is not a secure context),
+# and a switch for what document.hidden says, as when its tab goes to the background.
+NO_LOCKS = """delete Navigator.prototype.locks;
+let hidden = false;
+Object.defineProperty(Document.prototype, "hidden", { get: () => hidden, configurable: true });
+window.setHidden = (value) => {
+  hidden = value;
+  document.dispatchEvent(new Event("visibilitychange"));
+};
+"""
+
+
+@pytest.mark.stages(3)
+def test_a_tab_that_cannot_share_its_stream_closes_it_while_hidden(
+    stage, redis_url, tmp_path, page: Page
+):
+    page.add_init_script(NO_LOCKS)
+    with site(stage, redis_url, tmp_path) as app:
+        open_page(page, f"{app.url}/")
+        assert page.evaluate("window.jobsPage.leads()")  # a stream of its own
+        page.evaluate("window.setHidden(true)")
+        # Its place is free: this address may hold as many streams as the server allows.
+        poll(lambda: can_hold_streams(app.url, MAX_STREAMS_PER_CLIENT), 10, "the place freed")
+        missed = app.submit("add", x=1, y=2)
+        page.evaluate("window.setHidden(false)")
+        expect(page.get_by_role("status")).to_have_text("Live: this page updates itself.")
+        expect(page.locator(f"#job-{missed}")).to_have_class("queued")
+
+
+def can_hold_streams(url: str, count: int) -> bool:
+    try:
+        with held_streams(url, count):
+            return True
+    except AssertionError:
+        return False
+
+
 def test_the_detail_view_shows_a_jobs_arguments_error_and_times(
     stage, redis_url, tmp_path, page: Page
 ):

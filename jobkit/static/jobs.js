@@ -188,10 +188,10 @@ const RETRY_S = 2; // after a refused stream, about this long before the first t
 const RETRY_MAX_S = 60; // ...doubling each time, up to this
 const LIVE = "Live: this page updates itself.";
 const tabs = "BroadcastChannel" in window ? new BroadcastChannel(STREAM) : null;
-const stream = { leads: false, last: null, opened: false, refused: 0 };
+const stream = { leads: false, last: null, opened: false, refused: 0, source: null, retry: null };
 
 function listen() {
-  if (!navigator.locks || !tabs) return follow(); // not a secure context (http, not on localhost): a stream of its own
+  if (!navigator.locks || !tabs) return followWhileShown();
   tabs.onmessage = (event) => heardFromTab(event.data);
   navigator.locks.request(STREAM, () => new Promise(() => follow())); // held until the tab closes
   tabs.postMessage({ hello: true }); // the tab that follows the stream answers with its last state
@@ -214,9 +214,23 @@ function tell(message) { // this tab and the others
   tabs?.postMessage(message);
 }
 
+// No lock to share a stream with (http on a host other than localhost is not a secure
+// context): each tab follows a stream of its own, and closes it while the tab is hidden.
+function followWhileShown() {
+  document.addEventListener("visibilitychange", () => (document.hidden ? stopFollowing() : follow()));
+  if (!document.hidden) follow();
+}
+
+function stopFollowing() {
+  clearTimeout(stream.retry);
+  stream.source?.close();
+  stream.source = null;
+}
+
 function follow() {
+  stopFollowing(); // one stream at a time, whatever asks for it
   stream.leads = true;
-  const source = new EventSource("/events");
+  const source = (stream.source = new EventSource("/events"));
   source.onopen = () => {
     stream.refused = 0;
     tell({ say: LIVE, reload: stream.opened }); // after a break, what was missed is read again
@@ -236,7 +250,7 @@ function follow() {
     const wait = Math.min(RETRY_MAX_S, RETRY_S * 2 ** stream.refused) * (0.5 + Math.random());
     stream.refused += 1;
     tell({ say: `The server refused the page's stream: trying again in ${Math.round(wait)} s…` });
-    setTimeout(follow, wait * 1000);
+    stream.retry = setTimeout(follow, wait * 1000);
   };
 }
 
