@@ -1,7 +1,8 @@
 // The jobs page (stages 3 and 4): a table driven by GET /jobs (filters, cursor paging), a
 // detail view from GET /jobs/{id}, and ONE event stream for the whole page (GET /events:
 // counts, queue, workers and the jobs that move), so new jobs appear and bars move without a
-// reload. Plain JavaScript served as a file: no build step, no CDN. The stage's template
+// reload; one stream per browser, however many tabs show the page. Plain JavaScript served
+// as a file: no build step, no CDN. The stage's template
 // holds the markup; a part it leaves out (stage 3 has no queue depth, no actions) is skipped.
 "use strict";
 
@@ -109,7 +110,7 @@ function statusText(job) {
 function heard(state) {
   for (const status of config.statuses) {
     const cell = document.querySelector(`[data-count="${status}"]`);
-    if (cell) cell.textContent = state.counts[status] ?? 0;
+    if (cell) cell.textContent = state.counts[status] ?? 0; // the button's name, as it shows
   }
   showQueue(state.queue);
   let added = false;
@@ -136,13 +137,18 @@ function isNew(job) {
   // Only the first page grows: a job newer than every job shown, that the filters select.
   if (view.cursors.length || !matches(job)) return false;
   const newest = view.jobs.values().next().value;
-  return !newest || job.enqueue_time > newest.enqueue_time ||
-    (job.enqueue_time === newest.enqueue_time && job.job_id > newest.job_id);
+  return !newest || newerFirst(job, newest) < 0;
+}
+
+// Newest first, as GET /jobs orders them: by enqueue time, then by id. The times are compared
+// as times, not as text: "…:05Z" (a whole second, written with no fraction) is before "…:05.5Z".
+function newerFirst(a, b) {
+  const byTime = Date.parse(b.enqueue_time) - Date.parse(a.enqueue_time);
+  return byTime || (a.job_id === b.job_id ? 0 : a.job_id < b.job_id ? 1 : -1);
 }
 
 function keepNewestFirst() {
-  const order = [...view.jobs.values()].sort((a, b) =>
-    a.enqueue_time === b.enqueue_time ? (a.job_id < b.job_id ? 1 : -1) : a.enqueue_time < b.enqueue_time ? 1 : -1);
+  const order = [...view.jobs.values()].sort(newerFirst);
   const limit = filters().limit;
   if (order.length > limit) view.stale = true; // the next page starts further down now
   view.jobs = new Map(order.slice(0, limit).map((job) => [job.job_id, job]));
@@ -171,13 +177,85 @@ function say(message) {
   $("#live").textContent = message;
 }
 
+// --- The one event stream, for every tab of the browser ---
+// A browser keeps at most six connections to a server, for all its tabs together, and a
+// stream holds one as long as it lasts: six tabs, each with a stream of its own, would leave
+// none for anything else. So one tab, the one the browser gives the lock STREAM to, follows
+// GET /events and passes on what it hears to the page's other tabs (a BroadcastChannel);
+// when that tab closes, the browser gives the lock to another, which opens the stream.
+const STREAM = "jobs-page-stream"; // the lock's and the channel's name (each origin has its own)
+const RETRY_S = 2; // after a refused stream, about this long before the first try again...
+const RETRY_MAX_S = 60; // ...doubling each time, up to this
+const LIVE = "Live: this page updates itself.";
+const tabs = "BroadcastChannel" in window ? new BroadcastChannel(STREAM) : null;
+const stream = { leads: false, last: null, opened: false, refused: 0, source: null, retry: null };
+
 function listen() {
-  const stream = new EventSource("/events");
-  stream.onopen = () => say("Live: this page updates itself.");
-  stream.onmessage = (event) => heard(JSON.parse(event.data));
-  // The browser reconnects by itself (the server ends a stream after a while, or refused
-  // it with a 429 when too many are open); until then the page says so.
-  stream.onerror = () => say("Reconnecting to the server…");
+  if (!navigator.locks || !tabs) return followWhileShown();
+  tabs.onmessage = (event) => heardFromTab(event.data);
+  navigator.locks.request(STREAM, () => new Promise(() => follow())); // held until the tab closes
+  tabs.postMessage({ hello: true }); // the tab that follows the stream answers with its last state
+}
+
+function heardFromTab(message) {
+  if (message.hello && stream.leads) {
+    tabs.postMessage({ say: $("#live").textContent });
+    if (stream.last) tabs.postMessage({ state: stream.last });
+  }
+  if (stream.leads) return;
+  if (message.say) say(message.say);
+  if (message.reload) reloadPage();
+  if (message.state) heard(JSON.parse(message.state));
+}
+
+function tell(message) { // this tab and the others
+  say(message.say);
+  if (message.reload) reloadPage();
+  tabs?.postMessage(message);
+}
+
+// No lock to share a stream with (http on a host other than localhost is not a secure
+// context): each tab follows a stream of its own, and closes it while the tab is hidden.
+function followWhileShown() {
+  document.addEventListener("visibilitychange", () => (document.hidden ? stopFollowing() : follow()));
+  if (!document.hidden) follow();
+}
+
+function stopFollowing() {
+  clearTimeout(stream.retry);
+  stream.source?.close();
+  stream.source = null;
+}
+
+function follow() {
+  stopFollowing(); // one stream at a time, whatever asks for it
+  stream.leads = true;
+  const source = (stream.source = new EventSource("/events"));
+  source.onopen = () => {
+    stream.refused = 0;
+    tell({ say: LIVE, reload: stream.opened }); // after a break, what was missed is read again
+    stream.opened = true;
+  };
+  source.onmessage = (event) => {
+    stream.last = event.data;
+    heard(JSON.parse(event.data));
+    tabs?.postMessage({ state: event.data });
+  };
+  source.onerror = () => {
+    // A stream the server ended: the browser reconnects by itself. One it refused (a 429 when
+    // too many are open, a 503): the browser gives up, so the page tries again after a while,
+    // longer each time, with jitter, so that pages refused together do not come back together.
+    if (source.readyState !== EventSource.CLOSED) return tell({ say: "Reconnecting to the server…" });
+    source.close();
+    const wait = Math.min(RETRY_MAX_S, RETRY_S * 2 ** stream.refused) * (0.5 + Math.random());
+    stream.refused += 1;
+    tell({ say: `The server refused the page's stream: trying again in ${Math.round(wait)} s…` });
+    stream.retry = setTimeout(follow, wait * 1000);
+  };
+}
+
+function reloadPage() {
+  loadPage(view.cursors.at(-1) ?? null);
 }
 
 // --- The detail view ---
@@ -262,5 +340,5 @@ function start() {
   loadPage().then(listen);
 }
 
-window.jobsPage = { view, loadPage, fillRow, say, field, openDetail };
+window.jobsPage = { view, loadPage, fillRow, say, field, openDetail, newerFirst, leads: () => stream.leads };
 start();
