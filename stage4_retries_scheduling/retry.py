@@ -54,7 +54,7 @@ class Retried(BaseModel):
     },
 )
 async def retry_job(
-    job_id: Annotated[str, Path(max_length=64, pattern=r"^[!-~]+$")],  # visible ASCII
+    job_id: Annotated[str, Path(max_length=64, pattern=r"^[!-~]+$")],
     redis: RedisDep,
     ledger: LedgerDep,
     settings: SettingsDep,
