@@ -156,14 +156,10 @@ async def retry_failed_jobs(
     done = BulkRetried(retried=[], refused=[], more=len(failed) > body.max_jobs)
     for old in failed[: body.max_jobs]:
         try:
-            kwargs = await checked_args(old, client)
-            new_id, made = await ledger.add_retry(old, uuid.uuid4().hex, kwargs)
-            if made:  # not made: another tab's, just now
-                await send(redis, ledger, new_id, old.function, kwargs)
-                link = f"/jobs/{new_id}"
-                done.retried.append(Retried(job_id=new_id, status_url=link, retry_of=old.job_id))
+            if made := await retry_new(redis, ledger, old, client):
+                done.retried.append(made)
         except (HTTPException, RequestValidationError) as exc:
-            done.refused.append(Refused(job_id=old.job_id, reason=str(reason(exc))))
+            done.refused.append(Refused(job_id=old.job_id, reason=reason(exc)))
         except (errors.RedisConnectionError, errors.RedisTimeoutError) as exc:
             if not done.retried:
                 raise  # nothing made: a plain 503
@@ -172,5 +168,17 @@ async def retry_failed_jobs(
     return done
 
 
-def reason(exc: HTTPException | RequestValidationError) -> Any:
-    return exc.detail if isinstance(exc, HTTPException) else [e["msg"] for e in exc.errors()]
+async def retry_new(redis: ArqRedis, ledger: Ledger, old: JobView, client: str) -> Retried | None:
+    """`old`'s retry, made and sent by this request; None if another request made it."""
+    kwargs = await checked_args(old, client)
+    new_id, made = await ledger.add_retry(old, uuid.uuid4().hex, kwargs)
+    if not made:  # another tab's, just now: it answers for it
+        return None
+    await send(redis, ledger, new_id, old.function, kwargs)
+    return Retried(job_id=new_id, status_url=f"/jobs/{new_id}", retry_of=old.job_id)
+
+
+def reason(exc: HTTPException | RequestValidationError) -> str:
+    if isinstance(exc, HTTPException):
+        return str(exc.detail)
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -209,3 +209,13 @@ def test_bulk_retries_from_two_tabs_at_once_claim_each_job_once(app, client, dra
         listed = httpx.get(f"{url}/jobs", params={"function": "divide"}).json()["jobs"]
     assert sorted(claimed) == sorted(failed)  # each once, by one tab or the other
     assert len(listed) == 12
+
+
+def test_bulk_retry_lists_a_failed_job_whose_arguments_are_refused_today(stage, client, drain):
+    legacy = failed_job(client, drain)
+    rewrite_row(stage, legacy, args={"x": "1", "y": 0})  # "1" is not 1 (strict)
+    answer = client.post("/jobs/retry", json={}).json()
+    assert answer["retried"] == []
+    [refused] = answer["refused"]
+    assert refused["job_id"] == legacy
+    assert "args.x" in refused["reason"]
