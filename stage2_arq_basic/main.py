@@ -140,7 +140,11 @@ for name, (model, function) in TASKS.items():
     responses={404: {"description": "Unknown job"}, **errors.NOT_JSON, **errors.REDIS_DOWN},
 )
 async def get_job(
-    job_id: Annotated[str, Path(max_length=64)], redis: RedisDep, settings: SettingsDep
+    # An id is visible ASCII: one with a NUL or a control character is a 422 (PostgreSQL
+    # would refuse it with an error), as are the ids of every route of the later stages.
+    job_id: Annotated[str, Path(max_length=64, pattern=r"^[!-~]+$")],
+    redis: RedisDep,
+    settings: SettingsDep,
 ) -> jobs.JobView:
     """A job's status, and its result or error once it has finished."""
     view = await jobs.read_from_redis(redis, job_id, settings.queue_name)

@@ -60,7 +60,7 @@ router = APIRouter(tags=["jobs"])
     },
 )
 async def delete_job(
-    job_id: Annotated[str, Path(max_length=64)],
+    job_id: Annotated[str, Path(max_length=64, pattern=r"^[!-~]+$")],
     redis: RedisDep,
     ledger: LedgerDep,
     settings: SettingsDep,

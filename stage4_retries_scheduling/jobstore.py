@@ -29,13 +29,29 @@ async def create_job(
     record. (Enqueue first, and a crash in between leaves a job no one can look up.)"""
     status = Status.DEFERRED if when else Status.QUEUED  # when: run_at or delay_seconds
     await ledger.add(job_id, name, kwargs, status=status, run_at=when)
+    await enqueue(redis, ledger, name, job_id, kwargs, when)
+
+
+async def enqueue(
+    redis: ArqRedis,
+    ledger: Ledger,
+    name: str,
+    job_id: str,
+    kwargs: dict,
+    when: datetime | None = None,
+    **if_not_sent: object,
+) -> None:
+    """Send the job whose row is written to Redis. `if_not_sent`: more of the row to change
+    when Redis stored nothing (a retry unlinks itself from the job it retried, retry.py)."""
     try:
         job = await redis.enqueue_job(name, _job_id=job_id, _defer_until=when, **kwargs)
     except (errors.RedisConnectionError, errors.RedisTimeoutError, WatchError) as exc:
         # Redis failed before the transaction was sent (redis-py calls a connection lost
         # during WATCH a WatchError), so it stored nothing: the job has failed.
         error = f"not enqueued: Redis is unavailable ({type(exc).__name__})"
-        await ledger.update(job_id, status=Status.FAILED, error=error, finish_time=now())
+        await ledger.update(
+            job_id, status=Status.FAILED, error=error, finish_time=now(), **if_not_sent
+        )
         raise errors.RedisConnectionError(error) from exc  # errors.redis_unavailable: 503
     if job is None and await cancelled_meanwhile(redis, ledger, job_id):
         return  # the job exists, cancelled: GET /jobs/{id} says so

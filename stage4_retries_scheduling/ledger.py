@@ -117,11 +117,11 @@ class Ledger:
         return chart(await self.db.read(finished_since(JOBS, since), dict), since)
 
     # --- Retry from the page: a new job for an old one, at most one (retry.py) ---
-    async def add_retry(self, old: JobView, job_id: str) -> tuple[str, bool]:
+    async def add_retry(self, old: JobView, job_id: str, args: dict[str, Any]) -> tuple[str, bool]:
         """The row of `old`'s retry: a new one with id `job_id` (True), or the one already
         made (False). retry_of is UNIQUE: of two processes adding one at once, one fails
         and reads the other's. Not a group-committed write: its failure is its own."""
-        row: dict[str, Any] = dict(job_id=job_id, function=old.function, args=old.args)
+        row: dict[str, Any] = dict(job_id=job_id, function=old.function, args=args)
         row |= {"status": Status.QUEUED, "result": None, "retry_of": old.job_id}
         row |= {"enqueue_time": now(), "updated_at": now()}
 
@@ -156,6 +156,7 @@ class Ledger:
 
 def with_attempt_logs(connection: sa.Connection, jobs: sa.Select[Any]) -> list[JobView]:
     """The jobs `jobs` selects, each with its tries in order: two queries for a whole page."""
+    jobs = jobs.add_columns(RETRIED_BY.label("retried_by"))  # the retry of each, if any
     rows = connection.execute(jobs).mappings().all()
     ids = [row["job_id"] for row in rows]
     tries = ATTEMPTS.select().where(ATTEMPTS.c.job_id.in_(ids)).order_by(ATTEMPTS.c.attempt)

@@ -212,7 +212,7 @@ for name, (model, function) in TASKS.items():
     responses={404: {"description": "Unknown job"}, **errors.NOT_JSON, **errors.REDIS_DOWN},
 )
 async def get_job(
-    job_id: Annotated[str, Path(max_length=64)],
+    job_id: Annotated[str, Path(max_length=64, pattern=r"^[!-~]+$")],
     redis: RedisDep,
     ledger: LedgerDep,
     settings: SettingsDep,
