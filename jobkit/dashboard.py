@@ -43,7 +43,7 @@ from jobkit.streams import Streams
 FEED_POLL_S = 0.5  # how often the page's state is read, for all the open pages together
 KEEP_ENDED_S = 10.0  # how long a job that has just ended stays in the state
 MAX_ENDED = 200  # ended jobs kept in the state at once (a burst of endings: the newest)
-MAX_UNFINISHED = 100  # unfinished jobs in the state: a page shows at most MAX_PAGE_SIZE
+MAX_UNFINISHED = 100  # unfinished jobs of each state in the state: a page shows at most 100
 RECENT_S = 5.0  # a job stays in the state this long after it last changed
 SHARED_FOR_S = 10.0  # a slow-changing read (charts, cron runs) serves the pages this long
 FEED_KEY = "jobs page"  # the streams' key for the page's state (a job's key is its hex id)
@@ -122,14 +122,18 @@ def moving_jobs(
     jobs: sa.Table, unfinished: Collection[str], newest: int, also: Sequence[str]
 ) -> sa.Select[Any]:
     """The jobs a page must hear about, newest first: the `newest` few (a new job appears),
-    the unfinished ones (up to MAX_UNFINISHED: their bars move) and `also`, by id."""
+    the unfinished ones (up to MAX_UNFINISHED in each unfinished state: their bars move) and
+    `also`, by id."""
     ids = jobs.c.job_id
     order = (jobs.c.enqueue_time.desc(), ids.desc())
     newest_ids = sa.select(ids).order_by(*order).limit(newest)  # index jobs_newest_first
-    unfinished_ids = (  # the status index
-        sa.select(ids).where(jobs.c.status.in_(sorted(unfinished))).limit(MAX_UNFINISHED)
-    )
-    wanted = sa.or_(ids.in_(newest_ids), ids.in_(unfinished_ids), ids.in_(list(also)))
+    # A limit per state, on the status index: one limit for them all let a thousand deferred
+    # jobs crowd out the few running ones, whose bars then froze.
+    unfinished_ids = [
+        ids.in_(sa.select(ids).where(jobs.c.status == status).limit(MAX_UNFINISHED))
+        for status in sorted(unfinished)
+    ]
+    wanted = sa.or_(ids.in_(newest_ids), *unfinished_ids, ids.in_(list(also)))
     return jobs.select().where(wanted).order_by(*order)
 
 

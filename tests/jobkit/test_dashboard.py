@@ -57,6 +57,28 @@ def test_the_sql_selects_the_newest_the_unfinished_and_the_asked_for(tmp_path):
     assert counts == {"queued": 1, "complete": 4, "failed": 1}
 
 
+def test_a_running_job_is_selected_however_many_deferred_jobs_wait(tmp_path):
+    # The status index hands the unfinished rows back grouped by status, "deferred" before
+    # "in_progress": with one limit for them all, a running job's bar froze behind them.
+    engine = create_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    create_tables(metadata, engine)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    waiting = jobkit.dashboard.MAX_UNFINISHED + 20
+    rows = [dict(job_id="running", status="in_progress", enqueue_time=start)]
+    rows += [
+        dict(job_id=f"later-{n}", status="deferred", enqueue_time=start + timedelta(seconds=n))
+        for n in range(1, waiting + 1)
+    ]
+    with engine.begin() as connection:
+        connection.execute(JOBS.insert(), rows)
+    with engine.connect() as connection:
+        query = moving_jobs(JOBS, {"deferred", "in_progress"}, newest=2, also=[])
+        found = {row.job_id for row in connection.execute(query)}
+    engine.dispose()
+    assert "running" in found
+    assert len(found) <= 2 + 2 * jobkit.dashboard.MAX_UNFINISHED  # still bounded
+
+
 def test_every_follower_shares_one_read_and_an_ended_job_is_asked_for_a_while(monkeypatch):
     monkeypatch.setattr(jobkit.dashboard, "FEED_POLL_S", 0.01)
     reads: list[Sequence[str]] = []
