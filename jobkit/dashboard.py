@@ -13,7 +13,9 @@ CDN, so the page works on a machine with no network.
   reads its table from GET /jobs when it opens, and then needs only what moves): an idle
   queue's state is a few hundred bytes, however many jobs the table shows.
 - `Feed.shared(key, read)`: what changes slowly (stage 4's charts and cron runs), read once
-  for every page that asks within SHARED_FOR_S.
+  for every page that asks within SHARED_FOR_S: one read in flight per key, and no key waits
+  for another's (a stuck Redis holds up the cron runs, not the charts); a failure is kept
+  SHARED_FAILED_FOR_S, so the pages asking meanwhile get it at once, not a timeout each.
 - `moving_jobs(...)` and `count_by(...)`: the SQL behind that read, the same on SQLite and
   PostgreSQL, each on an index the ledger already has.
 - `same_site_only`: a dependency for the page's actions (stage 4's cancel and retry). There
@@ -46,6 +48,7 @@ MAX_ENDED = 200  # ended jobs kept in the state at once (a burst of endings: the
 MAX_UNFINISHED = 100  # unfinished jobs of each state in the state: a page shows at most 100
 RECENT_S = 5.0  # a job stays in the state this long after it last changed
 SHARED_FOR_S = 10.0  # a slow-changing read (charts, cron runs) serves the pages this long
+SHARED_FAILED_FOR_S = 2.0  # and its failure (Redis down or stuck), so pages don't queue on it
 FEED_KEY = "jobs page"  # the streams' key for the page's state (a job's key is its hex id)
 STATIC = Path(__file__).parent / "static"
 T = TypeVar("T")
@@ -69,8 +72,8 @@ class Feed:
         self.unfinished: set[str] = set()
         self.ended: dict[str, float] = {}  # job id: until when (time.monotonic) it is kept
         self.changed: dict[str, tuple[str, float]] = {}  # job id: (its JSON, when it changed)
-        self.kept: dict[str, tuple[Any, float]] = {}  # Feed.shared: key: (value, when read)
-        self.reading = asyncio.Lock()  # one shared read at a time: the pages asking wait for it
+        self.kept: dict[str, asyncio.Future[Any]] = {}  # Feed.shared: key: its (last) read
+        self.read_at: dict[str, float] = {}  # Feed.shared: key: when its last read ended
 
     async def follow(self) -> AsyncIterator[str]:
         """The state as JSON now, then each time it changes (until EVENTS_MAX_S: the browser
@@ -82,14 +85,22 @@ class Feed:
             yield state
 
     async def shared(self, key: str, read: Callable[[], Awaitable[T]]) -> T:
-        """`read()`'s value, read again only once SHARED_FOR_S has passed: every open page
-        asks every so often, and one read answers them all."""
-        async with self.reading:
-            kept = self.kept.get(key)
-            if kept is None or time.monotonic() - kept[1] > SHARED_FOR_S:
-                kept = self.kept[key] = (await read(), time.monotonic())
-            value: T = kept[0]
-            return value
+        """`read()`'s value, read again only once SHARED_FOR_S has passed (after a failure,
+        once SHARED_FAILED_FOR_S has): every open page asks every so often, and one read
+        answers them all. Each key has a read of its own, so a stuck one holds up no other."""
+        if self._stale(key):
+            reading = self.kept[key] = asyncio.ensure_future(read())
+            reading.add_done_callback(lambda _: self.read_at.__setitem__(key, time.monotonic()))
+        # Shielded: a page that leaves while it waits must not cancel the others' read.
+        value: T = await asyncio.shield(self.kept[key])
+        return value
+
+    def _stale(self, key: str) -> bool:
+        kept = self.kept.get(key)
+        if kept is None or not kept.done():
+            return kept is None  # never read, or being read: wait for that read
+        fresh_for = SHARED_FAILED_FOR_S if kept.exception() else SHARED_FOR_S
+        return time.monotonic() - self.read_at[key] > fresh_for
 
     async def _read(self, key: str) -> str:
         now = time.monotonic()
