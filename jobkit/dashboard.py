@@ -21,14 +21,19 @@ CDN, so the page works on a machine with no network.
 - `same_site_only`: a dependency for the page's actions (stage 4's cancel and retry). There
   is no login, so what stops another site's page from making a visitor's browser send them
   is this: a request a browser marks as sent from another site (Sec-Fetch-Site, Origin), or
-  with a body only an HTML form sends, gets a JSON 403. The page sends JSON from its own
-  origin; curl sends neither header, and passes.
+  with a body only an HTML form sends, gets a JSON 403; so does a browser's request (it
+  carries Origin) for a Host that is not an IP address, `localhost` or named in the
+  ALLOWED_HOSTS environment variable: a DNS-rebinding site's page is same-origin with
+  itself, and only its name gives it away. The page sends JSON from its own origin; curl
+  sends neither header, and passes.
 
 A learner may skip this module: stages 3 and 4 use it for `GET /` and `GET /events`.
 """
 
 import asyncio
+import ipaddress
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from pathlib import Path
@@ -170,6 +175,10 @@ def page_queue(view: QueueView) -> dict[str, Any]:
 # first (a CORS preflight), which this app never grants to another site.
 FORM_BODIES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 OTHER_SITES = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site: not our own origin
+# The environment variable listing the names, besides IP addresses and localhost, that the
+# browser may call this server by when it sends an action (comma-separated): a real
+# deployment's own name. A real application would keep it with its other settings.
+ALLOWED_HOSTS = "ALLOWED_HOSTS"
 SAME_SITE_ONLY: dict[int | str, dict[str, Any]] = {
     403: {"description": "Sent from another site's page, or with a form's body"}
 }
@@ -182,5 +191,21 @@ async def same_site_only(request: Request) -> None:
     body_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if request.headers.get("sec-fetch-site") in OTHER_SITES or origin not in (None, own_origin):
         raise HTTPException(403, "Refused: sent from another site's page")
+    if origin is not None and not our_name(request.url.hostname or ""):
+        # DNS rebinding: a site that points its own name at this server's address is
+        # same-origin with itself; only the name it used, in Host, gives it away.
+        raise HTTPException(
+            403, f"Refused: {request.url.hostname} is not one of this server's names"
+        )
     if body_type in FORM_BODIES:
         raise HTTPException(403, "Refused: an action takes no form body (send JSON, or none)")
+
+
+def our_name(host: str) -> bool:
+    """An IP address, localhost, or a name the ALLOWED_HOSTS setting lists."""
+    allowed = {name.strip().lower() for name in os.environ.get(ALLOWED_HOSTS, "").split(",")}
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower() in ({"localhost"} | allowed) - {""}
+    return True
