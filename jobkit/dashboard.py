@@ -104,7 +104,8 @@ class Feed:
         kept = self.kept.get(key)
         if kept is None or not kept.done():
             return kept is None  # never read, or being read: wait for that read
-        fresh_for = SHARED_FAILED_FOR_S if kept.exception() else SHARED_FOR_S
+        failed = kept.cancelled() or kept.exception() is not None
+        fresh_for = SHARED_FAILED_FOR_S if failed else SHARED_FOR_S
         return time.monotonic() - self.read_at[key] > fresh_for
 
     async def _read(self, key: str) -> str:
