@@ -13,20 +13,27 @@ CDN, so the page works on a machine with no network.
   reads its table from GET /jobs when it opens, and then needs only what moves): an idle
   queue's state is a few hundred bytes, however many jobs the table shows.
 - `Feed.shared(key, read)`: what changes slowly (stage 4's charts and cron runs), read once
-  for every page that asks within SHARED_FOR_S.
+  for every page that asks within SHARED_FOR_S: one read in flight per key, and no key waits
+  for another's (a stuck Redis holds up the cron runs, not the charts); a failure is kept
+  SHARED_FAILED_FOR_S, so the pages asking meanwhile get it at once, not a timeout each.
 - `moving_jobs(...)` and `count_by(...)`: the SQL behind that read, the same on SQLite and
   PostgreSQL, each on an index the ledger already has.
 - `same_site_only`: a dependency for the page's actions (stage 4's cancel and retry). There
   is no login, so what stops another site's page from making a visitor's browser send them
   is this: a request a browser marks as sent from another site (Sec-Fetch-Site, Origin), or
-  with a body only an HTML form sends, gets a JSON 403. The page sends JSON from its own
-  origin; curl sends neither header, and passes.
+  with a body only an HTML form sends, gets a JSON 403; so does a browser's request (it
+  carries Origin) for a Host that is not an IP address, `localhost` or named in the
+  ALLOWED_HOSTS environment variable: a DNS-rebinding site's page is same-origin with
+  itself, and only its name gives it away. The page sends JSON from its own origin; curl
+  sends neither header, and passes.
 
 A learner may skip this module: stages 3 and 4 use it for `GET /` and `GET /events`.
 """
 
 import asyncio
+import ipaddress
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from pathlib import Path
@@ -43,9 +50,10 @@ from jobkit.streams import Streams
 FEED_POLL_S = 0.5  # how often the page's state is read, for all the open pages together
 KEEP_ENDED_S = 10.0  # how long a job that has just ended stays in the state
 MAX_ENDED = 200  # ended jobs kept in the state at once (a burst of endings: the newest)
-MAX_UNFINISHED = 100  # unfinished jobs in the state: a page shows at most MAX_PAGE_SIZE
+MAX_UNFINISHED = 100  # unfinished jobs of each state in the state: a page shows at most 100
 RECENT_S = 5.0  # a job stays in the state this long after it last changed
 SHARED_FOR_S = 10.0  # a slow-changing read (charts, cron runs) serves the pages this long
+SHARED_FAILED_FOR_S = 2.0  # and its failure (Redis down or stuck), so pages don't queue on it
 FEED_KEY = "jobs page"  # the streams' key for the page's state (a job's key is its hex id)
 STATIC = Path(__file__).parent / "static"
 T = TypeVar("T")
@@ -69,8 +77,8 @@ class Feed:
         self.unfinished: set[str] = set()
         self.ended: dict[str, float] = {}  # job id: until when (time.monotonic) it is kept
         self.changed: dict[str, tuple[str, float]] = {}  # job id: (its JSON, when it changed)
-        self.kept: dict[str, tuple[Any, float]] = {}  # Feed.shared: key: (value, when read)
-        self.reading = asyncio.Lock()  # one shared read at a time: the pages asking wait for it
+        self.kept: dict[str, asyncio.Future[Any]] = {}  # Feed.shared: key: its (last) read
+        self.read_at: dict[str, float] = {}  # Feed.shared: key: when its last read ended
 
     async def follow(self) -> AsyncIterator[str]:
         """The state as JSON now, then each time it changes (until EVENTS_MAX_S: the browser
@@ -82,14 +90,23 @@ class Feed:
             yield state
 
     async def shared(self, key: str, read: Callable[[], Awaitable[T]]) -> T:
-        """`read()`'s value, read again only once SHARED_FOR_S has passed: every open page
-        asks every so often, and one read answers them all."""
-        async with self.reading:
-            kept = self.kept.get(key)
-            if kept is None or time.monotonic() - kept[1] > SHARED_FOR_S:
-                kept = self.kept[key] = (await read(), time.monotonic())
-            value: T = kept[0]
-            return value
+        """`read()`'s value, read again only once SHARED_FOR_S has passed (after a failure,
+        once SHARED_FAILED_FOR_S has): every open page asks every so often, and one read
+        answers them all. Each key has a read of its own, so a stuck one holds up no other."""
+        if self._stale(key):
+            reading = self.kept[key] = asyncio.ensure_future(read())
+            reading.add_done_callback(lambda _: self.read_at.__setitem__(key, time.monotonic()))
+        # Shielded: a page that leaves while it waits must not cancel the others' read.
+        value: T = await asyncio.shield(self.kept[key])
+        return value
+
+    def _stale(self, key: str) -> bool:
+        kept = self.kept.get(key)
+        if kept is None or not kept.done():
+            return kept is None  # never read, or being read: wait for that read
+        failed = kept.cancelled() or kept.exception() is not None
+        fresh_for = SHARED_FAILED_FOR_S if failed else SHARED_FOR_S
+        return time.monotonic() - self.read_at[key] > fresh_for
 
     async def _read(self, key: str) -> str:
         now = time.monotonic()
@@ -122,14 +139,18 @@ def moving_jobs(
     jobs: sa.Table, unfinished: Collection[str], newest: int, also: Sequence[str]
 ) -> sa.Select[Any]:
     """The jobs a page must hear about, newest first: the `newest` few (a new job appears),
-    the unfinished ones (up to MAX_UNFINISHED: their bars move) and `also`, by id."""
+    the unfinished ones (up to MAX_UNFINISHED in each unfinished state: their bars move) and
+    `also`, by id."""
     ids = jobs.c.job_id
     order = (jobs.c.enqueue_time.desc(), ids.desc())
     newest_ids = sa.select(ids).order_by(*order).limit(newest)  # index jobs_newest_first
-    unfinished_ids = (  # the status index
-        sa.select(ids).where(jobs.c.status.in_(sorted(unfinished))).limit(MAX_UNFINISHED)
-    )
-    wanted = sa.or_(ids.in_(newest_ids), ids.in_(unfinished_ids), ids.in_(list(also)))
+    # A limit per state, on the status index: one limit for them all let a thousand deferred
+    # jobs crowd out the few running ones, whose bars then froze.
+    unfinished_ids = [
+        ids.in_(sa.select(ids).where(jobs.c.status == status).limit(MAX_UNFINISHED))
+        for status in sorted(unfinished)
+    ]
+    wanted = sa.or_(ids.in_(newest_ids), *unfinished_ids, ids.in_(list(also)))
     return jobs.select().where(wanted).order_by(*order)
 
 
@@ -155,6 +176,10 @@ def page_queue(view: QueueView) -> dict[str, Any]:
 # first (a CORS preflight), which this app never grants to another site.
 FORM_BODIES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 OTHER_SITES = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site: not our own origin
+# The environment variable listing the names, besides IP addresses and localhost, that the
+# browser may call this server by when it sends an action (comma-separated): a real
+# deployment's own name. A real application would keep it with its other settings.
+ALLOWED_HOSTS = "ALLOWED_HOSTS"
 SAME_SITE_ONLY: dict[int | str, dict[str, Any]] = {
     403: {"description": "Sent from another site's page, or with a form's body"}
 }
@@ -167,5 +192,21 @@ async def same_site_only(request: Request) -> None:
     body_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if request.headers.get("sec-fetch-site") in OTHER_SITES or origin not in (None, own_origin):
         raise HTTPException(403, "Refused: sent from another site's page")
+    if origin is not None and not our_name(request.url.hostname or ""):
+        # DNS rebinding: a site that points its own name at this server's address is
+        # same-origin with itself; only the name it used, in Host, gives it away.
+        raise HTTPException(
+            403, f"Refused: {request.url.hostname} is not one of this server's names"
+        )
     if body_type in FORM_BODIES:
         raise HTTPException(403, "Refused: an action takes no form body (send JSON, or none)")
+
+
+def our_name(host: str) -> bool:
+    """An IP address, localhost, or a name the ALLOWED_HOSTS setting lists."""
+    allowed = {name.strip().lower() for name in os.environ.get(ALLOWED_HOSTS, "").split(",")}
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower() in ({"localhost"} | allowed) - {""}
+    return True

@@ -5,6 +5,8 @@
   bounded wait rather than minutes (connect, lock and statement timeouts).
 - `create_tables(metadata, engine)`: tables made by whichever of several processes starting at
   once gets there first, the others finding them made.
+- `require_columns(metadata, engine)`: stop at start-up, saying how to upgrade it, when the
+  database's tables lack columns the code's have (a ledger an older version made).
 - `UTCDateTime`: aware UTC datetimes in and out, whatever the database keeps.
 - `Database`: synchronous SQLAlchemy Core from async code. Reads run in a small pool of threads
   and writes in one writer thread, so the event loop never waits on the database. Writes that
@@ -100,6 +102,39 @@ def create_tables(metadata: sa.MetaData, engine: sa.Engine) -> None:
         except sa.exc.DBAPIError:
             if attempt == CREATE_TRIES - 1:
                 raise
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database's tables lack columns the code's have: a ledger an older version made."""
+
+
+def require_columns(metadata: sa.MetaData, engine: sa.Engine) -> None:
+    """SchemaOutOfDate, naming them, if a table lacks columns `metadata` has. create_tables
+    makes missing tables, never missing columns: an older ledger would let the app start,
+    and then fail every query that names them ("no such column")."""
+    inspector = sa.inspect(engine)
+    missing = []
+    for table in metadata.sorted_tables:
+        has = {column["name"] for column in inspector.get_columns(table.name)}
+        missing += [
+            f"{table.name}.{column.name}" for column in table.columns if column.name not in has
+        ]
+    if missing:
+        raise SchemaOutOfDate(_out_of_date(engine.url, missing))
+
+
+def _out_of_date(url: sa.URL, missing: list[str]) -> str:
+    where = url.render_as_string(hide_password=True)
+    message = (
+        f"The ledger at {where} lacks {', '.join(missing)}: it was made by an older version. "
+        "Upgrade it with `alembic -c migrations/alembic.ini upgrade head` (tables the app made "
+        "itself have no migration history yet: `stamp` the revision they match first, as "
+        "docs/guides/your-app.md says)"
+    )
+    if url.get_backend_name() == "sqlite" and url.database:
+        folder = Path(url.database).parent
+        message += f", or, for the tutorial's own ledger, delete {folder} and start again"
+    return message + "."
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):

@@ -7,7 +7,9 @@ pool by a connection each. So:
 
 - `Streams.place(client)`: a stream's place, held while it lasts; beyond MAX_STREAMS open in
   the process, or MAX_STREAMS_PER_CLIENT from one client, an HTTPException 429 with
-  Retry-After.
+  Retry-After. The jobs pages' streams (`page=True`) have MAX_PAGE_STREAMS places of their
+  own: a hundred open pages leave every place for GET /jobs/{id}/events, and the other way
+  round.
 - `Streams.follow(key, first, read, ended)`: `first`, then each change `read(key)` finds, until
   `ended(latest)` has held for one more poll (late writes land) or EVENTS_MAX_S passes. Every
   follower of one key is fed by one poll loop for that key.
@@ -29,6 +31,7 @@ T = TypeVar("T")
 EVENTS_POLL_S = 0.2  # how often a key's poll looks for a change
 EVENTS_MAX_S = 600  # a stream ends after this even if what it follows has not
 MAX_STREAMS = 100  # open at once in one process, all clients together
+MAX_PAGE_STREAMS = 100  # the jobs pages' streams, counted apart: open pages take no job's place
 MAX_STREAMS_PER_CLIENT = 10  # open at once from one client
 STREAMS_RETRY_AFTER_S = 5  # what a client refused a stream is asked to wait
 
@@ -74,22 +77,27 @@ class Streams:
     """A process's event streams: how many each client has open, and a poll per followed key."""
 
     def __init__(self) -> None:
-        self.open: Counter[str] = Counter()
+        self.open: Counter[str] = Counter()  # job streams open, per client
+        self.pages: Counter[str] = Counter()  # jobs pages' streams open, per client
         self.polls: dict[str, Poll[Any]] = {}
 
     @asynccontextmanager
-    async def place(self, client: str) -> AsyncIterator[None]:
-        """One stream's place, held while it lasts; a 429 when there is none for `client`."""
-        if self.open.total() >= MAX_STREAMS:
-            _refuse(f"{MAX_STREAMS} event streams are open, the most this server keeps")
-        if self.open[client] >= MAX_STREAMS_PER_CLIENT:
+    async def place(self, client: str, page: bool = False) -> AsyncIterator[None]:
+        """One stream's place, held while it lasts; a 429 when there is none for `client`.
+        A jobs page's stream (`page`) takes one of the MAX_PAGE_STREAMS places of its own."""
+        places = self.pages if page else self.open
+        most, what = (MAX_PAGE_STREAMS, "jobs pages' ") if page else (MAX_STREAMS, "")
+        if places.total() >= most:
+            _refuse(f"{most} {what}event streams are open, the most this server keeps")
+        if places[client] >= MAX_STREAMS_PER_CLIENT:
             _refuse(f"this client has {MAX_STREAMS_PER_CLIENT} event streams open, the most it may")
-        self.open[client] += 1
+        places[client] += 1
         try:
             yield
         finally:
-            self.open[client] -= 1
-            self.open = +self.open  # forget the clients down to none
+            places[client] -= 1
+            if not places[client]:
+                del places[client]  # forget the clients down to none
 
     async def follow(
         self,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from arq.connections import ArqRedis
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.templating import Jinja2Templates
@@ -20,7 +20,7 @@ from jobkit.streams import RESPONSES as STREAM_LIMITS
 from jobkit.streams import Streams
 
 from . import errors
-from .deps import FeedDep, LedgerDep, StreamPlaceDep
+from .deps import ClientDep, FeedDep, LedgerDep, StreamsDep
 from .jobs import FINAL, JobView, Status
 from .ledger import Ledger
 from .tasks import TASKS
@@ -110,8 +110,17 @@ class PageState(BaseModel):
     jobs: list[JobView]  # the newest, the unfinished and the just ended
 
 
+async def hold_a_page_place(streams: StreamsDep, client: ClientDep) -> AsyncIterator[None]:
+    # The pages' streams have places of their own (jobkit.streams): open pages never take
+    # the places GET /jobs/{id}/events needs. Held while the response streams, or a 429.
+    async with streams.place(client, page=True):
+        yield
+
+
 @router.get("/events", response_class=EventSourceResponse, responses=STREAM_LIMITS)
-async def page_events(place: StreamPlaceDep, feed: FeedDep) -> AsyncIterator[ServerSentEvent]:
+async def page_events(
+    place: Annotated[None, Depends(hold_a_page_place)], feed: FeedDep
+) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events for the jobs page: counts, queue, workers and the jobs that move."""
     # One stream for the whole page, not one per row: a browser keeps six connections to a
     # server for all its tabs. And one read feeds every open page (jobkit.dashboard).

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobkit.dashboard import count_by, moving_jobs
-from jobkit.db import Database, create_engine, create_tables
+from jobkit.db import Database, create_engine, create_tables, require_columns
 
 from .jobs import FINAL, UNFINISHED, JobView
 from .tables import JOBS, LedgerModel, now
@@ -35,6 +35,8 @@ class Ledger:
 
     def create_schema(self) -> None:
         create_tables(LedgerModel.metadata, self.db.engine)
+        # An older ledger lacks columns these tables have: stop here, saying how to upgrade.
+        require_columns(LedgerModel.metadata, self.db.engine)
 
     async def add(self, job_id: str, function: str, args: dict[str, Any], status: str) -> None:
         """A new job's row; the columns not given take the table's defaults (progress 0)."""

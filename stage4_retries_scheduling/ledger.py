@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from jobkit.charts import Chart, chart, chart_start, finished_since
 from jobkit.dashboard import count_by, moving_jobs
-from jobkit.db import Database, create_engine, create_tables
+from jobkit.db import Database, create_engine, create_tables, require_columns
 
 from .jobs import FINAL, UNFINISHED, Attempt, JobView, Status
 from .tables import ATTEMPTS, JOBS, LedgerModel, insert_attempt_if_on_record, now
@@ -37,6 +37,8 @@ class Ledger:
 
     def create_schema(self) -> None:
         create_tables(LedgerModel.metadata, self.db.engine)
+        # An older ledger lacks columns these tables have: stop here, saying how to upgrade.
+        require_columns(LedgerModel.metadata, self.db.engine)
 
     async def add(
         self,

@@ -57,6 +57,28 @@ def test_the_sql_selects_the_newest_the_unfinished_and_the_asked_for(tmp_path):
     assert counts == {"queued": 1, "complete": 4, "failed": 1}
 
 
+def test_a_running_job_is_selected_however_many_deferred_jobs_wait(tmp_path):
+    # The status index hands the unfinished rows back grouped by status, "deferred" before
+    # "in_progress": with one limit for them all, a running job's bar froze behind them.
+    engine = create_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    create_tables(metadata, engine)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    waiting = jobkit.dashboard.MAX_UNFINISHED + 20
+    rows = [dict(job_id="running", status="in_progress", enqueue_time=start)]
+    rows += [
+        dict(job_id=f"later-{n}", status="deferred", enqueue_time=start + timedelta(seconds=n))
+        for n in range(1, waiting + 1)
+    ]
+    with engine.begin() as connection:
+        connection.execute(JOBS.insert(), rows)
+    with engine.connect() as connection:
+        query = moving_jobs(JOBS, {"deferred", "in_progress"}, newest=2, also=[])
+        found = {row.job_id for row in connection.execute(query)}
+    engine.dispose()
+    assert "running" in found
+    assert len(found) <= 2 + 2 * jobkit.dashboard.MAX_UNFINISHED  # still bounded
+
+
 def test_every_follower_shares_one_read_and_an_ended_job_is_asked_for_a_while(monkeypatch):
     monkeypatch.setattr(jobkit.dashboard, "FEED_POLL_S", 0.01)
     reads: list[Sequence[str]] = []
@@ -112,11 +134,26 @@ def test_endings_kept_are_bounded(monkeypatch, ended):
     assert asyncio.run(scenario()) == min(ended, jobkit.dashboard.MAX_ENDED)
 
 
+PAGE = "http://127.0.0.1:8000"  # where the page is served from, and its requests' Origin
+
+
+def guarded_app():
+    from fastapi import Depends, FastAPI
+
+    app = FastAPI()
+
+    @app.post("/act", dependencies=[Depends(jobkit.dashboard.same_site_only)])
+    async def act() -> dict[str, bool]:
+        return {"done": True}
+
+    return app
+
+
 @pytest.mark.parametrize(
     ("headers", "allowed"),
     [
         ({}, True),  # curl, a script
-        ({"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}, True),  # the page
+        ({"Origin": PAGE, "Sec-Fetch-Site": "same-origin"}, True),  # the page
         ({"Content-Type": "application/json"}, True),
         ({"Origin": "http://elsewhere.example"}, False),
         ({"Sec-Fetch-Site": "cross-site"}, False),
@@ -127,19 +164,52 @@ def test_endings_kept_are_bounded(monkeypatch, ended):
     ],
 )
 def test_an_action_refuses_what_another_sites_page_could_send(headers, allowed):
-    from fastapi import Depends, FastAPI
     from fastapi.testclient import TestClient
 
-    app = FastAPI()
-
-    @app.post("/act", dependencies=[Depends(jobkit.dashboard.same_site_only)])
-    async def act() -> dict[str, bool]:
-        return {"done": True}
-
-    response = TestClient(app).post("/act", headers=headers)
+    response = TestClient(guarded_app(), base_url=PAGE).post("/act", headers=headers)
     assert response.status_code == (200 if allowed else 403)
     if not allowed:
         assert "Refused" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1:8000", True),
+        ("127.25.0.3:8101", True),  # make scaleout's addresses
+        ("[::1]:8000", True),
+        ("localhost:8000", True),
+        ("localhost", True),
+        ("evil.example:8000", False),  # a name the attacker's DNS points at 127.0.0.1
+        ("localhost.evil.example", False),
+        ("jobs.internal:8000", False),  # until ALLOWED_HOSTS names it
+    ],
+)
+def test_a_browsers_action_must_name_a_host_of_ours_not_a_rebound_name(host, allowed):
+    # DNS rebinding: evil.example's page, its name re-pointed at 127.0.0.1, is same-origin
+    # with itself. Its requests carry Origin and Host evil.example: they match each other,
+    # but the Host is not ours.
+    from fastapi.testclient import TestClient
+
+    client = TestClient(guarded_app(), base_url=f"http://{host}")
+    page = {"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
+    response = client.post("/act", headers=page)
+    assert response.status_code == (200 if allowed else 403), response.text
+    if not allowed:
+        assert "is not one of this server's names" in response.json()["detail"]
+    assert client.post("/act").status_code == 200  # curl: not a browser, nobody to fool
+
+
+def test_allowed_hosts_names_the_servers_other_names(monkeypatch):
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("ALLOWED_HOSTS", "jobs.internal, ops.example")
+    client = TestClient(guarded_app(), base_url="http://jobs.internal:8000")
+    page = {"Origin": "http://jobs.internal:8000", "Sec-Fetch-Site": "same-origin"}
+    assert client.post("/act", headers=page).status_code == 200
+    evil = TestClient(guarded_app(), base_url="http://evil.example:8000")
+    page = {"Origin": "http://evil.example:8000", "Sec-Fetch-Site": "same-origin"}
+    assert evil.post("/act", headers=page).status_code == 403
 
 
 def test_a_job_that_stopped_changing_leaves_the_state(monkeypatch):
@@ -186,7 +256,8 @@ def test_the_chart_counts_each_minute_by_outcome_with_nearest_rank_waits():
     assert jobkit.charts.percentile([5.0], 95) == 5.0
 
 
-@pytest.mark.parametrize(("fresh_s", "reads"), [(60.0, 1), (0.0, 3)])
+# Pages asking at once share the read in flight, even when no value is kept fresh.
+@pytest.mark.parametrize(("fresh_s", "reads"), [(60.0, 1), (0.0, 2)])
 def test_a_shared_read_answers_every_page_asking_while_it_is_fresh(monkeypatch, fresh_s, reads):
     monkeypatch.setattr(jobkit.dashboard, "SHARED_FOR_S", fresh_s)
     made: list[int] = []

@@ -217,3 +217,29 @@ def test_write_behind_loses_only_the_write_that_can_never_commit(tmp_path, caplo
     rows = asyncio.run(main())
     assert [row["id"] for row in rows] == [1, 2]  # the batch went again, one write at a time
     assert caplog.text.count("1 write lost") == 1
+
+
+def test_a_table_lacking_columns_the_model_has_stops_with_their_names_and_the_way_out(tmp_path):
+    # create_all makes missing tables, never missing columns: an older ledger would start,
+    # and then fail every query ("no such column") instead.
+    older, newer = sa.MetaData(), sa.MetaData()
+    sa.Table("jobs", older, sa.Column("job_id", sa.String(64), primary_key=True))
+    sa.Table(
+        "jobs",
+        newer,
+        sa.Column("job_id", sa.String(64), primary_key=True),
+        sa.Column("run_at", UTCDateTime),
+        sa.Column("retry_of", sa.String(64)),
+    )
+    engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'jobs.db'}")
+    create_tables(older, engine)
+    create_tables(newer, engine)  # finds the table there, and leaves it as it is
+
+    with pytest.raises(jobkit.db.SchemaOutOfDate) as stopped:
+        jobkit.db.require_columns(newer, engine)
+    message = str(stopped.value)
+    assert "jobs.run_at, jobs.retry_of" in message
+    assert "alembic -c migrations/alembic.ini upgrade head" in message
+    assert str(tmp_path / "data") in message  # the tutorial's way out: delete its folder
+    jobkit.db.require_columns(older, engine)  # what the table has: nothing to say
+    engine.dispose()

@@ -37,6 +37,27 @@ def test_places_are_capped_per_client_and_in_all_and_freed_when_a_stream_ends(mo
     asyncio.run(main())
 
 
+def test_the_pages_streams_have_places_of_their_own(monkeypatch):
+    # A hundred open jobs pages must not take every place GET /jobs/{id}/events needs, nor
+    # a hundred job watchers every page's.
+    monkeypatch.setattr(jobkit.streams, "MAX_STREAMS", 1)
+    monkeypatch.setattr(jobkit.streams, "MAX_PAGE_STREAMS", 2)
+
+    async def main() -> None:
+        streams = Streams()
+        async with streams.place("a", page=True), streams.place("b", page=True):
+            with pytest.raises(HTTPException, match="2 jobs pages' event streams are open"):
+                async with streams.place("c", page=True):
+                    pass
+            async with streams.place("c"):  # a job's stream: still a place
+                with pytest.raises(HTTPException, match="1 event streams are open"):
+                    async with streams.place("d"):
+                        pass
+        assert not streams.open and not streams.pages
+
+    asyncio.run(main())
+
+
 def test_every_follower_of_a_key_shares_one_poll_until_it_has_ended():
     async def main() -> tuple[list[list[int]], int]:
         streams, reads, value = Streams(), [], {"now": 0}
