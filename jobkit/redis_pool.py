@@ -35,6 +35,7 @@ A learner may skip this module: every stage with Redis opens one pool in its lif
 
 import asyncio
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -44,12 +45,15 @@ from urllib.parse import unquote, urlsplit
 from arq.connections import RedisSettings
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 MAX_CONNECTIONS = 64  # per API process
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379  # the sentinels' well-known port
+MAX_DB = 2**31 - 1  # Redis' `databases` setting is an int
 # How often the API asks the sentinels whether the primary moved (one question, bounded by
 # the pool's deadline): bounds the writes a demoted primary can take from this process.
 PRIMARY_CHECK_S = 1.0
@@ -83,27 +87,37 @@ def parse_sentinel_url(url: str) -> SentinelURL | None:
         raise ValueError(
             f"{SENTINEL_SCHEME} URL: expected /primary-name[/db] after the hosts in {url!r}"
         )
-    if len(path) == 2 and not path[1].isdigit():
-        raise ValueError(f"{SENTINEL_SCHEME} URL: the database must be a number, not {path[1]!r}")
     return SentinelURL(
         sentinels=[sentinel_address(host) for host in hosts.split(",")],
         primary=unquote(path[0]),
-        db=int(path[1]) if len(path) == 2 else 0,
+        db=database(path[1]) if len(path) == 2 else 0,
         username=unquote(username) or None,
         password=unquote(password) or None,
     )
 
 
+def database(text: str) -> int:
+    """The database number: ASCII digits (int() would take "٣" for 3), within Redis' range."""
+    if not re.fullmatch("[0-9]+", text):
+        raise ValueError(f"{SENTINEL_SCHEME} URL: the database must be a number, not {text!r}")
+    if int(text) > MAX_DB:
+        raise ValueError(f"{SENTINEL_SCHEME} URL: the database must be at most {MAX_DB}")
+    return int(text)
+
+
 def sentinel_address(host_port: str) -> tuple[str, int]:
-    """`host:port` (or `host`, or `[v6]:port`) as a pair; the port within 1..65535."""
-    parts = urlsplit(f"//{host_port}")
-    try:
-        port = parts.port or SENTINEL_PORT
-    except ValueError:
-        raise ValueError(f"{SENTINEL_SCHEME} URL: bad port in {host_port!r}") from None
-    if not parts.hostname:
+    """`host:port` (or `host`, or `[v6]:port`) as a pair; the port 1..65535 in ASCII digits."""
+    parts = re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]*)(?::(.*))?", host_port)
+    if parts is None:
+        raise ValueError(f"{SENTINEL_SCHEME} URL: bad sentinel address {host_port!r}")
+    host, port = parts[1].strip("[]"), parts[2]
+    if not host:
         raise ValueError(f"{SENTINEL_SCHEME} URL: a sentinel address is empty: {host_port!r}")
-    return parts.hostname, port
+    if port is None:
+        return host, SENTINEL_PORT
+    if not re.fullmatch("[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{SENTINEL_SCHEME} URL: bad port in {host_port!r} (1 to 65535)")
+    return host, int(port)
 
 
 def arq_settings(url: str) -> RedisSettings:
@@ -120,6 +134,28 @@ def arq_settings(url: str) -> RedisSettings:
         username=target.username,
         password=target.password,
     )
+
+
+class Sentinels(Sentinel):
+    """redis-py's Sentinel, passing over an address that answers but is not a sentinel (an
+    error reply, e.g. a plain Redis's "unknown command 'SENTINEL'") as it passes over one that
+    does not answer: with none left, "no primary found", a ConnectionError (a 503), never
+    the error reply itself (a 500)."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        errors = []
+        for n, sentinel in enumerate(self.sentinels):
+            try:
+                masters = await sentinel.sentinel_masters()  # type: ignore[no-untyped-call]
+            except (RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
+                errors.append(f"{sentinel} - {exc!r}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                # asked first next time, as redis-py does
+                self.sentinels[0], self.sentinels[n] = sentinel, self.sentinels[0]
+                return state["ip"], state["port"]
+        raise MasterNotFoundError(f"No master found for {service_name!r} : {', '.join(errors)}")
 
 
 class BoundedPool(BlockingConnectionPool):
@@ -205,7 +241,7 @@ def open_pool(url: str, timeout_s: float) -> BoundedPool:
     # Finding the primary asks the sentinels one after the other until one knows: each gets
     # its share of the deadline, so silent sentinels cost no more than one timeout in all.
     share_s = timeout_s / len(target.sentinels)
-    sentinels = Sentinel(  # type: ignore[no-untyped-call]  # redis-py's is untyped
+    sentinels = Sentinels(  # type: ignore[no-untyped-call]  # redis-py's is untyped
         target.sentinels, socket_connect_timeout=share_s, socket_timeout=share_s
     )
     return BoundedSentinelPool(

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from arq.connections import RedisSettings
+from fastapi.testclient import TestClient
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -55,9 +56,23 @@ def test_the_workers_arq_settings_ask_the_sentinels_for_the_named_primary():
         ("redis+sentinel://127.0.0.1:26379", "primary-name"),
         ("redis+sentinel://127.0.0.1:26379/", "primary-name"),
         ("redis+sentinel://127.0.0.1:26379/jobs/0/extra", "primary-name"),
-        ("redis+sentinel://127.0.0.1:26379/jobs/zero", "must be a number"),
+        ("redis+sentinel://127.0.0.1:26379/jobs/zero", "database must be a number"),
+        (
+            "redis+sentinel://127.0.0.1:26379/jobs/\u0663",
+            "database must be a number",
+        ),  # an Arabic 3
+        (
+            "redis+sentinel://127.0.0.1:26379/jobs/\u00b2",
+            "database must be a number",
+        ),  # a superscript
+        ("redis+sentinel://127.0.0.1:26379/jobs/-1", "database must be a number"),
+        ("redis+sentinel://127.0.0.1:26379/jobs/99999999999999999999", "database must be"),
         ("redis+sentinel://127.0.0.1:99999/jobs", "bad port"),
         ("redis+sentinel://127.0.0.1:port/jobs", "bad port"),
+        ("redis+sentinel://127.0.0.1:0/jobs", "bad port"),
+        ("redis+sentinel://127.0.0.1:/jobs", "bad port"),
+        ("redis+sentinel://127.0.0.1:\u0663\u0663/jobs", "bad port"),
+        ("redis+sentinel://127.0.0.1:+1/jobs", "bad port"),
         ("redis+sentinel://127.0.0.1:26379,,127.0.0.2/jobs", "empty"),
         ("redis+sentinel:///jobs", "empty"),
         ("redis+sentinel://127.0.0.1/jobs?db=1", "no query"),
@@ -117,3 +132,38 @@ def test_a_command_fails_at_once_when_no_sentinel_listens():
 
 def test_a_worker_on_a_plain_redis_watches_no_sentinel():
     assert leave_when_primary_moves(Redis.from_url("redis://127.0.0.1:1/0")) is None
+
+
+def test_an_address_that_answers_but_is_not_a_sentinel_is_skipped_like_an_unreachable_one(
+    redis_url,
+):
+    """A plain Redis where a sentinel should be answers SENTINEL with an error reply: that
+    address is passed over, as one that does not answer is, and with no sentinel left the
+    command fails as "no primary found" (a ConnectionError: the stages' 503)."""
+    plain = Redis.from_url(redis_url).connection_pool.connection_kwargs
+    url = f"redis+sentinel://{plain['host']}:{plain['port']}/jobs/0"
+
+    async def main() -> None:
+        pool = open_pool(url, timeout_s=TIMEOUT_S)
+        client = Redis(connection_pool=pool)
+        try:
+            with pytest.raises(RedisConnectionError, match="No master found"):
+                await client.get("key")
+        finally:
+            await client.aclose()
+            await pool.aclose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.since_stage(2)
+def test_an_api_whose_sentinel_is_not_a_sentinel_answers_503_not_500(
+    stage, settings_env, redis_url, monkeypatch
+):
+    plain = Redis.from_url(redis_url).connection_pool.connection_kwargs
+    monkeypatch.setenv("REDIS_URL", f"redis+sentinel://{plain['host']}:{plain['port']}/jobs/0")
+    stage.module("config").get_settings.cache_clear()
+    with TestClient(stage.module("main").app, raise_server_exceptions=False) as client:
+        submitted = client.post("/tasks/add", json={"x": 1, "y": 2})
+        assert submitted.status_code == 503, submitted.text
+        assert client.get("/health").status_code == 503
