@@ -34,6 +34,7 @@ A learner may skip this module: every stage with Redis opens one pool in its lif
 """
 
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -42,7 +43,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
+from arq.jobs import Deserializer, Serializer
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
@@ -57,6 +59,9 @@ MAX_DB = 2**31 - 1  # Redis' `databases` setting is an int
 # How often the API asks the sentinels whether the primary moved (one question, bounded by
 # the pool's deadline): bounds the writes a demoted primary can take from this process.
 PRIMARY_CHECK_S = 1.0
+SENTINEL_TIMEOUT_S = 1.0  # the worker's deadline for each question to a sentinel
+
+logger = logging.getLogger(__name__)
 
 
 class RedisBusy(RedisConnectionError):
@@ -134,6 +139,34 @@ def arq_settings(url: str) -> RedisSettings:
         username=target.username,
         password=target.password,
     )
+
+
+def arq_pool(
+    url: str, queue_name: str, serializer: Serializer, deserializer: Deserializer
+) -> ArqRedis | None:
+    """For a worker on a Sentinel-watched primary, the pool ARQ would make from
+    `arq_settings(url)`, with deadlines: ARQ's asks the sentinels with no timeout at all, so
+    one stuck sentinel (connected, silent) would hold every worker for good. Each question
+    to a sentinel gets SENTINEL_TIMEOUT_S (a stuck one is passed over), connecting to the
+    primary ARQ's usual conn_timeout; a command on the primary has no deadline, as on a
+    plain Redis: a hung primary is failed over, and the worker's watcher leaves.
+    None for a plain URL: ARQ connects with `redis_settings` as ever (give ARQ both)."""
+    target = parse_sentinel_url(url)
+    if target is None:
+        return None
+    question = {"socket_connect_timeout": SENTINEL_TIMEOUT_S, "socket_timeout": SENTINEL_TIMEOUT_S}
+    sentinels = Sentinels(  # type: ignore[no-untyped-call]  # redis-py's is untyped
+        target.sentinels,
+        sentinel_kwargs=question,
+        socket_connect_timeout=RedisSettings().conn_timeout,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+    )
+    redis: ArqRedis = sentinels.master_for(target.primary, redis_class=ArqRedis)
+    redis.default_queue_name = queue_name  # what ARQ's create_pool sets on its own pool
+    redis.job_serializer, redis.job_deserializer = serializer, deserializer
+    return redis
 
 
 class Sentinels(Sentinel):
@@ -255,26 +288,38 @@ def open_pool(url: str, timeout_s: float) -> BoundedPool:
 
 
 def leave_when_primary_moves(redis: Redis) -> asyncio.Task[None] | None:
-    """For a worker whose Redis is Sentinel-watched (ARQ's own pool): ask the sentinels every
+    """For a worker whose Redis is Sentinel-watched (`arq_pool`): ask the sentinels every
     PRIMARY_CHECK_S where the primary is, and when it is no longer where this worker's
     connections go, stop the worker as SIGTERM does (its running jobs get ARQ's
     job_completion_wait), for its supervisor to start it again on the new primary. Without
     this, after a planned failover the worker polls the old primary, which still answers,
-    until the sentinels demote it seconds later. None for a plain Redis; cancel the task at
-    shutdown."""
+    until the sentinels demote it seconds later. An unexpected error is logged and the
+    worker leaves too: a watcher that died would let it stay for good. None for a plain
+    Redis; cancel the task at shutdown."""
     pool = redis.connection_pool
     if not isinstance(pool, SentinelConnectionPool):
         return None
+    # Each sentinel answers or is passed over within its own deadline: this is a backstop.
+    deadline_s = SENTINEL_TIMEOUT_S * (len(pool.sentinel_manager.sentinels) + 1)
+
+    async def moved() -> bool:
+        try:
+            now = await asyncio.wait_for(
+                pool.sentinel_manager.discover_master(pool.service_name), deadline_s
+            )
+        except (RedisConnectionError, TimeoutError):  # no sentinel answers: keep our primary
+            return False
+        return pool.master_address is not None and now != pool.master_address
 
     async def watch() -> None:
-        while True:
-            await asyncio.sleep(PRIMARY_CHECK_S)
-            try:
-                now = await pool.sentinel_manager.discover_master(pool.service_name)
-            except RedisConnectionError:  # no sentinel answers: keep the primary we have
-                continue
-            if pool.master_address is not None and now != pool.master_address:
-                os.kill(os.getpid(), signal.SIGTERM)  # ARQ's own graceful shutdown
-                return
+        try:
+            while True:
+                await asyncio.sleep(PRIMARY_CHECK_S)
+                if await moved():
+                    break
+            logger.info("the primary moved: leaving, to start again on the new one")
+        except Exception:
+            logger.exception("watching the primary failed: leaving, to start again")
+        os.kill(os.getpid(), signal.SIGTERM)  # ARQ's own graceful shutdown
 
     return asyncio.create_task(watch(), name="leave-when-primary-moves")

@@ -2,7 +2,10 @@
 worker's ARQ settings; and the pool's deadline when the sentinels do not answer."""
 
 import asyncio
+import pickle
+import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -15,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from jobkit.redis_pool import (
     BoundedSentinelPool,
     SentinelURL,
+    arq_pool,
     arq_settings,
     leave_when_primary_moves,
     open_pool,
@@ -167,3 +171,48 @@ def test_an_api_whose_sentinel_is_not_a_sentinel_answers_503_not_500(
         submitted = client.post("/tasks/add", json={"x": 1, "y": 2})
         assert submitted.status_code == 503, submitted.text
         assert client.get("/health").status_code == 503
+
+
+@pytest.fixture
+def garbling_sentinel():
+    """A TCP server that answers anything with bytes that are not Redis' protocol."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                continue
+            with connection:
+                connection.recv(4096)
+                connection.sendall(b"?what\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"redis+sentinel://127.0.0.1:{server.getsockname()[1]}/jobs/0"
+    done.set()
+    thread.join()
+    server.close()
+
+
+def test_a_watcher_that_fails_unexpectedly_says_so_and_the_worker_leaves(garbling_sentinel, caplog):
+    received = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: received.set())
+
+    async def main() -> None:
+        redis = arq_pool(garbling_sentinel, "arq:queue", pickle.dumps, pickle.loads)
+        assert redis is not None
+        watch = leave_when_primary_moves(redis)
+        assert watch is not None
+        await asyncio.wait_for(watch, 5 + SLACK_S)
+        await redis.aclose()
+
+    try:
+        asyncio.run(main())
+        assert received.wait(1), "the worker was not told to leave"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "watching the primary failed" in caplog.text
