@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobkit.redis_pool import (
+    SENTINEL_TIMEOUT_S,
     BoundedSentinelPool,
     SentinelURL,
     arq_pool,
@@ -115,6 +116,22 @@ def test_a_command_fails_within_one_deadline_when_no_sentinel_answers(silent_sen
         return took
 
     assert asyncio.run(main()) < timeout_s * 2.5
+
+
+def test_a_workers_pool_gives_up_on_silent_sentinels_within_their_deadlines(silent_sentinels):
+    """ARQ's own pool would wait for a silent sentinel for ever: a worker starting then hung."""
+
+    async def main() -> float:
+        redis = arq_pool(silent_sentinels, "arq:queue", pickle.dumps, pickle.loads)
+        assert redis is not None
+        started = time.monotonic()
+        with pytest.raises(RedisConnectionError, match="No master found"):
+            await asyncio.wait_for(redis.ping(), 3 * SENTINEL_TIMEOUT_S + 10)
+        took = time.monotonic() - started
+        await redis.aclose()
+        return took
+
+    assert asyncio.run(main()) < 3 * SENTINEL_TIMEOUT_S + SLACK_S
 
 
 def test_a_command_fails_at_once_when_no_sentinel_listens():
