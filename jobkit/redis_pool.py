@@ -16,7 +16,7 @@ and keeps them all open afterwards.
 Past one machine, Redis is a primary, its replica(s) and three sentinels that watch it and
 promote a replica when it fails; a client asks a sentinel where the primary is instead of
 connecting to a fixed address. redis-py has no URL for that, so this module defines one, read
-here (`parse_sentinel_url`) for the API's pool and for the worker's ARQ settings alike:
+here (`parse_sentinel_url`) for the API's pool and for the worker's pool (`arq_pool`) alike:
 
     redis+sentinel://[[user]:password@]host:port[,host:port...]/primary-name[/db]
 
@@ -127,7 +127,8 @@ def sentinel_address(host_port: str) -> tuple[str, int]:
 
 def arq_settings(url: str) -> RedisSettings:
     """ARQ's RedisSettings for a plain URL (ARQ's own `from_dsn`) or a Sentinel one (ARQ's
-    `sentinel=True`, which asks the sentinels for the primary each time it connects)."""
+    `sentinel=True`, which asks the sentinels for the primary each time it connects; a
+    worker connects with `arq_pool` instead, `arq --check` with these)."""
     target = parse_sentinel_url(url)
     if target is None:
         return RedisSettings.from_dsn(url)
