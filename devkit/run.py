@@ -38,6 +38,7 @@ from devkit.valkey import port_in_use
 from jobkit.redis_pool import parse_sentinel_url
 
 RESTART_BACKOFF_S = (0.5, 1, 2, 5)  # then every 5 s, for as long as it keeps exiting
+HEALTHY_S = 30.0  # a worker that ran this long before exiting starts again after 0.5 s
 # On Ctrl-C the API gets this long to finish its requests (stage 1: its background tasks),
 # then uvicorn cancels them and says how many (--timeout-graceful-shutdown). Below the
 # harness's SIGKILL deadline, so the loss is said, not silent.
@@ -317,8 +318,25 @@ def put_back(stack: harness.StageProcesses, queue: str, killed: list[harness.Pro
             f"start runs {them} again")  # fmt: skip
 
 
+class Backoff:
+    """How long to wait before starting an exited worker again: longer each time it exits
+    soon after its start (a Redis that stays down), the shortest again after a run of
+    HEALTHY_S (a failover after hours: the worker comes back at once, not 5 s later)."""
+
+    def __init__(self) -> None:
+        self.exits = 0  # in a row, each soon after its start
+
+    def delay(self, ran_s: float) -> float:
+        if ran_s >= HEALTHY_S:
+            self.exits = 0
+        self.exits += 1
+        return RESTART_BACKOFF_S[min(self.exits, len(RESTART_BACKOFF_S)) - 1]
+
+
 def supervise(api: harness.Process, workers: list[harness.Process], stop: threading.Event) -> None:
     next_start: dict[str, float] = {}
+    started = {worker.name: time.monotonic() for worker in workers}
+    backoff: dict[str, Backoff] = {}
     while not stop.wait(0.2):
         if api.exit_code() is not None:
             raise Fatal(f"the API exited with code {api.exit_code()}")
@@ -328,13 +346,15 @@ def supervise(api: harness.Process, workers: list[harness.Process], stop: thread
                 continue
             now = time.monotonic()
             if worker.name not in next_start:
-                delay = RESTART_BACKOFF_S[min(worker.restarts, len(RESTART_BACKOFF_S) - 1)]
+                ran_s = now - started.get(worker.name, now)
+                delay = backoff.setdefault(worker.name, Backoff()).delay(ran_s)
                 say("runner", f"{worker.name} exited with code {code} (ARQ workers do not "
                               f"reconnect to Redis); restarting it in {delay} s")  # fmt: skip
                 next_start[worker.name] = now + delay
             elif now >= next_start[worker.name]:
                 del next_start[worker.name]
                 worker.start()
+                started[worker.name] = now
 
 
 def main(argv: list[str] | None = None) -> int:

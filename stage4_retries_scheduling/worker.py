@@ -150,6 +150,11 @@ class WorkerSettings:
     queue_name = get_settings().queue_name
     job_serializer = jobs.serialize
     job_deserializer = jobs.deserialize
+    # A Sentinel-watched primary: jobkit's pool, with the deadlines ARQ's own lacks (None for
+    # a redis:// URL: ARQ connects with redis_settings)
+    redis_pool = redis_pool.arq_pool(
+        get_settings().redis_url, queue_name, job_serializer, job_deserializer
+    )
     job_timeout = JOB_TIMEOUT_S
     keep_result = KEEP_RESULT_S
     poll_delay = POLL_DELAY_S

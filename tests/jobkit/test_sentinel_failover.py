@@ -1,30 +1,48 @@
 """jobkit.redis_pool against a real Valkey primary, replica and three sentinels
 (devkit/topology.py): the pool follows a failover, even to a primary that moved while its
-connections stayed open; and a worker on ARQ's own pool leaves when the primary moves."""
+connections stayed open; and a worker (on jobkit's pool for ARQ) leaves when the primary
+moves, even while one sentinel is stuck."""
 
 import asyncio
+import pickle
+import random
 import signal
+import socket
 import threading
+import time
 
 import pytest
 import redis
-from arq.connections import create_pool
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from devkit.topology import ReplicatedValkey
-from jobkit.redis_pool import arq_settings, leave_when_primary_moves, open_pool
+from devkit.topology import PRIMARY_NAME, SENTINEL_PORT, VALKEY_PORT, ReplicatedValkey, loopback
+from jobkit.redis_pool import arq_pool, leave_when_primary_moves, open_pool
 
 pytestmark = pytest.mark.e2e
 
-NETWORK = 124  # 127.124.0.x: this test's own addresses
 TIMEOUT_S = 1.0
 FOLLOW_S = 5.0  # PRIMARY_CHECK_S is 1 s; generous on a busy machine
 WRITES = 20
+STOPPED_S = 15.0  # one sentinel paused: each question to it costs its deadline
+
+
+def free_network() -> int:
+    """A 127.N network whose five addresses' ports are free now: not another run's."""
+    for network in random.sample(range(130, 250), 20):
+        ports = [(1, VALKEY_PORT), (2, VALKEY_PORT)] + [(n, SENTINEL_PORT) for n in (3, 4, 5)]
+        try:
+            for host, port in ports:
+                socket.create_server((loopback(network, host), port)).close()
+        except OSError:
+            continue
+        return network
+    raise RuntimeError("no free 127.N network")
 
 
 @pytest.fixture
 def topology(tmp_path):
-    with ReplicatedValkey(tmp_path / "redis", network=NETWORK) as nodes:
+    with ReplicatedValkey(tmp_path / "redis", network=free_network()) as nodes:
         yield nodes
 
 
@@ -79,13 +97,12 @@ def sigterm():
     signal.signal(signal.SIGTERM, previous)
 
 
-def test_a_worker_on_arqs_pool_stops_itself_when_the_primary_moves(topology, sigterm):
+def test_a_worker_on_jobkits_pool_stops_itself_when_the_primary_moves(topology, sigterm):
     old = topology.current_primary()
 
     async def main() -> None:
-        arq_redis = await create_pool(arq_settings(topology.url))
+        arq_redis = await worker_redis(topology.url)  # connected: it knows the primary
         try:
-            await arq_redis.ping()  # connected: the pool knows where the primary is
             watch = leave_when_primary_moves(arq_redis)
             assert watch is not None
             await asyncio.sleep(0)
@@ -95,9 +112,54 @@ def test_a_worker_on_arqs_pool_stops_itself_when_the_primary_moves(topology, sig
             await asyncio.wait_for(watch, FOLLOW_S)  # it ends once it has signalled
             assert role(old) == "master", "no window to test: the old primary turned at once"
         finally:
-            for client in arq_redis.connection_pool.sentinel_manager.sentinels:
-                await client.aclose()
-            await arq_redis.aclose()
+            await close(arq_redis)
 
     asyncio.run(main())
     assert sigterm.wait(1)
+
+
+async def worker_redis(url: str) -> ArqRedis:
+    """The stage workers' Redis: jobkit's pool, which ARQ's Worker takes as its own."""
+    redis = arq_pool(url, "arq:queue", pickle.dumps, pickle.loads)
+    assert redis is not None
+    await redis.ping()
+    return redis
+
+
+async def close(redis: ArqRedis) -> None:
+    for client in redis.connection_pool.sentinel_manager.sentinels:
+        await client.aclose()
+    await redis.aclose()
+
+
+def test_a_worker_leaves_after_a_failover_while_one_sentinel_is_stuck(topology, sigterm):
+    """One sentinel of three SIGSTOPped (connected, silent): the others still fail the primary
+    over, and a worker still notices and leaves, and a worker starting then still connects."""
+    old = topology.current_primary()
+    stuck, awake = topology.sentinels[0], topology.sentinels[1]
+
+    async def main() -> None:
+        arq_redis = await worker_redis(topology.url)
+        stuck.process.send_signal(signal.SIGSTOP)
+        watch = None
+        try:
+            await arq_redis.ping()
+            watch = leave_when_primary_moves(arq_redis)
+            assert watch is not None
+            with topology.ask(awake) as client:
+                client.execute_command("SENTINEL", "FAILOVER", PRIMARY_NAME)
+            await asyncio.wait_for(asyncio.shield(watch), STOPPED_S)
+            assert sigterm.is_set()
+            started = time.monotonic()
+            restarted = await asyncio.wait_for(worker_redis(topology.url), STOPPED_S)
+            assert time.monotonic() - started < STOPPED_S
+            await close(restarted)
+        finally:
+            stuck.process.send_signal(signal.SIGCONT)
+            if watch is not None:
+                watch.cancel()
+            await close(arq_redis)
+
+    asyncio.run(main())
+    with topology.ask(awake) as client:
+        assert client.sentinel_get_master_addr_by_name(PRIMARY_NAME) != (old.host, str(old.port))
