@@ -240,15 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     def on_line(name: str, line: str) -> None:
         print(f"{name:>9} | {line}", flush=True)
 
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: terminal closed
-        signal.signal(signum, lambda *_: stop.set())
-    scaleout = ScaleOut(args.data_dir, apis=args.apis, workers=args.workers, on_line=on_line)
+    scaleout = ScaleOut(args.data_dir, apis=args.apis, workers=args.workers, network=NETWORK,
+                        on_line=on_line)  # fmt: skip
     try:
         scaleout.check_free()
     except Fatal as exc:
         on_line("scaleout", f"error: {exc}")
         return 1
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: terminal closed
+        signal.signal(signum, lambda *_: stop.set())
     code = 0
     try:
         scaleout.start()
