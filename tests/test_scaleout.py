@@ -6,9 +6,9 @@ sentinels, PostgreSQL as the ledger, an API and three workers, each worker a "ho
 own loopback address, all on a 127.N network found free at run time. A supervisor thread
 starts again a worker that exits, as systemd would (ARQ workers do not reconnect). Each
 test starts from a whole topology: the workers back, the replica online and caught up, the
-sentinels agreeing. The faults: a worker SIGKILLed mid-job, a worker stopped (SIGSTOP: cut
-off from Redis) while it holds jobs, SENTINEL FAILOVER under submissions, and the primary
-SIGKILLed under submissions with its replica behind.
+sentinels agreeing. The faults: a worker SIGKILLed mid-job and another stopped at the same
+time (SIGSTOP: cut off from Redis) while it holds jobs, SENTINEL FAILOVER under
+submissions, and the primary SIGKILLed under submissions with its replica behind.
 
 Redis replication is asynchronous: a failover can lose jobs the old primary had acknowledged
 (202) and not yet passed on. The ledger still has their rows, and the maintenance cron job's
@@ -159,10 +159,13 @@ def workers(api: httpx.Client) -> dict[str, dict]:
     return {w["id"]: w for w in api.get("/queue").json()["workers"]}
 
 
-def busy_worker(scaleout: ScaleOut, ids: list[str]):
-    """A worker host whose log says it started one of these jobs (ARQ's `→ <id>:` line)."""
+def busy_worker(scaleout: ScaleOut, ids: list[str], besides=None):
+    """A worker host (not `besides`) whose log says it started one of these jobs (ARQ's
+    `→ <id>:` line)."""
     wanted = set(ids)
     for host in scaleout.workers:
+        if host is besides:
+            continue
         if wanted & set(re.findall(r"→ ([0-9a-f]{32}):", host.process.output())):
             return host
     return None
@@ -196,23 +199,31 @@ def test_each_worker_host_has_its_own_id_address_and_metrics(scaleout, api):
         assert httpx.get(metrics, timeout=5).status_code == 200
 
 
-def test_a_worker_sigkilled_mid_job_loses_nothing_and_drops_off_the_queue(
+def test_a_worker_sigkilled_and_another_cut_off_from_redis_mid_job_lose_nothing(
     scaleout, api, monkeypatch
 ):
+    """Two hosts fail at once while they hold jobs (together, so that the in-progress expiry
+    is waited out once): one SIGKILLed, a host that died, which nothing starts again; one
+    stopped (SIGSTOP: silent to Redis), which comes back and finishes its copies too."""
     ids = submit(api, 12, 1.0)
-    victim = poll(lambda: busy_worker(scaleout, ids), 20, "a worker running a job")
-    with scaleout.down(victim.name):  # a host that died: nothing starts it again
-        victim.process.signal(signal.SIGKILL)
-        killed = datetime.now(UTC)
-        held = running_in(victim, ids)
-        states = all_final(scaleout, ids, monkeypatch)
+    killed = poll(lambda: busy_worker(scaleout, ids), 20, "a worker running a job")
+    stopped = poll(lambda: busy_worker(scaleout, ids, besides=killed), 20, "another one")
+    with scaleout.down(killed.name):
+        killed.process.signal(signal.SIGKILL)
+        killed_at = datetime.now(UTC)
+        held = running_in(killed, ids)
+        stopped.process.signal(signal.SIGSTOP)  # its in-progress marks expire
+        try:
+            states = all_final(scaleout, ids, monkeypatch)
+        finally:
+            stopped.process.signal(signal.SIGCONT)  # it finishes its copies too: at least once
         assert {status for status, _ in states.values()} == {"complete"}
-        # The jobs it held ran again elsewhere, once their in-progress marks had expired.
+        # The jobs the dead one held ran again elsewhere, once their in-progress marks expired.
         assert held
         for finished in finish_times(scaleout.database_url, held):
-            assert (finished - killed).total_seconds() >= IN_PROGRESS_EXPIRY_S * 0.9
-        poll(lambda: victim.name not in workers(api), HEARTBEAT_TTL_S + 10, "the dead worker gone")
-    poll(lambda: victim.name in workers(api), 30, f"{victim.name} back")
+            assert (finished - killed_at).total_seconds() >= IN_PROGRESS_EXPIRY_S * 0.9
+        poll(lambda: killed.name not in workers(api), HEARTBEAT_TTL_S + 10, "the dead worker gone")
+    poll(lambda: {killed.name, stopped.name} <= set(workers(api)), 30, "both hosts back")
 
 
 def running_in(host, ids: list[str]) -> list[str]:
@@ -232,18 +243,6 @@ def finish_times(database_url: str, ids: list[str]) -> list[datetime]:
     finally:
         engine.dispose()
     return [when if when.tzinfo else when.replace(tzinfo=UTC) for when in rows]
-
-
-def test_a_worker_cut_off_from_redis_while_it_holds_jobs_loses_nothing(scaleout, api, monkeypatch):
-    ids = submit(api, 12, 1.0)
-    victim = poll(lambda: busy_worker(scaleout, ids), 20, "a worker running a job")
-    victim.process.signal(signal.SIGSTOP)  # silent to Redis: its in-progress marks expire
-    try:
-        states = all_final(scaleout, ids, monkeypatch)
-    finally:
-        victim.process.signal(signal.SIGCONT)  # it finishes its copies too: at least once
-    assert {status for status, _ in states.values()} == {"complete"}
-    poll(lambda: victim.name in workers(api), 30, f"{victim.name} beating again")
 
 
 @dataclass
