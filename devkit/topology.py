@@ -42,8 +42,10 @@ def loopback(network: int, host: int) -> str:
 
 
 def can_bind(host: str, port: int) -> bool:
-    """True if nothing listens on host:port: a bind there succeeds."""
+    """True if nothing listens on host:port: a bind there succeeds (SO_REUSEADDR, as the
+    servers set it, so that a closed connection's TIME_WAIT does not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
