@@ -1,6 +1,6 @@
 """How stage 4 scales with worker hosts, on `make scaleout`'s topology (devkit/scaleout.py).
 
-    python -m devkit.bench_scale [--out docs/generated/scale.md]
+    python -m devkit.bench_scale [--out docs/results/scale.md]
 
 Not part of `make test`: it runs for a few minutes. One topology (Redis with sentinels,
 PostgreSQL, one API) and workers added to it one host at a time:

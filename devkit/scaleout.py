@@ -11,7 +11,9 @@
 
 ARQ workers do not reconnect: one that loses Redis (a failover) exits, and this supervisor
 starts it again after RESTART_DELAY_S, as systemd's `Restart=always` or Kubernetes would.
-Ctrl-C stops the workers, the APIs, Redis and PostgreSQL, in that order, and leaves nothing.
+Ctrl-C (or SIGTERM, or closing the terminal) stops the workers, the APIs, Redis and
+PostgreSQL, in that order, then checks that nothing is left. It refuses to start when one of
+its addresses is in use, and an API that exits ends the run, as in `make run`.
 The failover tests (tests/test_scaleout.py) start the same topology through `ScaleOut`.
 """
 
@@ -28,11 +30,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from devkit import harness
 from devkit.postgres import own_postgres, throwaway_database
-from devkit.topology import ReplicatedValkey
+from devkit.topology import ReplicatedValkey, can_bind, free_network
+from devkit.topology import addresses as redis_addresses
 
-NETWORK = 25  # 127.25.x.y; the tests pick other networks so a running scaleout is left alone
+NETWORK = 25  # 127.25.x.y, the addresses the guide shows; the tests pick a free network
 API_PORT = 8000
 METRICS_PORT = 9100
 RESTART_DELAY_S = 0.5  # a worker that exited starts again after this (systemd's RestartSec)
@@ -46,6 +51,24 @@ class Host:
     name: str
     address: str
     process: harness.Process
+
+
+class Fatal(RuntimeError):
+    """Something the run cannot go on without: an address in use, an API that exited."""
+
+
+def addresses(network: int, apis: int, workers: int) -> list[tuple[str, int]]:
+    """Every address a ScaleOut on 127.<network> listens on: Redis, APIs, worker metrics."""
+    return [
+        *redis_addresses(network),
+        *((f"127.{network}.1.{n}", API_PORT) for n in range(1, apis + 1)),
+        *((f"127.{network}.2.{n}", METRICS_PORT) for n in range(1, workers + 1)),
+    ]
+
+
+def pick_network(apis: int, workers: int) -> int:
+    """A 127.N network where every address of such a ScaleOut is free (the tests' choice)."""
+    return free_network(lambda network: addresses(network, apis, workers))
 
 
 class ScaleOut:
@@ -77,7 +100,18 @@ class ScaleOut:
     def api_urls(self) -> list[str]:
         return [f"http://{host.address}:{API_PORT}" for host in self.apis]
 
+    def check_free(self) -> None:
+        """Refuse to start over anything that listens on one of our addresses: an old run's
+        API would answer our readiness checks, and take our requests."""
+        busy = [f"{host}:{port}" for host, port in
+                addresses(self.network, self.api_count, self.worker_count)
+                if not can_bind(host, port)]  # fmt: skip
+        if busy:
+            raise Fatal(f"already in use: {', '.join(busy)} (another scaleout still running? "
+                        "stop it first)")  # fmt: skip
+
     def start(self) -> None:
+        self.check_free()
         self.redis.start()
         conninfo = self._postgres.enter_context(own_postgres())
         self.database_url = self._postgres.enter_context(throwaway_database(conninfo))
@@ -131,8 +165,13 @@ class ScaleOut:
         return Host(name, address, self._process(name, harness.worker_command(STAGE), env))
 
     def supervise(self, stop: threading.Event) -> None:
-        """Start again, after RESTART_DELAY_S, every worker that exited, until `stop`."""
+        """Start again, after RESTART_DELAY_S, every worker that exited, until `stop`.
+        An API that exits ends the run (Fatal), as in `make run`: nothing restarts it."""
         while not stop.wait(0.1):
+            for host in self.apis:
+                if (code := host.process.exit_code()) is not None:
+                    raise Fatal(f"{host.name} exited with code {code}; see its log in "
+                                f"{self.data_dir / 'logs'}")  # fmt: skip
             exited = [host for host in self.workers if self.exited(host)]
             for host in exited:
                 self.restarts.append((host.name, time.monotonic()))
@@ -165,6 +204,15 @@ class ScaleOut:
         self.redis.stop()
         self._postgres.close()
 
+    def left_behind(self) -> list[str]:
+        """Our processes still alive after stop(), and addresses still listening."""
+        alive = [f"{p.name()} (pid {p.pid})" for p in psutil.Process().children(recursive=True)
+                 if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+        listening = [f"{host}:{port}" for host, port in
+                     addresses(self.network, self.api_count, self.worker_count)
+                     if not can_bind(host, port)]  # fmt: skip
+        return alive + listening
+
     def __enter__(self) -> ScaleOut:
         try:
             self.start()
@@ -192,10 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     def on_line(name: str, line: str) -> None:
         print(f"{name:>9} | {line}", flush=True)
 
+    scaleout = ScaleOut(args.data_dir, apis=args.apis, workers=args.workers, network=NETWORK,
+                        on_line=on_line)  # fmt: skip
+    try:
+        scaleout.check_free()
+    except Fatal as exc:
+        on_line("scaleout", f"error: {exc}")
+        return 1
     stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    scaleout = ScaleOut(args.data_dir, apis=args.apis, workers=args.workers, on_line=on_line)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: terminal closed
+        signal.signal(signum, lambda *_: stop.set())
+    code = 0
     try:
         scaleout.start()
         on_line("scaleout", f"REDIS_URL={scaleout.redis.url}")
@@ -207,11 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         scaleout.supervise(stop)
     except (RuntimeError, harness.NotReady) as exc:
         on_line("scaleout", f"error: {exc}")
-        return 1
+        code = 1
     finally:
         scaleout.stop()
-        on_line("scaleout", "stopped; no process left behind")
-    return 0
+    if left := scaleout.left_behind():
+        on_line("scaleout", f"stopped; left behind: {', '.join(left)}")
+        return 1
+    on_line("scaleout", "stopped; no process left behind")
+    return code
 
 
 if __name__ == "__main__":

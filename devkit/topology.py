@@ -14,7 +14,10 @@ start it on its own.
 
 from __future__ import annotations
 
+import random
+import socket
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import redis
@@ -29,11 +32,41 @@ VALKEY_PORT = 6379  # each node on its own address, so the usual ports never col
 SENTINEL_PORT = 26379
 READY_TIMEOUT_S = 15.0  # for the sentinels to find each other and the replica
 SENTINEL_TIMEOUT_S = 1.0  # each question to a sentinel
+NO_SYNC_DELAY = ["--repl-diskless-sync-delay", "0"]  # a replica in sync as soon as it connects
+SYNC_TIMEOUT_S = 30.0  # for the replica to be online and caught up, the sentinels agreeing
 
 
 def loopback(network: int, host: int) -> str:
     """127.<network>.0.<host>: every topology picks its own network, so two never collide."""
     return f"127.{network}.0.{host}"
+
+
+def can_bind(host: str, port: int) -> bool:
+    """True if nothing listens on host:port: a bind there succeeds (SO_REUSEADDR, as the
+    servers set it, so that a closed connection's TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_network(addresses: Callable[[int], Iterable[tuple[str, int]]]) -> int:
+    """A 127.N network on which every one of `addresses(N)` can be bound, N picked at random
+    among 100..250, so that concurrent runs (and one a killed run left listening) rarely
+    meet. Probing is not reserving: a clash is still reported when a server starts."""
+    candidates = random.sample(range(100, 251), 151)
+    for network in candidates:
+        if all(can_bind(host, port) for host, port in addresses(network)):
+            return network
+    raise RuntimeError("no free 127.N network for a topology")
+
+
+def addresses(network: int) -> list[tuple[str, int]]:
+    """Where a ReplicatedValkey on 127.<network> listens: two Valkeys, three sentinels."""
+    return [(loopback(network, n), VALKEY_PORT if n < 3 else SENTINEL_PORT) for n in range(1, 6)]
 
 
 class SentinelServer(EmbeddedValkey):
@@ -77,13 +110,17 @@ class ReplicatedValkey:
             persist=self.persist,
             # As a replica (either may become one), say this address, not the 127.0.0.1 the
             # connection comes from: the sentinels find replicas through what they announce.
-            extra_args=[*extra_args, "--replica-announce-ip", host],
+            extra_args=[*extra_args, "--replica-announce-ip", host, *NO_SYNC_DELAY],
         )
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"{s.host}:{s.port}" for s in self.sentinels)
         return f"redis+sentinel://{hosts}/{PRIMARY_NAME}/0"
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every address this topology listens on."""
+        return addresses(self.network)
 
     @property
     def servers(self) -> list[EmbeddedValkey]:
@@ -100,6 +137,7 @@ class ReplicatedValkey:
             self.sentinels.append(sentinel)
             sentinel.start()
         self.wait_until(self.ready, READY_TIMEOUT_S, "the sentinels did not find each other")
+        self.wait_in_sync()
 
     def stop(self) -> None:
         for server in [*self.sentinels, *reversed(self.servers)]:
@@ -121,6 +159,48 @@ class ReplicatedValkey:
             if state["num-slaves"] < 1 or state["num-other-sentinels"] < 2:
                 return False
         return True
+
+    def in_sync(self) -> bool:
+        """The topology is whole: every sentinel names the same primary and sees a replica of
+        it and both peers; the primary has a replica online whose offset is its own; no other
+        server still says it is a primary."""
+        primary = self.agreed_primary()
+        if primary is None or not self.ready():
+            return False
+        try:
+            for server in self.servers:
+                with redis.Redis(server.host, server.port, socket_timeout=SENTINEL_TIMEOUT_S,
+                                 decode_responses=True) as client:  # fmt: skip
+                    info = client.info("replication")
+                if (server.host, server.port) != primary:
+                    if info["role"] != "slave" or info.get("master_link_status") != "up":
+                        return False
+                    continue
+                replica = info.get("slave0")
+                if info["role"] != "master" or not isinstance(replica, dict):
+                    return False
+                if replica["state"] != "online" or replica["offset"] != info["master_repl_offset"]:
+                    return False
+        except (redis.RedisError, KeyError):
+            return False
+        return True
+
+    def wait_in_sync(self, timeout_s: float = SYNC_TIMEOUT_S) -> None:
+        self.wait_until(self.in_sync, timeout_s, "the replica did not catch up with the primary")
+
+    def rejoin(self) -> None:
+        """Make the topology whole again after a failover: start a server that was killed,
+        and make every server but the sentinels' primary its replica, as the sentinels would
+        themselves some seconds later (+convert-to-slave), then wait until it is in sync."""
+        self.wait_until(lambda: self.agreed_primary() is not None, READY_TIMEOUT_S, "no primary")
+        host, port = self.agreed_primary() or ("", 0)
+        for server in self.servers:
+            if server.process is None:
+                server.start()
+            if (server.host, server.port) != (host, port):
+                with redis.Redis(server.host, server.port, socket_timeout=5) as client:
+                    client.replicaof(host, port)
+        self.wait_in_sync()
 
     def primary_address(self) -> tuple[str, int] | None:
         """Where the sentinels (the first that answers) say the primary is."""
