@@ -342,7 +342,10 @@ def check_failover(
     lost = [i for i, (status, error) in states.items() if (error or "").startswith("lost")]
     assert {status for status, _ in states.values()} <= {"complete", "failed"}
     assert len(states) == len(accepted)
-    assert all(states[i][0] == "complete" for i in load.accepted if i not in lost)
+    not_complete = {i: states[i] for i in load.accepted if i not in lost}
+    assert all(status == "complete" for status, _ in not_complete.values()), {
+        i: state for i, state in not_complete.items() if state[0] != "complete"
+    }
     report = (
         f"{what}: {len(accepted)} accepted, {statuses[503]} answered 503, "
         f"2xx again {recovered:.2f} s after it, slowest answer {slowest:.2f} s, "
