@@ -19,19 +19,27 @@ ROUNDS = 20
 def create_at_once(metadata: sa.MetaData, url: str) -> list[Exception]:
     """STARTERS engines on one new SQLite file create the tables at the same moment."""
     engines = [create_engine(url) for _ in range(STARTERS)]
-    at_once = threading.Barrier(STARTERS)
+    at_once = threading.Barrier(STARTERS, timeout=60)  # a starter missing: a failure, not a hang
     failures: list[Exception] = []
 
-    def start(engine) -> None:
-        at_once.wait()
+    def start(engine, running: threading.Event) -> None:
+        running.set()
         try:
+            at_once.wait()
             create_tables(metadata, engine)
         except Exception as exc:
             failures.append(exc)
 
-    threads = [threading.Thread(target=start, args=(engine,)) for engine in engines]
-    for thread in threads:
+    # The threads start one after another and meet at the barrier: starting them all at once
+    # under coverage's tracer once killed one in its start-up ("Cannot install a trace function
+    # while another trace function is being installed"), and the others waited for it.
+    threads: list[threading.Thread] = []
+    for engine in engines:
+        running = threading.Event()
+        thread = threading.Thread(target=start, args=(engine, running))
         thread.start()
+        assert running.wait(30), "a starter thread did not start"
+        threads.append(thread)
     for thread in threads:
         thread.join(timeout=60)
     for engine in engines:
